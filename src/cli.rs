@@ -1,0 +1,147 @@
+//! The command line (clap) and the commands that need no Kafka: argument parsing, reading files, the
+//! clock — the shell around the pure core. Errors carry context for the person at the terminal (anyhow).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::uid2::{ClientMode, Decryption, KeySet, Status, decrypt};
+
+#[derive(Debug, Parser)]
+#[command(name = "uid2-enricher", version, about = "Decrypts UID2/EUID tokens in OpenRTB bid requests exactly as the official UID2 SDKs do")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Decrypt one token and print the result as a JSON object.
+    ///
+    /// Exit status: 0 when the token decrypts with status `success`, 1 for any other status, 2 when the
+    /// keys or arguments cannot be used.
+    Decrypt(DecryptArgs),
+}
+
+/// Which SDK client's checks apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// A DSP in the bid stream: CSTG domain/app check, `max_bidstream_lifetime_seconds`.
+    Bidstream,
+    /// A sharing receiver: no domain check, `max_sharing_lifetime_seconds`.
+    Sharing,
+}
+
+impl From<ModeArg> for ClientMode {
+    fn from(m: ModeArg) -> ClientMode {
+        match m {
+            ModeArg::Bidstream => ClientMode::Bidstream,
+            ModeArg::Sharing => ClientMode::Sharing,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DecryptArgs {
+    /// Key-endpoint JSON: the decrypted response of /v2/key/bidstream, /v2/key/sharing or /v2/key/latest,
+    /// either whole ({"body":…,"status":"success"}) or just the body.
+    #[arg(long, value_name = "KEYS.json")]
+    pub keys: PathBuf,
+    #[arg(long, value_enum, default_value_t = ModeArg::Bidstream)]
+    pub mode: ModeArg,
+    /// Registrable domain or app name of the request, for client-side-generated tokens (bidstream mode).
+    #[arg(long, value_name = "D")]
+    pub domain: Option<String>,
+    /// Decrypt as of this time: milliseconds since the Unix epoch, or RFC 3339 (2026-01-01T00:00:00Z).
+    /// Default: now.
+    #[arg(long, value_name = "MS|RFC3339")]
+    pub now: Option<String>,
+    /// The token (v2, v3 or v4; base64 or base64url). `-` reads it from standard input.
+    pub token: String,
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Decrypt(args) => decrypt_command(&args),
+    }
+}
+
+fn decrypt_command(args: &DecryptArgs) -> anyhow::Result<ExitCode> {
+    let keys = load_keys(&args.keys)?;
+    let now_ms = match &args.now {
+        Some(text) => parse_time(text)?,
+        None => wall_clock_ms(),
+    };
+    let token = if args.token == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading the token from standard input")?
+    } else {
+        args.token.clone()
+    };
+    let result = decrypt(token.trim(), Some(&keys), args.mode.into(), args.domain.as_deref(), now_ms);
+    println!("{}", decryption_json(&result));
+    Ok(if result.status == Status::Success { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Reads and parses a keys file, naming the file and the fix in the error.
+pub fn load_keys(path: &Path) -> anyhow::Result<KeySet> {
+    let text = std::fs::read(path).with_context(|| format!("reading keys file {}", path.display()))?;
+    KeySet::parse_json(&text).with_context(|| {
+        format!(
+            "parsing keys file {}: it must hold what a key endpoint returns once decrypted, \
+             {{\"body\":{{\"keys\":[…],…}},\"status\":\"success\"}} or just the body",
+            path.display()
+        )
+    })
+}
+
+/// Parses `--now`: integer milliseconds since the epoch, or an RFC 3339 timestamp.
+pub fn parse_time(text: &str) -> anyhow::Result<i64> {
+    let text = text.trim();
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    match chrono::DateTime::parse_from_rfc3339(text) {
+        Ok(t) => Ok(t.timestamp_millis()),
+        Err(_) => bail!("--now {text:?}: expected milliseconds since the Unix epoch (1767225600000) or RFC 3339 (2026-01-01T00:00:00Z)"),
+    }
+}
+
+/// The wall clock in milliseconds: only the shell reads it.
+pub fn wall_clock_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// The `decrypt` output: the enrichment member's field names plus `site_key_site_id` and `scope`; fields
+/// the decryption did not reach are null. A struct, so the field order is fixed.
+#[derive(Debug, serde::Serialize)]
+pub struct DecryptOutput<'a> {
+    pub status: &'static str,
+    pub raw_uid2: Option<&'a str>,
+    pub site_id: Option<i32>,
+    pub established: Option<i64>,
+    pub expires: Option<i64>,
+    pub identity_type: Option<&'static str>,
+    pub token_version: Option<u8>,
+    pub cstg: Option<bool>,
+    pub site_key_site_id: Option<i32>,
+    pub scope: Option<&'static str>,
+}
+
+pub fn decryption_json(d: &Decryption) -> String {
+    let out = DecryptOutput {
+        status: d.status.as_str(),
+        raw_uid2: d.raw_uid2.as_deref(),
+        site_id: d.site_id,
+        established: d.established_ms,
+        expires: d.expires_ms,
+        identity_type: d.identity_type.map(|t| t.as_str()),
+        token_version: d.token_version.map(|v| v.number()),
+        cstg: d.cstg,
+        site_key_site_id: d.site_key_site_id,
+        scope: d.scope.map(|s| s.as_str()),
+    };
+    serde_json::to_string(&out).unwrap_or_default()
+}

@@ -1,0 +1,24 @@
+//! uid2-enricher: a DSP bid-pipeline stage that decrypts UID2/EUID tokens in OpenRTB requests exactly as
+//! the official UID2 SDKs do, and splices the result into the request without changing any other byte.
+//!
+//! # Layout
+//!
+//! Pure core — no I/O, no clock, no environment; time, keys and opt-outs are arguments:
+//! - [`uid2`]: the token engine. Byte layouts and base64 variants (`wire`), AES-GCM/CBC (`cipher`),
+//!   key-endpoint JSON (`keys`), the SDKs' validation order and statuses (`decrypt`), the sharing sender and
+//!   a token generator (`encrypt`), and the operator API envelope (`envelope`).
+//! - [`openrtb`]: finding tokens in a bid request and splicing a result into it, for JSON (`json`, no DOM of
+//!   the whole request) and protobuf (`proto`, a wire-level walk, never a decode/re-encode), plus the
+//!   domain-or-app name used by the CSTG check (`domain`).
+//! - [`enrich`]: the one function the pipeline, replay and benchmarks call: bytes in, bytes out.
+//! - [`optout`]: the opt-out rule and the lookup interface it needs.
+//! - [`cache`]: a bounded decrypt-result cache shared across threads (moka); it reads no clock either.
+//!
+//! Shell — wiring and I/O only, depends on the core and never the reverse: [`cli`].
+
+pub mod cache;
+pub mod cli;
+pub mod enrich;
+pub mod openrtb;
+pub mod optout;
+pub mod uid2;

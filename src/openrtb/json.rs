@@ -1,0 +1,2407 @@
+//! JSON bid requests: find the UID2/EUID tokens in `user.eids[]` / `user.ext.eids[]` and splice one
+//! enrichment member into `user.ext`, without a DOM of the request and without changing any byte the
+//! enricher does not add.
+//!
+//! Why no DOM: re-serialising a request rewrites what downstream bidders read — number spelling (`1.50`,
+//! `1e-3`, 20-digit integers), escapes (`\u00e9`, `\/`), key order, unknown or misspelled fields — and a full
+//! parse costs tens of microseconds where this costs a fraction of one. So [`scan`] walks the members of the
+//! top-level object, reads only `user`, `site` and `app`, *skips* every other value by bracket matching, and
+//! records byte offsets; [`splice`] copies the input around those offsets.
+//!
+//! # What the fast path checks, and what it does not
+//! [`scan`] always checks: the whole input is UTF-8; it is one JSON object with only JSON whitespace around
+//! it; the top-level object and everything it parses (`user`, `user.ext`, the `eids` arrays and their
+//! entries, `uids` arrays of configured sources and their entries, `site`, `app`) have correct member and
+//! element syntax; every string anywhere is terminated; brackets anywhere are balanced and of matching type;
+//! nesting is at most [`MAX_DEPTH`]; escapes are valid in every string it reads (keys of the objects it
+//! parses, `source`, `id`, `domain`, `page`, `bundle`); a scalar where it expects a value starts like one
+//! and `true`/`false`/`null` are spelled right.
+//!
+//! It does not check the inside of values it skips: commas, colons, key/value alternation, number grammar,
+//! escapes and raw control characters in skipped strings. A request that is broken only there passes
+//! through untouched, exactly as it came. [`validate_strict`] (serde_json's full grammar) exists for a mode
+//! that must reject such requests.
+//!
+//! Duplicate keys: the last occurrence wins (`user`, `ext`, `eids`, `source`, `id`, the enrichment member
+//! itself), as in serde_json and most parsers, so downstream readers see the member where the enricher put it.
+//!
+//! Dependencies: std, `memchr` (jumping to the end of strings), `thiserror`, and `serde_json` (with serde's
+//! `IgnoredAny`) only inside [`validate_strict`]. Pure: no I/O, no clock, no global state.
+
+use std::borrow::Cow;
+
+use memchr::{memchr, memchr2};
+
+/// Deepest nesting of objects and arrays accepted anywhere in a request.
+///
+/// Real requests nest fewer than ten levels. The bound rejects nesting bombs with an error instead of
+/// unbounded work, and keeps the skipper's bracket stack in a fixed 64-byte bitset.
+pub const MAX_DEPTH: usize = 512;
+
+/// Why a request could not be scanned. Each maps to a short [`reason`](JsonError::reason) for the
+/// dead-letter header.
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
+pub enum JsonError {
+    #[error("request is not valid UTF-8")]
+    NotUtf8,
+    #[error("request is not a JSON object")]
+    NotAnObject,
+    #[error("request JSON ends before it is complete")]
+    Truncated,
+    #[error("malformed JSON at byte {offset}: {reason}")]
+    Malformed { offset: usize, reason: &'static str },
+    #[error("JSON nesting deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+}
+
+impl JsonError {
+    /// A short, stable, snake_case reason: the value of the `uid2-error` dead-letter header.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            JsonError::NotUtf8 => "not_utf8",
+            JsonError::NotAnObject => "not_a_json_object",
+            JsonError::Truncated => "truncated_json",
+            JsonError::Malformed { .. } => "malformed_json",
+            JsonError::TooDeep => "nesting_too_deep",
+        }
+    }
+}
+
+/// Which of the two standard arrays a token came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EidLocation {
+    /// OpenRTB 2.6 `user.eids[]`.
+    UserEids,
+    /// The 2.5 extension `user.ext.eids[]`.
+    UserExtEids,
+}
+
+impl EidLocation {
+    /// The JSON path, as written in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EidLocation::UserEids => "user.eids",
+            EidLocation::UserExtEids => "user.ext.eids",
+        }
+    }
+}
+
+/// One `uids[].id` string of an eid whose `source` is configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundToken<'a> {
+    /// The id, unescaped; borrowed from the input unless it contained escapes.
+    pub id: Cow<'a, str>,
+    /// Index into the `sources` slice given to [`scan`].
+    pub source_index: usize,
+    pub location: EidLocation,
+}
+
+/// What [`scan`] found: the tokens, the names the domain check needs, and where [`splice`] writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scan<'a> {
+    /// Tokens in document order: first every `user.eids[]` entry, then every `user.ext.eids[]` entry, whose
+    /// `source` is one of the configured sources (exact string compare after unescaping), each `uids[].id`
+    /// string. Duplicates are kept: each occurrence is one entry.
+    pub tokens: Vec<FoundToken<'a>>,
+    /// Top-level `site.domain`, when it is a string.
+    pub site_domain: Option<Cow<'a, str>>,
+    /// Top-level `site.page`, when it is a string.
+    pub site_page: Option<Cow<'a, str>>,
+    /// Top-level `app.bundle`, when it is a string.
+    pub app_bundle: Option<Cow<'a, str>>,
+    target: Target,
+    /// Lets [`splice`] catch, in debug builds, a caller that passes other bytes or another member name than
+    /// it scanned: either would write at offsets that mean nothing.
+    input_len: usize,
+    member_fingerprint: u64,
+}
+
+impl Scan<'_> {
+    /// Whether the request has a top-level `user` object.
+    pub fn has_user(&self) -> bool {
+        !matches!(self.target, Target::NoUser)
+    }
+
+    /// Whether [`splice`] will return `Some`: there is a `user` object whose `ext` is absent, null or an object.
+    pub fn can_splice(&self) -> bool {
+        matches!(self.target, Target::Insert { .. } | Target::Replace { .. })
+    }
+
+    /// Whether `user.ext` already holds the member (an enriched request seen again).
+    pub fn has_member(&self) -> bool {
+        matches!(
+            self.target,
+            Target::Replace {
+                wrap_in_object: false,
+                ..
+            }
+        )
+    }
+}
+
+/// Where the member goes, as byte offsets into the scanned input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// No top-level `user` object (absent, null, or another type).
+    NoUser,
+    /// `user.ext` is neither an object nor null: the body cannot carry the result.
+    ExtUnusable,
+    /// Insert at `at`: `,` if `comma`, then the member, wrapped in `"ext":{…}` if `wrap_in_ext`.
+    Insert {
+        at: usize,
+        comma: bool,
+        wrap_in_ext: bool,
+    },
+    /// Replace `start..end` by the member's value, or by `{member}` if `wrap_in_object` (a `null` ext).
+    Replace {
+        start: usize,
+        end: usize,
+        wrap_in_object: bool,
+    },
+}
+
+/// Finds the tokens of the configured `sources` and the place for `member_name` in a JSON bid request.
+///
+/// `member_name` must not be `"eids"`. Pass the same name to [`splice`].
+///
+/// # Errors
+/// [`JsonError`] when the input is not UTF-8, not a JSON object, cut short, structurally malformed where the
+/// fast path looks (see the module docs), or nested deeper than [`MAX_DEPTH`]. Type drift inside `user`
+/// (non-object eids entries, non-array `uids`, non-string ids, `atype` as a string…) is not an error: those
+/// entries are skipped.
+pub fn scan<'a>(
+    input: &'a [u8],
+    sources: &[&str],
+    member_name: &str,
+) -> Result<Scan<'a>, JsonError> {
+    debug_assert_ne!(member_name, "eids", "the member would shadow user.ext.eids");
+    let text = std::str::from_utf8(input).map_err(|_| JsonError::NotUtf8)?;
+    let mut cur = Cursor {
+        text,
+        bytes: input,
+        pos: 0,
+    };
+    cur.skip_ws();
+    if cur.peek() != Some(b'{') {
+        return Err(JsonError::NotAnObject);
+    }
+    let ctx = UserCtx {
+        sources,
+        member_name,
+    };
+    let mut tokens = Vec::new();
+    let mut target = Target::NoUser;
+    let (mut site_domain, mut site_page, mut app_bundle) = (None, None, None);
+    cur.object(0, |cur, key, depth| {
+        match &*key.text()? {
+            "user" => {
+                // A later `user` replaces an earlier one, tokens included.
+                tokens.clear();
+                target = parse_user(cur, depth, &ctx, &mut tokens)?;
+            }
+            "site" => [site_domain, site_page] = string_members(cur, depth, ["domain", "page"])?,
+            "app" => [app_bundle] = string_members(cur, depth, ["bundle"])?,
+            _ => cur.skip_value(depth)?,
+        }
+        Ok(())
+    })?;
+    cur.skip_ws();
+    if cur.pos < input.len() {
+        return Err(cur.malformed("data after the top-level object"));
+    }
+    Ok(Scan {
+        tokens,
+        site_domain,
+        site_page,
+        app_bundle,
+        target,
+        input_len: input.len(),
+        member_fingerprint: fingerprint(member_name),
+    })
+}
+
+/// Returns `input` with `"<member_name>":<member_json>` placed in `user.ext`, every other byte unchanged.
+///
+/// - `user.ext` an object without the member: inserted after its last member's value (right after `{` if empty).
+/// - `user.ext` holds the member (the last one, if duplicated): only that value's bytes are replaced, so
+///   enriching twice equals enriching once.
+/// - no `user.ext`: `"ext":{…}` is added after the last member of `user` (right after `{` if empty).
+/// - `user.ext` is `null`: the `null` becomes `{"<member_name>":<member_json>}`.
+///
+/// `input` and `member_name` must be those given to [`scan`]; `member_json` is compact serialised JSON.
+/// Returns `None` when there is no `user` object, or when `user.ext` is neither an object nor null: the body
+/// cannot carry the result and stays unchanged (the caller still reports the status in a header).
+pub fn splice(
+    input: &[u8],
+    scan: &Scan<'_>,
+    member_name: &str,
+    member_json: &str,
+) -> Option<Vec<u8>> {
+    debug_assert_eq!(
+        input.len(),
+        scan.input_len,
+        "splice input differs from the scanned one"
+    );
+    debug_assert_eq!(
+        scan.member_fingerprint,
+        fingerprint(member_name),
+        "splice member name differs from the scanned one"
+    );
+    let (start, end) = match scan.target {
+        Target::NoUser | Target::ExtUnusable => return None,
+        Target::Insert { at, .. } => (at, at),
+        Target::Replace { start, end, .. } => (start, end),
+    };
+    let head = input.get(..start)?;
+    let tail = input.get(end..)?;
+    let mut out = Vec::with_capacity(input.len() + member_name.len() + member_json.len() + 16);
+    out.extend_from_slice(head);
+    match scan.target {
+        Target::Insert {
+            comma, wrap_in_ext, ..
+        } => {
+            if comma {
+                out.push(b',');
+            }
+            if wrap_in_ext {
+                out.extend_from_slice(br#""ext":{"#);
+            }
+            push_member(&mut out, member_name, member_json);
+            if wrap_in_ext {
+                out.push(b'}');
+            }
+        }
+        Target::Replace {
+            wrap_in_object: true,
+            ..
+        } => {
+            out.push(b'{');
+            push_member(&mut out, member_name, member_json);
+            out.push(b'}');
+        }
+        Target::Replace { .. } => out.extend_from_slice(member_json.as_bytes()),
+        Target::NoUser | Target::ExtUnusable => return None,
+    }
+    out.extend_from_slice(tail);
+    Some(out)
+}
+
+/// Full-grammar validation for a strict mode: UTF-8, a top-level object, and serde_json's complete JSON
+/// grammar everywhere, including the regions [`scan`] skips. Costs a full parse (no DOM is built).
+///
+/// # Errors
+/// The same [`JsonError`] kinds as [`scan`]; serde_json's own message is not kept (the reason is static).
+/// Nesting depth is not limited here (serde_json ignores values iteratively); [`scan`] enforces [`MAX_DEPTH`].
+pub fn validate_strict(input: &[u8]) -> Result<(), JsonError> {
+    std::str::from_utf8(input).map_err(|_| JsonError::NotUtf8)?;
+    match input
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+    {
+        Some(b'{') => {}
+        _ => return Err(JsonError::NotAnObject),
+    }
+    match serde_json::from_slice::<serde::de::IgnoredAny>(input) {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_eof() => Err(JsonError::Truncated),
+        Err(e) => Err(JsonError::Malformed {
+            offset: line_column_offset(input, e.line(), e.column()),
+            reason: "invalid JSON (strict validation)",
+        }),
+    }
+}
+
+/// serde_json reports 1-based line and column; the dead-letter path wants a byte offset.
+fn line_column_offset(input: &[u8], line: usize, column: usize) -> usize {
+    let mut line_start = 0;
+    for _ in 1..line {
+        match memchr(b'\n', input.get(line_start..).unwrap_or_default()) {
+            Some(k) => line_start += k + 1,
+            None => break,
+        }
+    }
+    (line_start + column.saturating_sub(1)).min(input.len())
+}
+
+fn push_member(out: &mut Vec<u8>, name: &str, json: &str) {
+    push_json_string(out, name);
+    out.push(b':');
+    out.extend_from_slice(json.as_bytes());
+}
+
+fn push_json_string(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    for ch in s.chars() {
+        match ch {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            c if u32::from(c) < 0x20 => {
+                out.extend_from_slice(format!("\\u{:04x}", u32::from(c)).as_bytes());
+            }
+            c => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+        }
+    }
+    out.push(b'"');
+}
+
+/// FNV-1a: cheap, and only compared in debug assertions.
+fn fingerprint(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+struct UserCtx<'s> {
+    sources: &'s [&'s str],
+    member_name: &'s str,
+}
+
+/// What the last `user.ext` member was.
+enum Ext {
+    Absent,
+    Null {
+        start: usize,
+        end: usize,
+    },
+    Object {
+        open: usize,
+        last_value_end: Option<usize>,
+        member: Option<(usize, usize)>,
+    },
+    Other,
+}
+
+/// `cur` is at the value of a top-level `user` member.
+fn parse_user<'a>(
+    cur: &mut Cursor<'a>,
+    depth: usize,
+    ctx: &UserCtx<'_>,
+    tokens: &mut Vec<FoundToken<'a>>,
+) -> Result<Target, JsonError> {
+    if cur.peek() != Some(b'{') {
+        cur.skip_value(depth)?;
+        return Ok(Target::NoUser);
+    }
+    let open = cur.pos;
+    let mut ext = Ext::Absent;
+    let last_value_end = cur.object(depth, |cur, key, depth| {
+        match &*key.text()? {
+            "eids" => {
+                drop_location(tokens, EidLocation::UserEids);
+                if cur.peek() == Some(b'[') {
+                    parse_eids(cur, depth, ctx.sources, EidLocation::UserEids, tokens)?;
+                } else {
+                    cur.skip_value(depth)?;
+                }
+            }
+            "ext" => {
+                drop_location(tokens, EidLocation::UserExtEids);
+                ext = parse_ext(cur, depth, ctx, tokens)?;
+            }
+            _ => cur.skip_value(depth)?,
+        }
+        Ok(())
+    })?;
+    // `ext` may come before `eids`; the contract is user.eids tokens first.
+    if !tokens.is_sorted_by_key(|t| t.location) {
+        tokens.sort_by_key(|t| t.location);
+    }
+    Ok(match ext {
+        Ext::Absent => Target::Insert {
+            at: last_value_end.unwrap_or(open + 1),
+            comma: last_value_end.is_some(),
+            wrap_in_ext: true,
+        },
+        Ext::Null { start, end } => Target::Replace {
+            start,
+            end,
+            wrap_in_object: true,
+        },
+        Ext::Object {
+            member: Some((start, end)),
+            ..
+        } => Target::Replace {
+            start,
+            end,
+            wrap_in_object: false,
+        },
+        Ext::Object {
+            open,
+            last_value_end,
+            member: None,
+        } => Target::Insert {
+            at: last_value_end.unwrap_or(open + 1),
+            comma: last_value_end.is_some(),
+            wrap_in_ext: false,
+        },
+        Ext::Other => Target::ExtUnusable,
+    })
+}
+
+/// A later duplicate of `eids` or `ext` replaces what the earlier one contributed.
+fn drop_location(tokens: &mut Vec<FoundToken<'_>>, location: EidLocation) {
+    if tokens.iter().any(|t| t.location == location) {
+        tokens.retain(|t| t.location != location);
+    }
+}
+
+/// `cur` is at the value of `user.ext`.
+fn parse_ext<'a>(
+    cur: &mut Cursor<'a>,
+    depth: usize,
+    ctx: &UserCtx<'_>,
+    tokens: &mut Vec<FoundToken<'a>>,
+) -> Result<Ext, JsonError> {
+    let start = cur.pos;
+    if cur.peek() != Some(b'{') {
+        cur.skip_value(depth)?;
+        let is_null = cur.bytes.get(start..cur.pos) == Some(b"null".as_slice());
+        return Ok(if is_null {
+            Ext::Null {
+                start,
+                end: cur.pos,
+            }
+        } else {
+            Ext::Other
+        });
+    }
+    let mut member = None;
+    let last_value_end = cur.object(depth, |cur, key, depth| {
+        let key = key.text()?;
+        if *key == *ctx.member_name {
+            let value_start = cur.pos;
+            cur.skip_value(depth)?;
+            member = Some((value_start, cur.pos));
+        } else if key == "eids" {
+            drop_location(tokens, EidLocation::UserExtEids);
+            if cur.peek() == Some(b'[') {
+                parse_eids(cur, depth, ctx.sources, EidLocation::UserExtEids, tokens)?;
+            } else {
+                cur.skip_value(depth)?;
+            }
+        } else {
+            cur.skip_value(depth)?;
+        }
+        Ok(())
+    })?;
+    Ok(Ext::Object {
+        open: start,
+        last_value_end,
+        member,
+    })
+}
+
+/// `cur` is at the `[` of an eids array.
+fn parse_eids<'a>(
+    cur: &mut Cursor<'a>,
+    depth: usize,
+    sources: &[&str],
+    location: EidLocation,
+    tokens: &mut Vec<FoundToken<'a>>,
+) -> Result<(), JsonError> {
+    cur.array(depth, |cur, depth| {
+        if cur.peek() == Some(b'{') {
+            parse_eid(cur, depth, sources, location, tokens)
+        } else {
+            cur.skip_value(depth)
+        }
+    })
+}
+
+/// `cur` is at the `{` of one eid.
+fn parse_eid<'a>(
+    cur: &mut Cursor<'a>,
+    depth: usize,
+    sources: &[&str],
+    location: EidLocation,
+    tokens: &mut Vec<FoundToken<'a>>,
+) -> Result<(), JsonError> {
+    let mut source_index = None;
+    let mut uids_at = None;
+    cur.object(depth, |cur, key, depth| {
+        match &*key.text()? {
+            "source" => {
+                source_index = if cur.peek() == Some(b'"') {
+                    let source = cur.string()?.text()?;
+                    sources.iter().position(|s| **s == *source)
+                } else {
+                    cur.skip_value(depth)?;
+                    None
+                };
+            }
+            "uids" => {
+                uids_at = (cur.peek() == Some(b'[')).then_some(cur.pos);
+                cur.skip_value(depth)?;
+            }
+            _ => cur.skip_value(depth)?,
+        }
+        Ok(())
+    })?;
+    // `uids` may precede `source`, so ids are read once the (last) source is known; only eids of a
+    // configured source pay for this second pass.
+    if let (Some(source_index), Some(at)) = (source_index, uids_at) {
+        let mut uids = Cursor { pos: at, ..*cur };
+        uids.array(depth + 1, |cur, depth| {
+            if cur.peek() == Some(b'{') {
+                parse_uid(cur, depth, source_index, location, tokens)
+            } else {
+                cur.skip_value(depth)
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// `cur` is at the `{` of one uid.
+fn parse_uid<'a>(
+    cur: &mut Cursor<'a>,
+    depth: usize,
+    source_index: usize,
+    location: EidLocation,
+    tokens: &mut Vec<FoundToken<'a>>,
+) -> Result<(), JsonError> {
+    let mut id = None;
+    cur.object(depth, |cur, key, depth| {
+        if key.text()? == "id" {
+            id = if cur.peek() == Some(b'"') {
+                Some(cur.string()?)
+            } else {
+                cur.skip_value(depth)?;
+                None
+            };
+        } else {
+            cur.skip_value(depth)?;
+        }
+        Ok(())
+    })?;
+    if let Some(id) = id {
+        tokens.push(FoundToken {
+            id: id.text()?,
+            source_index,
+            location,
+        });
+    }
+    Ok(())
+}
+
+/// Reads the string members `names` of an object value (last occurrence wins; other types give `None`),
+/// skipping everything else. A value that is not an object gives all `None`.
+fn string_members<'a, const N: usize>(
+    cur: &mut Cursor<'a>,
+    depth: usize,
+    names: [&str; N],
+) -> Result<[Option<Cow<'a, str>>; N], JsonError> {
+    let mut out: [Option<Cow<'a, str>>; N] = std::array::from_fn(|_| None);
+    if cur.peek() != Some(b'{') {
+        cur.skip_value(depth)?;
+        return Ok(out);
+    }
+    cur.object(depth, |cur, key, depth| {
+        let key = key.text()?;
+        match names
+            .iter()
+            .position(|n| **n == *key)
+            .and_then(|i| out.get_mut(i))
+        {
+            Some(slot) if cur.peek() == Some(b'"') => *slot = Some(cur.string()?.text()?),
+            Some(slot) => {
+                *slot = None;
+                cur.skip_value(depth)?;
+            }
+            None => cur.skip_value(depth)?,
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// The text between a string's quotes, still escaped.
+#[derive(Clone, Copy)]
+struct RawStr<'a> {
+    raw: &'a str,
+    escaped: bool,
+    /// Offset of `raw` in the input, for error reports.
+    offset: usize,
+}
+
+impl<'a> RawStr<'a> {
+    /// The unescaped text; allocates only when the string contains escapes.
+    fn text(self) -> Result<Cow<'a, str>, JsonError> {
+        if self.escaped {
+            unescape(self.raw, self.offset).map(Cow::Owned)
+        } else {
+            Ok(Cow::Borrowed(self.raw))
+        }
+    }
+}
+
+fn unescape(raw: &str, offset: usize) -> Result<String, JsonError> {
+    let bytes = raw.as_bytes();
+    let mut out = String::with_capacity(raw.len());
+    let mut i = 0;
+    while let Some(k) = memchr(b'\\', bytes.get(i..).unwrap_or_default()) {
+        let at = i + k;
+        let bad = |reason| JsonError::Malformed {
+            offset: offset + at,
+            reason,
+        };
+        // Backslashes and the bytes after an escape are ASCII, so these are char boundaries.
+        out.push_str(raw.get(i..at).ok_or(bad("invalid escape"))?);
+        let (ch, len) = match bytes.get(at + 1) {
+            Some(b'"') => ('"', 2),
+            Some(b'\\') => ('\\', 2),
+            Some(b'/') => ('/', 2),
+            Some(b'b') => ('\u{8}', 2),
+            Some(b'f') => ('\u{c}', 2),
+            Some(b'n') => ('\n', 2),
+            Some(b'r') => ('\r', 2),
+            Some(b't') => ('\t', 2),
+            Some(b'u') => {
+                let hi = hex4(bytes, at + 2).ok_or(bad("invalid \\u escape"))?;
+                match hi {
+                    0xD800..=0xDBFF => {
+                        let lo = match bytes.get(at + 6..at + 8) {
+                            Some(b"\\u") => hex4(bytes, at + 8),
+                            _ => None,
+                        }
+                        .filter(|lo| (0xDC00..=0xDFFF).contains(lo))
+                        .ok_or(bad("lone surrogate in \\u escape"))?;
+                        let c = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
+                        (char::from_u32(c).ok_or(bad("invalid \\u escape"))?, 12)
+                    }
+                    0xDC00..=0xDFFF => return Err(bad("lone surrogate in \\u escape")),
+                    _ => (char::from_u32(hi).ok_or(bad("invalid \\u escape"))?, 6),
+                }
+            }
+            _ => return Err(bad("invalid escape")),
+        };
+        out.push(ch);
+        i = at + len;
+    }
+    out.push_str(raw.get(i..).unwrap_or_default());
+    Ok(out)
+}
+
+fn hex4(bytes: &[u8], at: usize) -> Option<u32> {
+    bytes
+        .get(at..at + 4)?
+        .iter()
+        .try_fold(0u32, |v, &b| Some(v * 16 + char::from(b).to_digit(16)?))
+}
+
+/// Byte classes for the skipper: everything but these six is stepped over without a second look.
+const QUOTE: u8 = 1;
+const OPEN: u8 = 2;
+const CLOSE: u8 = 3;
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    t[b'"' as usize] = QUOTE;
+    t[b'{' as usize] = OPEN;
+    t[b'[' as usize] = OPEN;
+    t[b'}' as usize] = CLOSE;
+    t[b']' as usize] = CLOSE;
+    t
+};
+
+/// Position of the closing quote of a string whose content starts at `from`, and whether it has escapes.
+#[inline]
+fn string_end(bytes: &[u8], from: usize) -> Result<(usize, bool), JsonError> {
+    let mut i = from;
+    let mut escaped = false;
+    loop {
+        let rest = bytes.get(i..).ok_or(JsonError::Truncated)?;
+        let k = memchr2(b'"', b'\\', rest).ok_or(JsonError::Truncated)?;
+        if rest.get(k) == Some(&b'"') {
+            return Ok((i + k, escaped));
+        }
+        // Whatever follows the backslash is not a terminator; a bad escape is the reader's problem.
+        escaped = true;
+        i += k + 2;
+    }
+}
+
+/// A position in the input. `depth` arguments count the containers enclosing the value at hand.
+#[derive(Clone, Copy)]
+struct Cursor<'a> {
+    text: &'a str,
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    #[inline]
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.pos).copied()
+    }
+
+    #[inline]
+    fn skip_ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.pos += 1;
+        }
+    }
+
+    #[inline]
+    fn next_non_ws(&mut self) -> Result<u8, JsonError> {
+        self.skip_ws();
+        self.peek().ok_or(JsonError::Truncated)
+    }
+
+    fn malformed(&self, reason: &'static str) -> JsonError {
+        JsonError::Malformed {
+            offset: self.pos,
+            reason,
+        }
+    }
+
+    /// At an opening quote; leaves the cursor after the closing one.
+    fn string(&mut self) -> Result<RawStr<'a>, JsonError> {
+        let start = self.pos + 1;
+        let (end, escaped) = string_end(self.bytes, start)?;
+        let raw = self
+            .text
+            .get(start..end)
+            .ok_or(self.malformed("invalid string"))?;
+        self.pos = end + 1;
+        Ok(RawStr {
+            raw,
+            escaped,
+            offset: start,
+        })
+    }
+
+    /// At the first byte of a value; leaves the cursor right after it.
+    fn skip_value(&mut self, depth: usize) -> Result<(), JsonError> {
+        match self.peek() {
+            None => Err(JsonError::Truncated),
+            Some(b'"') => {
+                self.pos = string_end(self.bytes, self.pos + 1)?.0 + 1;
+                Ok(())
+            }
+            Some(b'{' | b'[') => self.skip_container(depth),
+            Some(_) => self.skip_scalar(),
+        }
+    }
+
+    /// Numbers are only checked for their character set; literals must be spelled right.
+    fn skip_scalar(&mut self) -> Result<(), JsonError> {
+        let rest = self.bytes.get(self.pos..).unwrap_or_default();
+        let literal: &[u8] = match rest.first() {
+            Some(b't') => b"true",
+            Some(b'f') => b"false",
+            Some(b'n') => b"null",
+            Some(b'-' | b'0'..=b'9') => {
+                let len = rest
+                    .iter()
+                    .position(|b| !matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+                    .unwrap_or(rest.len());
+                self.pos += len;
+                return Ok(());
+            }
+            _ => return Err(self.malformed("expected a value")),
+        };
+        if rest.starts_with(literal) {
+            self.pos += literal.len();
+            Ok(())
+        } else if literal.starts_with(rest) {
+            Err(JsonError::Truncated)
+        } else {
+            Err(self.malformed("invalid literal"))
+        }
+    }
+
+    /// At `{` or `[`: skips to after the matching bracket, iteratively, checking bracket types and depth.
+    fn skip_container(&mut self, depth: usize) -> Result<(), JsonError> {
+        // Bit n: the container opened at level n is an object (else an array).
+        let mut is_object = [0u64; MAX_DEPTH / 64];
+        let mut level = 0usize;
+        let bytes = self.bytes;
+        let mut i = self.pos;
+        loop {
+            let rest = bytes.get(i..).unwrap_or_default();
+            let Some(k) = rest.iter().position(|&b| CLASS[usize::from(b)] != 0) else {
+                return Err(JsonError::Truncated);
+            };
+            i += k;
+            let byte = rest.get(k).copied().unwrap_or_default();
+            match CLASS[usize::from(byte)] {
+                QUOTE => i = string_end(bytes, i + 1)?.0 + 1,
+                OPEN => {
+                    if depth + level >= MAX_DEPTH {
+                        return Err(JsonError::TooDeep);
+                    }
+                    if let Some(word) = is_object.get_mut(level / 64) {
+                        let bit = 1u64 << (level % 64);
+                        if byte == b'{' {
+                            *word |= bit;
+                        } else {
+                            *word &= !bit;
+                        }
+                    }
+                    level += 1;
+                    i += 1;
+                }
+                _ => {
+                    self.pos = i;
+                    let Some(inner) = level.checked_sub(1) else {
+                        return Err(self.malformed("unbalanced bracket"));
+                    };
+                    level = inner;
+                    let opened_object = is_object
+                        .get(level / 64)
+                        .is_some_and(|word| word >> (level % 64) & 1 == 1);
+                    if opened_object != (byte == b'}') {
+                        return Err(self.malformed("mismatched bracket"));
+                    }
+                    i += 1;
+                    if level == 0 {
+                        self.pos = i;
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// At `{`: calls `member(cursor at the value, key, depth of the value)` for each member, which must
+    /// consume the value. Returns the end offset of the last member's value, if any.
+    fn object<F>(&mut self, depth: usize, mut member: F) -> Result<Option<usize>, JsonError>
+    where
+        F: FnMut(&mut Self, RawStr<'a>, usize) -> Result<(), JsonError>,
+    {
+        if depth >= MAX_DEPTH {
+            return Err(JsonError::TooDeep);
+        }
+        self.pos += 1;
+        if self.next_non_ws()? == b'}' {
+            self.pos += 1;
+            return Ok(None);
+        }
+        loop {
+            if self.next_non_ws()? != b'"' {
+                return Err(self.malformed("expected a member name"));
+            }
+            let key = self.string()?;
+            if self.next_non_ws()? != b':' {
+                return Err(self.malformed("expected ':' after a member name"));
+            }
+            self.pos += 1;
+            self.next_non_ws()?;
+            member(self, key, depth + 1)?;
+            let value_end = self.pos;
+            match self.next_non_ws()? {
+                b',' => self.pos += 1,
+                b'}' => {
+                    self.pos += 1;
+                    return Ok(Some(value_end));
+                }
+                _ => return Err(self.malformed("expected ',' or '}' in an object")),
+            }
+        }
+    }
+
+    /// At `[`: calls `element(cursor at the element, depth of the element)` for each element, which must
+    /// consume it.
+    fn array<F>(&mut self, depth: usize, mut element: F) -> Result<(), JsonError>
+    where
+        F: FnMut(&mut Self, usize) -> Result<(), JsonError>,
+    {
+        if depth >= MAX_DEPTH {
+            return Err(JsonError::TooDeep);
+        }
+        self.pos += 1;
+        if self.next_non_ws()? == b']' {
+            self.pos += 1;
+            return Ok(());
+        }
+        loop {
+            self.next_non_ws()?;
+            element(self, depth + 1)?;
+            match self.next_non_ws()? {
+                b',' => self.pos += 1,
+                b']' => {
+                    self.pos += 1;
+                    return Ok(());
+                }
+                _ => return Err(self.malformed("expected ',' or ']' in an array")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    const SOURCES: &[&str] = &["uidapi.com", "euid.eu"];
+    const M: &str = "uid2_enrichment";
+    const J: &str = r#"{"status":"success","raw_uid2":"ywsvDO4i2mFAD5Y0Uc5+FTWAfTdhgFIijeNrS3fZ7q0=","source":"uidapi.com","tokens":1}"#;
+
+    const UID2_V4: &str = "A4AAAABlh75XmviGJi-hkLGs96duivRhMd3a3pe7yTIwbAHudfB9wFTj2FtJTdMW5TXXd1KAb-Z3ekQ_KImZ5Mi7xP75jRNeD6Mt6opWwXCCpQxYejP0R6WnCGnWawx9rLu59LsHv6YEA_ARNIUUl9koobfA9pLmnxE3dRedDgCKm4xHXYk01Fr8rOts6iJj2AhYISR3XkyBpqzT-vqBjsHH0g";
+    const UID2_V2: &str = "AgAAAANzUr8B2jxfBN7c3vm2QVIPMQ2sEVjtrsp3kT/1Kq2A+XzK+3s5yJtHWbaK9fMZVwUvQgD0kBLDw1CN0M9rLx1uvXeqVmW5o8H2l6l5Hqrq1TvljtRQRrpCbQ4DQh8oa3f6p0Twf3QnYb7Q==";
+    const EUID_V4: &str = "E4AAAAF2yK1z0mQnJ4hP8Vd3cXeWb7sTgR5uA9oLkYiN6jHf2ZqC1vBxD0aEr3tUw8sGy5nMp7kQ4lFj9hOcI2dTzV6bX1eR8gWmA3uKoN5sLyP0iJqH7fC4vDtB9xZrE2wQ6nM1aS8kUgT3lYoF5jVpX0cRbI7hW4eN9dKzL2mA";
+
+    fn fixture(name: &str) -> String {
+        let raw = match name {
+            "iab26-video.json" => include_str!("../../tests/fixtures/openrtb/iab26-video.json"),
+            "iab26-simple-banner.json" => {
+                include_str!("../../tests/fixtures/openrtb/iab26-simple-banner.json")
+            }
+            "iab26-mobile-app.json" => {
+                include_str!("../../tests/fixtures/openrtb/iab26-mobile-app.json")
+            }
+            "prebid-server-25.json" => {
+                include_str!("../../tests/fixtures/openrtb/prebid-server-25.json")
+            }
+            "both-locations.json" => {
+                include_str!("../../tests/fixtures/openrtb/both-locations.json")
+            }
+            "pretty-odd-whitespace.json" => {
+                include_str!("../../tests/fixtures/openrtb/pretty-odd-whitespace.json")
+            }
+            "unicode-numbers.json" => {
+                include_str!("../../tests/fixtures/openrtb/unicode-numbers.json")
+            }
+            "user-ext-many.json" => include_str!("../../tests/fixtures/openrtb/user-ext-many.json"),
+            "euid.json" => include_str!("../../tests/fixtures/openrtb/euid.json"),
+            "no-token.json" => include_str!("../../tests/fixtures/openrtb/no-token.json"),
+            "no-user.json" => include_str!("../../tests/fixtures/openrtb/no-user.json"),
+            other => panic!("unknown fixture {other}"),
+        };
+        raw.replace("@@UID2_V4@@", UID2_V4)
+            .replace("@@UID2_V2@@", UID2_V2)
+            .replace("@@EUID_V4@@", EUID_V4)
+    }
+
+    const FIXTURES: &[&str] = &[
+        "iab26-video.json",
+        "iab26-simple-banner.json",
+        "iab26-mobile-app.json",
+        "prebid-server-25.json",
+        "both-locations.json",
+        "pretty-odd-whitespace.json",
+        "unicode-numbers.json",
+        "user-ext-many.json",
+        "euid.json",
+        "no-token.json",
+        "no-user.json",
+    ];
+
+    type Tok = (String, usize, EidLocation);
+    use EidLocation::{UserEids, UserExtEids};
+
+    fn scan_ok(input: &str) -> Scan<'_> {
+        scan(input.as_bytes(), SOURCES, M).unwrap_or_else(|e| panic!("scan failed: {e}\n{input}"))
+    }
+
+    fn toks(s: &Scan<'_>) -> Vec<Tok> {
+        s.tokens
+            .iter()
+            .map(|t| (t.id.to_string(), t.source_index, t.location))
+            .collect()
+    }
+
+    fn tok(id: &str, source_index: usize, location: EidLocation) -> Tok {
+        (id.to_string(), source_index, location)
+    }
+
+    fn enrich(input: &str) -> Option<String> {
+        let s = scan_ok(input);
+        splice(input.as_bytes(), &s, M, J).map(|v| String::from_utf8(v).expect("utf-8 output"))
+    }
+
+    fn err(input: &[u8]) -> JsonError {
+        match scan(input, SOURCES, M) {
+            Ok(s) => panic!("expected an error, got {s:?}"),
+            Err(e) => e,
+        }
+    }
+
+    /// The contract's token list, computed the slow way from a serde_json DOM (last duplicate key wins there too).
+    fn reference_tokens(v: &Value) -> Vec<Tok> {
+        let mut out = Vec::new();
+        let Some(user) = v.get("user").and_then(Value::as_object) else {
+            return out;
+        };
+        let ext_eids = user
+            .get("ext")
+            .and_then(Value::as_object)
+            .and_then(|e| e.get("eids"));
+        for (location, eids) in [(UserEids, user.get("eids")), (UserExtEids, ext_eids)] {
+            for eid in eids.and_then(Value::as_array).into_iter().flatten() {
+                let Some(src) = eid.get("source").and_then(Value::as_str) else {
+                    continue;
+                };
+                let Some(idx) = SOURCES.iter().position(|s| *s == src) else {
+                    continue;
+                };
+                for uid in eid
+                    .get("uids")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(id) = uid.get("id").and_then(Value::as_str) {
+                        out.push(tok(id, idx, location));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn reference_str(v: &Value, obj: &str, key: &str) -> Option<String> {
+        v.get(obj)?
+            .as_object()?
+            .get(key)?
+            .as_str()
+            .map(str::to_string)
+    }
+
+    /// Checks an enriched output against its input through serde_json: the member is there with the right
+    /// value, and putting back what was there before gives the input's DOM.
+    fn check_enriched(input: &str, out: &str) {
+        let vin: Value = serde_json::from_str(input).expect("input parses");
+        let mut vout: Value = serde_json::from_str(out).expect("output parses");
+        let member: Value = serde_json::from_str(J).expect("member parses");
+        let uin = vin["user"].as_object().expect("input has a user object");
+        let uout = vout["user"]
+            .as_object_mut()
+            .expect("output has a user object");
+        let ext = uout["ext"]
+            .as_object_mut()
+            .expect("output user.ext is an object");
+        assert_eq!(ext.get(M), Some(&member), "user.ext.{M} in {out}");
+        match uin.get("ext") {
+            None => {
+                assert_eq!(ext.len(), 1);
+                uout.remove("ext");
+            }
+            Some(Value::Null) => {
+                assert_eq!(ext.len(), 1);
+                uout.insert("ext".into(), Value::Null);
+            }
+            Some(old_ext) => match old_ext.get(M) {
+                Some(old) => {
+                    ext.insert(M.into(), old.clone());
+                }
+                None => {
+                    ext.remove(M);
+                }
+            },
+        }
+        assert_eq!(vin, vout, "only the member changed");
+    }
+
+    /// What `splice` should have inserted for an insertion target, written out independently.
+    fn expected_insert(comma: bool, wrap_in_ext: bool) -> String {
+        let member = format!("\"{M}\":{J}");
+        let body = if wrap_in_ext {
+            format!("\"ext\":{{{member}}}")
+        } else {
+            member
+        };
+        if comma { format!(",{body}") } else { body }
+    }
+
+    /// Removing what the splice added (or putting back what it replaced) gives the input byte for byte.
+    fn check_removal(input: &str, s: &Scan<'_>, out: &str) {
+        match s.target {
+            Target::Insert {
+                at,
+                comma,
+                wrap_in_ext,
+            } => {
+                let ins = expected_insert(comma, wrap_in_ext);
+                assert_eq!(&out[at..at + ins.len()], ins);
+                let back = format!("{}{}", &out[..at], &out[at + ins.len()..]);
+                assert_eq!(back, input);
+            }
+            Target::Replace {
+                start,
+                end,
+                wrap_in_object,
+            } => {
+                let new = if wrap_in_object {
+                    format!("{{\"{M}\":{J}}}")
+                } else {
+                    J.to_string()
+                };
+                assert_eq!(&out[start..start + new.len()], new);
+                let back = format!(
+                    "{}{}{}",
+                    &out[..start],
+                    &input[start..end],
+                    &out[start + new.len()..]
+                );
+                assert_eq!(back, input);
+            }
+            Target::NoUser | Target::ExtUnusable => panic!("no splice expected"),
+        }
+    }
+
+    /// Every property at once for an input that can carry the member.
+    fn check_all(input: &str) -> String {
+        let s = scan_ok(input);
+        let out = String::from_utf8(splice(input.as_bytes(), &s, M, J).expect("splice")).unwrap();
+        check_removal(input, &s, &out);
+        check_enriched(input, &out);
+        let s2 = scan_ok(&out);
+        assert_eq!(toks(&s2), toks(&s), "enriching does not change the tokens");
+        assert!(s2.has_member());
+        let twice = String::from_utf8(splice(out.as_bytes(), &s2, M, J).unwrap()).unwrap();
+        assert_eq!(twice, out, "enriching twice == once");
+        out
+    }
+
+    /// `user.eids` tokens come first even when `ext` precedes `eids` in the user object.
+    #[test]
+    fn tokens_in_both_locations_user_eids_first() {
+        let input = r#"{"user":{"ext":{"eids":[{"source":"uidapi.com","uids":[{"id":"B"}]}]},"eids":[{"source":"euid.eu","uids":[{"id":"A"},{"id":"A2"}]}]}}"#;
+        let s = scan_ok(input);
+        assert_eq!(
+            toks(&s),
+            vec![
+                tok("A", 1, UserEids),
+                tok("A2", 1, UserEids),
+                tok("B", 0, UserExtEids)
+            ]
+        );
+        check_all(input);
+    }
+
+    /// The same token repeated (in one array and across both arrays) is one entry per occurrence.
+    #[test]
+    fn duplicate_tokens_are_separate_entries() {
+        let input = r#"{"user":{"eids":[{"source":"uidapi.com","uids":[{"id":"T"},{"id":"T"}]},{"source":"uidapi.com","uids":[{"id":"T"}]}],"ext":{"eids":[{"source":"uidapi.com","uids":[{"id":"T"}]}]}}}"#;
+        let s = scan_ok(input);
+        assert_eq!(
+            toks(&s),
+            vec![
+                tok("T", 0, UserEids),
+                tok("T", 0, UserEids),
+                tok("T", 0, UserEids),
+                tok("T", 0, UserExtEids)
+            ]
+        );
+    }
+
+    /// Ids are unescaped (`\/` → `/`); ids without escapes are borrowed, not allocated.
+    #[test]
+    fn escaped_slash_in_id_is_unescaped_plain_id_is_borrowed() {
+        let input = r#"{"user":{"eids":[{"source":"uidapi.com","uids":[{"id":"AgAA\/x+y=="},{"id":"A4AA-_z"}]}]}}"#;
+        let s = scan_ok(input);
+        assert_eq!(s.tokens[0].id, "AgAA/x+y==");
+        assert!(matches!(s.tokens[0].id, Cow::Owned(_)));
+        assert_eq!(s.tokens[1].id, "A4AA-_z");
+        assert!(matches!(s.tokens[1].id, Cow::Borrowed(_)));
+    }
+
+    /// Only configured sources count; the comparison is exact after unescaping.
+    #[test]
+    fn non_configured_sources_are_ignored() {
+        let input = r#"{"user":{"eids":[
+            {"source":"adserver.org","uids":[{"id":"tdid","atype":1,"ext":{"rtiPartner":"TDID"}}]},
+            {"source":"UIDAPI.COM","uids":[{"id":"upper"}]},
+            {"source":"uidapi.com ","uids":[{"id":"space"}]},
+            {"source":"uidapi.co\u006d","uids":[{"id":"escaped-source"}]},
+            {"source":"id5-sync.com","uids":[{"id":"id5"}]}]}}"#;
+        assert_eq!(
+            toks(&scan_ok(input)),
+            vec![tok("escaped-source", 0, UserEids)]
+        );
+        assert!(scan_ok(input).has_user());
+        assert!(
+            scan(
+                br#"{"user":{"eids":[{"source":"uidapi.com","uids":[{"id":"x"}]}]}}"#,
+                &[],
+                M
+            )
+            .unwrap()
+            .tokens
+            .is_empty()
+        );
+    }
+
+    /// Type drift and garbage inside eids never fail the request: the odd entries are skipped.
+    #[test]
+    fn type_drift_is_tolerated() {
+        let input = r#"{"user":{"eids":[1,"x",null,[],{},{"source":"uidapi.com"},
+            {"source":"uidapi.com","uids":"nope"},{"source":"uidapi.com","uids":{"id":"obj"}},
+            {"source":"uidapi.com","mm":"3","inserter":"pub.example","matcher":"uidapi.com","ext":{"a":[1]},
+             "uids":[1,null,"s",[],{"id":7},{"id":null},{"id":{"x":"y"}},{"atype":"3"},
+                     {"atype":"3","id":"T1","rtiPartner":"UID2","ext":{"rtiPartner":"UID2"}}]},
+            {"source":7,"uids":[{"id":"bad-source-type"}]},{"source":null,"uids":[{"id":"null-source"}]}],
+            "ext":{"eids":{"source":"uidapi.com"}}}}"#;
+        let s = scan_ok(input);
+        assert_eq!(toks(&s), vec![tok("T1", 0, UserEids)]);
+        let v: Value = serde_json::from_str(input).unwrap();
+        assert_eq!(toks(&s), reference_tokens(&v));
+        check_all(input);
+    }
+
+    /// `uids` before `source` in an eid still yields the ids.
+    #[test]
+    fn uids_before_source() {
+        let input = r#"{"user":{"eids":[{"uids":[{"id":"first"}],"atype":3,"source":"euid.eu"}]}}"#;
+        assert_eq!(toks(&scan_ok(input)), vec![tok("first", 1, UserEids)]);
+    }
+
+    /// Tabs, CRLF and spaces before colons are read, and the member lands right after the last value.
+    #[test]
+    fn pretty_printed_odd_whitespace() {
+        let input = "{\r\n\t\"user\" :\r\n\t{\r\n\t\t\"eids\" : [ { \"source\" : \"uidapi.com\" , \"uids\" : [ { \"id\" : \"T\" } ] } ] ,\r\n\t\t\"ext\"\t:\t{ \"gdpr\" : 1 }\t\r\n\t} , \"site\" : { \"domain\" :\t\"a.example\" }\r\n}\r\n";
+        let s = scan_ok(input);
+        assert_eq!(toks(&s), vec![tok("T", 0, UserEids)]);
+        assert_eq!(s.site_domain.as_deref(), Some("a.example"));
+        let out = check_all(input);
+        assert_eq!(
+            out,
+            input.replace("\"gdpr\" : 1", &format!("\"gdpr\" : 1,\"{M}\":{J}"))
+        );
+    }
+
+    /// An existing `user.ext` with many members gets the member after its last value, before the whitespace.
+    #[test]
+    fn splice_into_ext_with_many_members() {
+        let input = r#"{"user":{"id":"u","ext":{"consent":"CPX","prebid":{"buyeruids":{"a":"1"}},"data":[1,2.50,"x"],"eids":[]}  },"at":1}"#;
+        let out = check_all(input);
+        assert_eq!(
+            out,
+            format!(
+                r#"{{"user":{{"id":"u","ext":{{"consent":"CPX","prebid":{{"buyeruids":{{"a":"1"}}}},"data":[1,2.50,"x"],"eids":[],"{M}":{J}}}  }},"at":1}}"#
+            )
+        );
+    }
+
+    /// An empty ext (with or without whitespace inside) gets the member right after `{`, with no comma.
+    #[test]
+    fn splice_into_empty_ext() {
+        assert_eq!(
+            enrich(r#"{"user":{"ext":{}}}"#).unwrap(),
+            format!(r#"{{"user":{{"ext":{{"{M}":{J}}}}}}}"#)
+        );
+        assert_eq!(
+            enrich("{\"user\":{\"ext\":{ \n }}}").unwrap(),
+            format!("{{\"user\":{{\"ext\":{{\"{M}\":{J} \n }}}}}}")
+        );
+        check_all(r#"{"user":{"ext":{}}}"#);
+        check_all("{\"user\":{\"ext\":{ \r\n\t }}}");
+    }
+
+    /// `"ext": null` becomes `{"member": …}`; nothing else moves.
+    #[test]
+    fn splice_into_null_ext() {
+        let input = r#"{"user":{"ext": null ,"id":"x"}}"#;
+        assert_eq!(
+            enrich(input).unwrap(),
+            format!(r#"{{"user":{{"ext": {{"{M}":{J}}} ,"id":"x"}}}}"#)
+        );
+        check_all(input);
+    }
+
+    /// An ext that is neither object nor null cannot carry the member: splice gives None.
+    #[test]
+    fn splice_into_non_object_ext_is_none() {
+        for ext in [r#""str""#, "42", "[]", "true", r#"[{"a":1}]"#] {
+            let input = format!(
+                r#"{{"user":{{"eids":[{{"source":"uidapi.com","uids":[{{"id":"T"}}]}}],"ext":{ext}}}}}"#
+            );
+            let s = scan_ok(&input);
+            assert_eq!(toks(&s), vec![tok("T", 0, UserEids)], "{input}");
+            assert!(s.has_user() && !s.can_splice());
+            assert_eq!(splice(input.as_bytes(), &s, M, J), None);
+        }
+    }
+
+    /// No `user`, or a `user` that is not an object: no splice, no tokens.
+    #[test]
+    fn no_user_or_non_object_user() {
+        for input in [
+            r#"{"id":"1","imp":[{"id":"1"}]}"#,
+            r#"{}"#,
+            r#"{"user":null}"#,
+            r#"{"user":"u"}"#,
+            r#"{"user":[{"eids":[{"source":"uidapi.com","uids":[{"id":"T"}]}]}]}"#,
+            r#"{"site":{"user":{"eids":[{"source":"uidapi.com","uids":[{"id":"nested"}]}]}}}"#,
+        ] {
+            let s = scan_ok(input);
+            assert!(s.tokens.is_empty(), "{input}");
+            assert!(!s.has_user() && !s.can_splice());
+            assert_eq!(splice(input.as_bytes(), &s, M, J), None);
+        }
+    }
+
+    /// A user without ext gets `"ext":{…}` after its last member, or right after `{` when empty.
+    #[test]
+    fn splice_creates_ext() {
+        assert_eq!(
+            enrich(r#"{"user":{"id":"x" } }"#).unwrap(),
+            format!(r#"{{"user":{{"id":"x","ext":{{"{M}":{J}}} }} }}"#)
+        );
+        assert_eq!(
+            enrich(r#"{"user":{}}"#).unwrap(),
+            format!(r#"{{"user":{{"ext":{{"{M}":{J}}}}}}}"#)
+        );
+        assert_eq!(
+            enrich("{\"user\":{\n}}").unwrap(),
+            format!("{{\"user\":{{\"ext\":{{\"{M}\":{J}}}\n}}}}")
+        );
+        check_all(r#"{"user":{"id":"x" } }"#);
+        check_all(r#"{"user":{}}"#);
+    }
+
+    /// An existing member's value is replaced (the last one if duplicated); enriching twice equals once.
+    #[test]
+    fn existing_member_is_replaced() {
+        let input = format!(r#"{{"user":{{"ext":{{"{M}":{{"status":"old"}} ,"x":1}}}}}}"#);
+        let s = scan_ok(&input);
+        assert!(s.has_member());
+        assert_eq!(
+            enrich(&input).unwrap(),
+            format!(r#"{{"user":{{"ext":{{"{M}":{J} ,"x":1}}}}}}"#)
+        );
+        let dup = format!(r#"{{"user":{{"ext":{{"{M}":1,"x":2,"{M}":"last"}}}}}}"#);
+        assert_eq!(
+            enrich(&dup).unwrap(),
+            format!(r#"{{"user":{{"ext":{{"{M}":1,"x":2,"{M}":{J}}}}}}}"#)
+        );
+        check_all(&input);
+        check_all(&dup);
+    }
+
+    /// Duplicate keys: the last `user`, `ext`, `eids`, `source` and `id` win, as in serde_json.
+    #[test]
+    fn duplicate_keys_last_wins() {
+        let eid = |id: &str| format!(r#"{{"source":"uidapi.com","uids":[{{"id":"{id}"}}]}}"#);
+        let cases = [
+            (
+                format!(r#"{{"user":{{"eids":[{}]}},"id":"1","user":{{"eids":[{}]}}}}"#, eid("A"), eid("B")),
+                vec![tok("B", 0, UserEids)],
+            ),
+            (
+                format!(
+                    r#"{{"user":{{"ext":{{"eids":[{}]}},"id":"u","ext":{{"eids":[{}],"k":1}}}}}}"#,
+                    eid("A"),
+                    eid("B")
+                ),
+                vec![tok("B", 0, UserExtEids)],
+            ),
+            (
+                format!(r#"{{"user":{{"eids":[{}],"eids":[{}]}}}}"#, eid("A"), eid("B")),
+                vec![tok("B", 0, UserEids)],
+            ),
+            (
+                format!(r#"{{"user":{{"eids":[{}],"eids":"gone"}}}}"#, eid("A")),
+                vec![],
+            ),
+            (
+                format!(r#"{{"user":{{"ext":{{"eids":[{}]}},"ext":{{"k":1}}}}}}"#, eid("A")),
+                vec![],
+            ),
+            (
+                r#"{"user":{"eids":[{"source":"uidapi.com","uids":[{"id":"A"}],"source":"adserver.org"}]}}"#.into(),
+                vec![],
+            ),
+            (
+                r#"{"user":{"eids":[{"source":"adserver.org","uids":[{"id":"A"}],"source":"euid.eu"}]}}"#.into(),
+                vec![tok("A", 1, UserEids)],
+            ),
+            (
+                r#"{"user":{"eids":[{"source":"uidapi.com","uids":[{"id":"A","id":"B"},{"id":"C","id":5}]}]}}"#.into(),
+                vec![tok("B", 0, UserEids)],
+            ),
+            (
+                r#"{"user":{"eids":[{"source":"uidapi.com","uids":[{"id":"A"}],"uids":[{"id":"B"}]}]}}"#.into(),
+                vec![tok("B", 0, UserEids)],
+            ),
+        ];
+        for (input, expected) in cases {
+            let s = scan_ok(&input);
+            assert_eq!(toks(&s), expected, "{input}");
+            let v: Value = serde_json::from_str(&input).unwrap();
+            assert_eq!(toks(&s), reference_tokens(&v), "{input}");
+            check_all(&input);
+        }
+        // The splice goes into the last ext; an earlier one is left alone.
+        let input = r#"{"user":{"ext":{"a":1},"ext":{"b":2}}}"#;
+        assert_eq!(
+            enrich(input).unwrap(),
+            format!(r#"{{"user":{{"ext":{{"a":1}},"ext":{{"b":2,"{M}":{J}}}}}}}"#)
+        );
+        // A last `null` ext is the one replaced.
+        let input = r#"{"user":{"ext":{"a":1},"ext":null}}"#;
+        assert_eq!(
+            enrich(input).unwrap(),
+            format!(r#"{{"user":{{"ext":{{"a":1}},"ext":{{"{M}":{J}}}}}}}"#)
+        );
+        // A last non-object user hides an earlier one.
+        let input = format!(r#"{{"user":{{"eids":[{}]}},"user":null}}"#, eid("A"));
+        let s = scan_ok(&input);
+        assert!(s.tokens.is_empty() && !s.has_user());
+    }
+
+    /// Keys are compared after unescaping, including the member name.
+    #[test]
+    fn escaped_keys_are_unescaped() {
+        let input = r#"{"us\u0065r":{"\u0065ids":[{"sour\u0063e":"uidapi.com","uids":[{"\u0069d":"T"}]}],"e\u0078t":{"uid2\u005fenrichment":1}},"\u0073ite":{"dom\u0061in":"d.example"}}"#;
+        let s = scan_ok(input);
+        assert_eq!(toks(&s), vec![tok("T", 0, UserEids)]);
+        assert_eq!(s.site_domain.as_deref(), Some("d.example"));
+        assert!(s.has_member());
+        assert_eq!(
+            enrich(input).unwrap(),
+            input.replace(
+                r#"\u005fenrichment":1"#,
+                &format!(r#"\u005fenrichment":{J}"#)
+            )
+        );
+    }
+
+    /// `site.domain`, `site.page`, `app.bundle` are read when they are strings, unescaped, last wins.
+    #[test]
+    fn site_and_app_fields() {
+        let s = scan_ok(
+            r#"{"site":{"domain":"old.example"},"site":{"page":"https:\/\/www.caf\u00e9.fr\/x","domain":"www.example.com","publisher":{"domain":"pub.example"}},"app":{"bundle":"com.example.app","storeurl":"x"}}"#,
+        );
+        assert_eq!(s.site_domain.as_deref(), Some("www.example.com"));
+        assert_eq!(s.site_page.as_deref(), Some("https://www.café.fr/x"));
+        assert_eq!(s.app_bundle.as_deref(), Some("com.example.app"));
+        let s = scan_ok(r#"{"site":{"domain":5,"page":null},"app":"x"}"#);
+        assert_eq!(
+            (s.site_domain, s.site_page, s.app_bundle),
+            (None, None, None)
+        );
+        let s = scan_ok(r#"{"site":{"domain":"a.example","domain":["b"]}}"#);
+        assert_eq!(s.site_domain, None);
+        let s = scan_ok(
+            r#"{"imp":[{"site":{"domain":"nested.example"}}],"app":{"publisher":{"bundle":"n"}}}"#,
+        );
+        assert_eq!((s.site_domain, s.app_bundle), (None, None));
+    }
+
+    /// Runs `f` on a thread with a small stack: nothing here may recurse per nesting level.
+    fn on_small_stack(f: impl FnOnce() + Send + 'static) {
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    /// 10,000-deep nesting, closed or not, anywhere, is an error (`TooDeep`), never a stack overflow.
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        on_small_stack(|| {
+            let n = 10_000;
+            let arrays = format!("{}{}", "[".repeat(n), "]".repeat(n));
+            let objects = format!("{}1{}", r#"{"a":"#.repeat(n), "}".repeat(n));
+            for inner in [
+                arrays.as_str(),
+                objects.as_str(),
+                &"[".repeat(n),
+                &r#"{"a":"#.repeat(n),
+            ] {
+                for wrap in [
+                    "{\"imp\":@}",
+                    "{\"user\":@}",
+                    "{\"user\":{\"ext\":@}}",
+                    "{\"user\":{\"ext\":{\"x\":@}}}",
+                    "{\"user\":{\"eids\":[@]}}",
+                    "{\"user\":{\"eids\":[{\"source\":\"uidapi.com\",\"uids\":[{\"id\":@}]}]}}",
+                    "{\"site\":{\"domain\":@}}",
+                    "{\"x\":@",
+                ] {
+                    let input = wrap.replace('@', inner);
+                    assert_eq!(err(input.as_bytes()), JsonError::TooDeep, "{}", &wrap);
+                }
+            }
+        });
+    }
+
+    /// The limit counts every container, the top-level object included.
+    #[test]
+    fn depth_limit_is_exact() {
+        let ok = format!(
+            "{{\"x\":{}{}}}",
+            "[".repeat(MAX_DEPTH - 1),
+            "]".repeat(MAX_DEPTH - 1)
+        );
+        assert!(scan(ok.as_bytes(), SOURCES, M).is_ok());
+        let deep = format!(
+            "{{\"x\":{}{}}}",
+            "[".repeat(MAX_DEPTH),
+            "]".repeat(MAX_DEPTH)
+        );
+        assert_eq!(err(deep.as_bytes()), JsonError::TooDeep);
+    }
+
+    /// Every prefix of a request, cut anywhere before its closing brace, is an error (and never a panic).
+    #[test]
+    fn truncated_prefixes_are_errors() {
+        let mut samples: Vec<String> = FIXTURES.iter().map(|f| fixture(f)).collect();
+        samples.push(format!(
+            r#"{{"user":{{"id":"\u00e9\/\"","eids":[{{"source":"uidapi.com","uids":[{{"id":"A\/B","atype":3}}]}}],"ext":{{"{M}":{J},"n":-1.5e-3,"t":true,"f":false,"z":null}}}}}}"#
+        ));
+        for sample in &samples {
+            let bytes = sample.as_bytes();
+            let close = sample.rfind('}').unwrap();
+            for n in 0..=close {
+                let prefix = &bytes[..n];
+                let e = err(prefix);
+                let expected = if std::str::from_utf8(prefix).is_err() {
+                    JsonError::NotUtf8
+                } else if prefix.trim_ascii().is_empty() {
+                    JsonError::NotAnObject
+                } else {
+                    JsonError::Truncated
+                };
+                assert_eq!(e, expected, "prefix {n} of {sample}");
+                assert!(validate_strict(prefix).is_err());
+            }
+            assert!(scan(&bytes[..close + 1], SOURCES, M).is_ok());
+        }
+    }
+
+    /// Structure errors the fast path sees are `Malformed` (or the specific kind), with a reason string.
+    #[test]
+    fn malformed_inputs() {
+        let malformed = [
+            r#"{"a":1,}"#,
+            r#"{"a" 1}"#,
+            r#"{"a":1 "b":2}"#,
+            r#"{"a":[1,2}"#,
+            r#"{"a":{]}"#,
+            r#"{"a":[1,2]]}"#,
+            r#"{"a":tru}"#,
+            r#"{"a":nul,"b":1}"#,
+            r#"{"a":}"#,
+            r#"{"a":]"#,
+            r#"{"a":1]"#,
+            r#"{a:1}"#,
+            r#"{"a":1}}"#,
+            r#"{"a":1} x"#,
+            r#"{"a":1}{}"#,
+            r#"{"user":{"eids":[1,]}}"#,
+            r#"{"user":{"eids":[{"source":"uidapi.com","uids":[{"id":"\ud800"}]}]}}"#,
+            r#"{"user":{"eids":[{"source":"uidapi.com","uids":[{"id":"\udc00\ud800"}]}]}}"#,
+            r#"{"user":{"eids":[{"source":"uidapi.com","uids":[{"id":"\x"}]}]}}"#,
+            r#"{"user":{"eids":[{"source":"uidapi.com","uids":[{"id":"\u12"}]}]}}"#,
+            r#"{"user":{"eids":[{"source":"uidapi.com","uids":[{"id" "x"}]}]}}"#,
+            r#"{"us\er":1}"#,
+            r#"{"site":{"domain":"\q"}}"#,
+        ];
+        for input in malformed {
+            let e = err(input.as_bytes());
+            assert!(matches!(e, JsonError::Malformed { .. }), "{input}: {e:?}");
+            assert_eq!(e.reason(), "malformed_json");
+            // serde_json ignores values without checking surrogate pairs; every other case it rejects too.
+            if !input.contains("\\ud") && !input.contains("\\udc") {
+                assert!(validate_strict(input.as_bytes()).is_err(), "{input}");
+            }
+        }
+        for input in ["", "  \n", "[1]", r#""x""#, "null", "1", "\u{feff}{}"] {
+            assert_eq!(err(input.as_bytes()), JsonError::NotAnObject, "{input:?}");
+        }
+        assert_eq!(JsonError::NotAnObject.reason(), "not_a_json_object");
+        assert_eq!(err(b"{\"a\":\"\xff\"}"), JsonError::NotUtf8);
+        assert_eq!(JsonError::NotUtf8.reason(), "not_utf8");
+        assert_eq!(err(br#"{"a":"unterminated"#), JsonError::Truncated);
+        assert_eq!(err(br#"{"a":"ends in backslash\"#), JsonError::Truncated);
+        assert_eq!(JsonError::Truncated.reason(), "truncated_json");
+        assert_eq!(JsonError::TooDeep.reason(), "nesting_too_deep");
+        assert_eq!(
+            err(br#"{"a":[1,2}"#),
+            JsonError::Malformed {
+                offset: 9,
+                reason: "mismatched bracket"
+            }
+        );
+        // Surrogate pairs are fine.
+        let s = scan_ok(
+            r#"{"user":{"eids":[{"source":"uidapi.com","uids":[{"id":"\ud83d\ude00"}]}]}}"#,
+        );
+        assert_eq!(s.tokens[0].id, "😀");
+    }
+
+    /// Inside skipped values the fast path only matches brackets and strings; `validate_strict` catches the rest.
+    #[test]
+    fn skipped_regions_are_not_grammar_checked_but_strict_mode_is() {
+        let input = br#"{"imp":[1 2,,{"a" "b"},- ,"\q"],"user":{"id":"x"}}"#;
+        assert!(scan(input, SOURCES, M).is_ok());
+        assert!(matches!(
+            validate_strict(input),
+            Err(JsonError::Malformed { .. })
+        ));
+        assert_eq!(validate_strict(b"[1]"), Err(JsonError::NotAnObject));
+        assert_eq!(
+            validate_strict(b"{\"a\":\"\xff\"}"),
+            Err(JsonError::NotUtf8)
+        );
+        assert_eq!(validate_strict(br#"{"a":[1,"#), Err(JsonError::Truncated));
+        assert_eq!(
+            validate_strict(b"{\"a\":1,\n \"b\" 2}"),
+            Err(JsonError::Malformed {
+                offset: 13,
+                reason: "invalid JSON (strict validation)"
+            })
+        );
+        for f in FIXTURES {
+            assert_eq!(validate_strict(fixture(f).as_bytes()), Ok(()), "{f}");
+        }
+    }
+
+    /// Megabyte strings and tokens scan fine and stay borrowed; a megabyte of unterminated string is `Truncated`.
+    #[test]
+    fn megabyte_payloads() {
+        let big = "x".repeat(1 << 20);
+        let token = "A".repeat(1 << 20);
+        let input = format!(
+            r#"{{"imp":[{{"adm":"{big}"}}],"user":{{"eids":[{{"source":"uidapi.com","uids":[{{"id":"{token}"}}]}}]}}}}"#
+        );
+        let s = scan_ok(&input);
+        assert_eq!(s.tokens.len(), 1);
+        assert!(matches!(&s.tokens[0].id, Cow::Borrowed(t) if t.len() == 1 << 20));
+        check_all(&input);
+        assert_eq!(
+            err(format!(r#"{{"imp":"{big}"#).as_bytes()),
+            JsonError::Truncated
+        );
+        assert_eq!(
+            err(format!(r#"{{"user":{{"id":"{big}"#).as_bytes()),
+            JsonError::Truncated
+        );
+        assert_eq!(err("[".repeat(1 << 20).as_bytes()), JsonError::NotAnObject);
+        assert_eq!(
+            err(format!("{{\"a\":{}", "[".repeat(1 << 20)).as_bytes()),
+            JsonError::TooDeep
+        );
+    }
+
+    /// Each fixture: what it should yield, cross-checked with serde_json, and every splice property.
+    #[test]
+    fn fixtures() {
+        let expectations: &[(&str, Option<&str>, Option<&str>, bool)] = &[
+            ("iab26-video.json", Some("siteabcd.com"), None, true),
+            (
+                "iab26-simple-banner.json",
+                Some("www.foobar.com"),
+                None,
+                true,
+            ),
+            ("iab26-mobile-app.json", None, Some("628677149"), true),
+            (
+                "prebid-server-25.json",
+                Some("www.recipes-example.com"),
+                None,
+                true,
+            ),
+            (
+                "both-locations.json",
+                Some("news.example.co.uk"),
+                None,
+                true,
+            ),
+            (
+                "pretty-odd-whitespace.json",
+                Some("m.weather-example.com"),
+                None,
+                true,
+            ),
+            (
+                "unicode-numbers.json",
+                Some("www.café-example.fr"),
+                None,
+                true,
+            ),
+            ("user-ext-many.json", Some("video.example.com"), None, true),
+            ("euid.json", Some("www.journal-example.fr"), None, true),
+            ("no-token.json", Some("www.sports-example.com"), None, true),
+            ("no-user.json", Some("blog.example.org"), None, false),
+        ];
+        let expected_tokens = |name: &str| -> Vec<Tok> {
+            match name {
+                "iab26-video.json" | "iab26-mobile-app.json" | "pretty-odd-whitespace.json" => {
+                    vec![tok(UID2_V4, 0, UserEids)]
+                }
+                "unicode-numbers.json" => vec![tok(UID2_V4, 0, UserEids)],
+                "iab26-simple-banner.json" => vec![tok(UID2_V2, 0, UserEids)],
+                "prebid-server-25.json" | "user-ext-many.json" => {
+                    vec![tok(UID2_V4, 0, UserExtEids)]
+                }
+                "both-locations.json" => vec![
+                    tok(UID2_V4, 0, UserEids),
+                    tok(UID2_V4, 0, UserExtEids),
+                    tok(EUID_V4, 1, UserExtEids),
+                ],
+                "euid.json" => vec![tok(EUID_V4, 1, UserEids)],
+                _ => vec![],
+            }
+        };
+        assert_eq!(expectations.len(), FIXTURES.len());
+        for &(name, domain, bundle, splices) in expectations {
+            let input = fixture(name);
+            let v: Value = serde_json::from_str(&input).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let s = scan_ok(&input);
+            assert_eq!(toks(&s), expected_tokens(name), "{name}");
+            assert_eq!(toks(&s), reference_tokens(&v), "{name}");
+            assert_eq!(s.site_domain.as_deref(), domain, "{name}");
+            assert_eq!(
+                s.site_page.as_deref().map(str::to_string),
+                reference_str(&v, "site", "page")
+            );
+            assert_eq!(s.app_bundle.as_deref(), bundle, "{name}");
+            assert_eq!(s.can_splice(), splices, "{name}");
+            if splices {
+                check_all(&input);
+            }
+        }
+        let uni = fixture("unicode-numbers.json");
+        let s = scan_ok(&uni);
+        assert_eq!(
+            s.site_page.as_deref(),
+            Some("https://www.café-example.fr/recettes/crêpe?x=1&y=€")
+        );
+        // The misspelled `apis` and every other byte outside the insertion survive.
+        let video = fixture("iab26-video.json");
+        let out = enrich(&video).unwrap();
+        assert!(out.contains("\"apis\": [\n          1,\n          2\n        ]"));
+        // Numbers keep their spelling.
+        let out = enrich(&uni).unwrap();
+        for spelling in [
+            "1.50",
+            "12345678901234567890",
+            "1e-3",
+            "2.5E+2",
+            "-0.0",
+            "1.0e2",
+            "\\u00e9",
+            "\\/",
+        ] {
+            assert_eq!(
+                out.matches(spelling).count(),
+                uni.matches(spelling).count(),
+                "{spelling}"
+            );
+        }
+    }
+
+    /// Stand-in for the 2.6 pretty fixture's CRLF bytes: the file really has them (editors may strip them).
+    #[test]
+    fn odd_whitespace_fixture_has_crlf_and_tabs() {
+        let f = fixture("pretty-odd-whitespace.json");
+        assert!(f.contains("\r\n\t") && f.contains(" : ") && f.contains("\"\t:\t"));
+    }
+
+    // ----- property tests -----
+
+    /// A generated request, rendered twice with the same whitespace: as input, and as the expected output.
+    #[derive(Debug, Clone)]
+    enum GUid {
+        Id {
+            raw: String,
+            val: String,
+            atype_str: bool,
+            extra: bool,
+            id_last: bool,
+        },
+        NoId,
+        IdNotString(&'static str),
+        NotObject(&'static str),
+    }
+
+    #[derive(Debug, Clone)]
+    struct GEid {
+        source: Option<(&'static str, Option<usize>)>,
+        uids: Result<Vec<GUid>, &'static str>,
+        uids_first: bool,
+        extras: bool,
+    }
+
+    #[derive(Debug, Clone)]
+    enum GItem {
+        Eid(GEid),
+        NotObject(&'static str),
+    }
+
+    type GEids = Option<(prop::sample::Index, Result<Vec<GItem>, &'static str>)>;
+
+    #[derive(Debug, Clone)]
+    enum GExt {
+        Absent,
+        Null,
+        Other(&'static str),
+        Object {
+            members: Vec<(&'static str, &'static str)>,
+            eids: GEids,
+            existing: Option<(prop::sample::Index, &'static str)>,
+        },
+    }
+
+    #[derive(Debug, Clone)]
+    enum GUser {
+        Absent,
+        NotObject(&'static str),
+        Object {
+            members: Vec<(&'static str, &'static str)>,
+            eids: GEids,
+            ext: GExt,
+            ext_pos: prop::sample::Index,
+        },
+    }
+
+    #[derive(Debug, Clone)]
+    struct GReq {
+        members: Vec<(&'static str, &'static str)>,
+        user: GUser,
+        user_pos: prop::sample::Index,
+        ws: Vec<&'static str>,
+    }
+
+    const TOP_POOL: &[(&str, &str)] = &[
+        (r#""id""#, r#""req-\u00e9\/1""#),
+        (r#""at""#, "1"),
+        (r#""tmax""#, "1e2"),
+        (
+            r#""imp""#,
+            r#"[{"id":"1","bidfloor":1.50,"banner":{"w":300,"h":250},"apis":[1,2]}]"#,
+        ),
+        (
+            r#""site""#,
+            r#"{"domain":"example.com","page":"https:\/\/example.com\/a","user":{"eids":[{"source":"uidapi.com","uids":[{"id":"NOT-TOP-LEVEL"}]}]}}"#,
+        ),
+        (
+            r#""device""#,
+            r#"{"ua":"Mozilla/5.0 (iPhone; CPU iPhone OS 18_3_2 like Mac OS X)","geo":{"lat":1e-3,"lon":-0.5}}"#,
+        ),
+        (
+            r#""regs""#,
+            r#"{"gpp":"DBABLA~BVQqAAAAAgA.QA","gpp_sid":[7]}"#,
+        ),
+        (
+            r#""ext""#,
+            r#"{"big":123456789012345678901,"user":{"ext":null}}"#,
+        ),
+        (
+            r#""source""#,
+            r#"{"ext":{"schain":{"ver":"1.0","complete":1,"nodes":[]}}}"#,
+        ),
+    ];
+    const USER_POOL: &[(&str, &str)] = &[
+        (r#""id""#, r#""u-1""#),
+        (r#""buyeruid""#, r#""b\/1""#),
+        (r#""yob""#, "1980"),
+        (r#""data""#, r#"[{"id":"6","segment":[{"id":"1"}]}]"#),
+        (
+            r#""consent""#,
+            r#""CPXxRfAPXxRfAAfKABENB-CgAAAAAAAAAAYgAAAAAAAA""#,
+        ),
+    ];
+    const EXT_POOL: &[(&str, &str)] = &[
+        (
+            r#""consent""#,
+            r#""CPXxRfAPXxRfAAfKABENB-CgAAAAAAAAAAYgAAAAAAAA""#,
+        ),
+        (r#""gdpr""#, "1"),
+        (r#""prebid""#, r#"{"buyeruids":{"appnexus":"123"}}"#),
+        (r#""data""#, r#"[{"id":"1","segment":[{"id":"s"}]}]"#),
+        (r#""n""#, "1.50"),
+        (r#""esc""#, r#""caf\u00e9 \/""#),
+    ];
+
+    fn g_uid() -> impl Strategy<Value = GUid> {
+        let escapes = prop::sample::select(vec![
+            ("", ""),
+            ("\\/", "/"),
+            ("\\u0041", "A"),
+            ("\\\\", "\\"),
+            ("\\u00e9", "é"),
+            ("\\ud83d\\ude00", "😀"),
+            ("\\\"", "\""),
+        ]);
+        prop_oneof![
+            6 => ("[A-Za-z0-9_+=-]{0,24}", escapes, "[A-Za-z0-9_-]{0,24}", any::<bool>(), any::<bool>(), any::<bool>())
+                .prop_map(|(a, (er, ev), b, atype_str, extra, id_last)| GUid::Id {
+                    raw: format!("\"{a}{er}{b}\""),
+                    val: format!("{a}{ev}{b}"),
+                    atype_str,
+                    extra,
+                    id_last,
+                }),
+            1 => Just(GUid::NoId),
+            1 => prop::sample::select(vec!["7", "null", r#"{"a":"b"}"#, r#"["x"]"#, "true"]).prop_map(GUid::IdNotString),
+            1 => prop::sample::select(vec!["1", r#""x""#, "null", "[]"]).prop_map(GUid::NotObject),
+        ]
+    }
+
+    fn g_items() -> impl Strategy<Value = Vec<GItem>> {
+        let source = prop::option::weighted(
+            0.9,
+            prop_oneof![
+                3 => prop::sample::select(vec![
+                    (r#""uidapi.com""#, Some(0)),
+                    (r#""euid.eu""#, Some(1)),
+                    (r#""uidapi.co\u006d""#, Some(0)),
+                ]),
+                1 => prop::sample::select(vec![
+                    (r#""adserver.org""#, None),
+                    (r#""id5-sync.com""#, None),
+                    (r#""UIDAPI.COM""#, None),
+                    ("7", None),
+                    ("null", None),
+                ]),
+            ],
+        );
+        let uids = prop_oneof![
+            4 => prop::collection::vec(g_uid(), 0..4).prop_map(Ok),
+            1 => prop::sample::select(vec![r#""x""#, "{}", "null", "3"]).prop_map(Err),
+        ];
+        let eid = (source, uids, any::<bool>(), any::<bool>()).prop_map(
+            |(source, uids, uids_first, extras)| {
+                GItem::Eid(GEid {
+                    source,
+                    uids,
+                    uids_first,
+                    extras,
+                })
+            },
+        );
+        prop::collection::vec(
+            prop_oneof![
+                5 => eid,
+                1 => prop::sample::select(vec!["1", r#""x""#, "null", "[]", "{}"]).prop_map(GItem::NotObject),
+            ],
+            0..4,
+        )
+    }
+
+    fn g_eids() -> impl Strategy<Value = GEids> {
+        prop::option::weighted(
+            0.8,
+            (
+                any::<prop::sample::Index>(),
+                prop_oneof![
+                    5 => g_items().prop_map(Ok),
+                    1 => prop::sample::select(vec!["{}", r#""x""#, "null"]).prop_map(Err),
+                ],
+            ),
+        )
+    }
+
+    fn shuffled(
+        pool: &'static [(&'static str, &'static str)],
+    ) -> impl Strategy<Value = Vec<(&'static str, &'static str)>> {
+        prop::sample::subsequence(pool.to_vec(), 0..=pool.len()).prop_shuffle()
+    }
+
+    fn g_ext() -> impl Strategy<Value = GExt> {
+        let old = prop::sample::select(vec![
+            r#"{"status":"expired_token","tokens":1}"#,
+            "null",
+            r#""garbage""#,
+            r#"{ "status" : "success" , "raw_uid2" : "x" }"#,
+            "[1,2]",
+        ]);
+        prop_oneof![
+            2 => Just(GExt::Absent),
+            1 => Just(GExt::Null),
+            1 => prop::sample::select(vec![r#""str""#, "42", "[]", "true"]).prop_map(GExt::Other),
+            4 => (shuffled(EXT_POOL), g_eids(), prop::option::of((any::<prop::sample::Index>(), old)))
+                .prop_map(|(members, eids, existing)| GExt::Object { members, eids, existing }),
+        ]
+    }
+
+    fn g_req() -> impl Strategy<Value = GReq> {
+        let user = prop_oneof![
+            1 => Just(GUser::Absent),
+            1 => prop::sample::select(vec!["null", r#""u""#, "[]", "7"]).prop_map(GUser::NotObject),
+            6 => (shuffled(USER_POOL), g_eids(), g_ext(), any::<prop::sample::Index>())
+                .prop_map(|(members, eids, ext, ext_pos)| GUser::Object { members, eids, ext, ext_pos }),
+        ];
+        let ws = prop::collection::vec(
+            prop::sample::select(vec!["", " ", "\n  ", "\t", "\r\n\t", "  \r\n  ", "\n"]),
+            1..12,
+        );
+        (shuffled(TOP_POOL), user, any::<prop::sample::Index>(), ws).prop_map(
+            |(members, user, user_pos, ws)| GReq {
+                members,
+                user,
+                user_pos,
+                ws,
+            },
+        )
+    }
+
+    /// Renders JSON text, drawing whitespace from a fixed cycle so the input and expected renderings line up.
+    struct Render<'w> {
+        ws: &'w [&'static str],
+        i: usize,
+        expected: bool,
+    }
+
+    impl Render<'_> {
+        fn ws(&mut self) -> &'static str {
+            let w = self.ws[self.i % self.ws.len()];
+            self.i += 1;
+            w
+        }
+
+        /// `insert` goes right after the last member's value (with a comma) or right after `{`.
+        fn object(&mut self, members: Vec<(String, String)>, insert: Option<&str>) -> String {
+            let n = members.len();
+            let mut s = String::from("{");
+            for (k, (key, val)) in members.into_iter().enumerate() {
+                if k > 0 {
+                    s.push(',');
+                }
+                s += self.ws();
+                s += &key;
+                s += self.ws();
+                s.push(':');
+                s += self.ws();
+                s += &val;
+                if k + 1 < n {
+                    s += self.ws();
+                }
+            }
+            if let Some(ins) = insert.filter(|_| self.expected) {
+                if n > 0 {
+                    s.push(',');
+                }
+                s += ins;
+            }
+            s += self.ws();
+            s.push('}');
+            s
+        }
+
+        fn array(&mut self, items: Vec<String>) -> String {
+            let mut s = String::from("[");
+            let n = items.len();
+            for (k, item) in items.into_iter().enumerate() {
+                if k > 0 {
+                    s.push(',');
+                }
+                s += self.ws();
+                s += &item;
+                s += if k + 1 < n { self.ws() } else { "" };
+            }
+            s += self.ws();
+            s.push(']');
+            s
+        }
+
+        fn eids(&mut self, eids: &Result<Vec<GItem>, &'static str>) -> String {
+            let items = match eids {
+                Err(raw) => return raw.to_string(),
+                Ok(items) => items,
+            };
+            let rendered = items
+                .iter()
+                .map(|item| match item {
+                    GItem::NotObject(raw) => raw.to_string(),
+                    GItem::Eid(eid) => self.eid(eid),
+                })
+                .collect();
+            self.array(rendered)
+        }
+
+        fn eid(&mut self, eid: &GEid) -> String {
+            let mut members = Vec::new();
+            if let Some((raw, _)) = eid.source {
+                members.push((r#""source""#.to_string(), raw.to_string()));
+            }
+            let uids = match &eid.uids {
+                Err(raw) => raw.to_string(),
+                Ok(uids) => {
+                    let rendered = uids.iter().map(|u| self.uid(u)).collect();
+                    self.array(rendered)
+                }
+            };
+            let uids = (r#""uids""#.to_string(), uids);
+            if eid.uids_first {
+                members.insert(0, uids);
+            } else {
+                members.push(uids);
+            }
+            if eid.extras {
+                members.push((r#""mm""#.into(), r#""3""#.into()));
+                members.push((r#""inserter""#.into(), r#""pub.example""#.into()));
+                members.push((r#""ext""#.into(), r#"{"stype":"ppuid"}"#.into()));
+            }
+            self.object(members, None)
+        }
+
+        fn uid(&mut self, uid: &GUid) -> String {
+            match uid {
+                GUid::NotObject(raw) => raw.to_string(),
+                GUid::NoId => self.object(vec![(r#""atype""#.into(), "3".into())], None),
+                GUid::IdNotString(raw) => {
+                    self.object(vec![(r#""id""#.into(), raw.to_string())], None)
+                }
+                GUid::Id {
+                    raw,
+                    atype_str,
+                    extra,
+                    id_last,
+                    ..
+                } => {
+                    let mut members = vec![(
+                        r#""atype""#.to_string(),
+                        if *atype_str { r#""3""# } else { "3" }.to_string(),
+                    )];
+                    if *extra {
+                        members.push((r#""rtiPartner""#.into(), r#""UID2""#.into()));
+                        members.push((r#""ext""#.into(), r#"{"rtiPartner":"UID2"}"#.into()));
+                    }
+                    let id = (r#""id""#.to_string(), raw.clone());
+                    if *id_last {
+                        members.push(id);
+                    } else {
+                        members.insert(0, id);
+                    }
+                    self.object(members, None)
+                }
+            }
+        }
+
+        fn with_eids(&mut self, pool: &[(&str, &str)], eids: &GEids) -> Vec<(String, String)> {
+            let mut members: Vec<(String, String)> = pool
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            if let Some((pos, eids)) = eids {
+                let at = pos.index(members.len() + 1);
+                let rendered = self.eids(eids);
+                members.insert(at, (r#""eids""#.into(), rendered));
+            }
+            members
+        }
+
+        fn ext(&mut self, ext: &GExt) -> String {
+            match ext {
+                GExt::Absent => unreachable!(),
+                GExt::Null if self.expected => format!("{{\"{M}\":{J}}}"),
+                GExt::Null => "null".into(),
+                GExt::Other(raw) => raw.to_string(),
+                GExt::Object {
+                    members,
+                    eids,
+                    existing,
+                } => {
+                    let mut members = self.with_eids(members, eids);
+                    if let Some((pos, old)) = existing {
+                        let at = pos.index(members.len() + 1);
+                        let value = if self.expected { J } else { old };
+                        members.insert(at, (format!("\"{M}\""), value.to_string()));
+                        self.object(members, None)
+                    } else {
+                        self.object(members, Some(&format!("\"{M}\":{J}")))
+                    }
+                }
+            }
+        }
+
+        fn request(&mut self, req: &GReq) -> String {
+            let mut members: Vec<(String, String)> = req
+                .members
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let user = match &req.user {
+                GUser::Absent => None,
+                GUser::NotObject(raw) => Some(raw.to_string()),
+                GUser::Object {
+                    members,
+                    eids,
+                    ext,
+                    ext_pos,
+                } => {
+                    let mut members = self.with_eids(members, eids);
+                    let insert = if let GExt::Absent = ext {
+                        Some(format!("\"ext\":{{\"{M}\":{J}}}"))
+                    } else {
+                        let at = ext_pos.index(members.len() + 1);
+                        let rendered = self.ext(ext);
+                        members.insert(at, (r#""ext""#.into(), rendered));
+                        None
+                    };
+                    Some(self.object(members, insert.as_deref()))
+                }
+            };
+            if let Some(user) = user {
+                let at = req.user_pos.index(members.len() + 1);
+                members.insert(at, (r#""user""#.into(), user));
+            }
+            let ws = self.ws();
+            format!("{ws}{}{ws}", self.object(members, None))
+        }
+    }
+
+    fn g_tokens(items: &GEids, location: EidLocation, out: &mut Vec<Tok>) {
+        let Some((_, Ok(items))) = items else { return };
+        for item in items {
+            let GItem::Eid(GEid {
+                source: Some((_, Some(idx))),
+                uids: Ok(uids),
+                ..
+            }) = item
+            else {
+                continue;
+            };
+            for uid in uids {
+                if let GUid::Id { val, .. } = uid {
+                    out.push((val.clone(), *idx, location));
+                }
+            }
+        }
+    }
+
+    /// (input, expected output or None, expected tokens)
+    fn generated(req: &GReq) -> (String, Option<String>, Vec<Tok>) {
+        let input = Render {
+            ws: &req.ws,
+            i: 0,
+            expected: false,
+        }
+        .request(req);
+        let expected = Render {
+            ws: &req.ws,
+            i: 0,
+            expected: true,
+        }
+        .request(req);
+        let mut tokens = Vec::new();
+        let splices = match &req.user {
+            GUser::Object { eids, ext, .. } => {
+                g_tokens(eids, UserEids, &mut tokens);
+                if let GExt::Object { eids, .. } = ext {
+                    g_tokens(eids, UserExtEids, &mut tokens);
+                }
+                !matches!(ext, GExt::Other(_))
+            }
+            _ => false,
+        };
+        (input, splices.then_some(expected), tokens)
+    }
+
+    fn mutate(base: &[u8], edits: &[(prop::sample::Index, u8, u8)]) -> Vec<u8> {
+        const ALPHABET: &[u8] = b"{}[]\":,\\ 0123456789-+.eEtrufalsnx\t\n\x00\x01\xff\xc3";
+        let mut bytes = base.to_vec();
+        for (pos, kind, pick) in edits {
+            let at = pos.index(bytes.len() + 1);
+            let b = ALPHABET[usize::from(*pick) % ALPHABET.len()];
+            match kind % 3 {
+                0 if at < bytes.len() => bytes[at] = b,
+                1 => bytes.insert(at, b),
+                _ if at < bytes.len() => {
+                    bytes.remove(at);
+                }
+                _ => {}
+            }
+        }
+        bytes
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Random bytes never panic, whatever scan decides.
+        #[test]
+        fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+            if let Ok(s) = scan(&bytes, SOURCES, M) {
+                let _ = splice(&bytes, &s, M, J);
+            }
+            let _ = validate_strict(&bytes);
+        }
+
+        /// Random bytes behind a plausible prefix reach the deeper parsers, and still never panic.
+        #[test]
+        fn random_bytes_inside_user_never_panic(bytes in prop::collection::vec(
+            prop::sample::select(b"{}[]\":,\\ 0123456789-.eEtrufalsn idsourceuidsextuidapi.com".to_vec()), 0..300)) {
+            let mut input = br#"{"user":{"eids":[{"source":"uidapi.com","uids":[{"id":"#.to_vec();
+            input.extend_from_slice(&bytes);
+            if let Ok(s) = scan(&input, SOURCES, M) {
+                let _ = splice(&input, &s, M, J);
+            }
+        }
+
+        /// Mutated fixtures: never a panic; whenever serde_json accepts the result as an object, scan accepts it
+        /// too, finds exactly serde_json's tokens and names, and the splice is right.
+        #[test]
+        fn mutated_fixtures_agree_with_serde_json(
+            which in 0..FIXTURES.len(),
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), any::<u8>()), 1..4),
+        ) {
+            let base = fixture(FIXTURES[which]);
+            let bytes = mutate(base.as_bytes(), &edits);
+            let result = scan(&bytes, SOURCES, M);
+            if let Ok(v) = serde_json::from_slice::<Value>(&bytes) && v.is_object() {
+                let s = result.expect("scan rejects JSON that serde_json accepts");
+                prop_assert_eq!(toks(&s), reference_tokens(&v));
+                prop_assert_eq!(s.site_domain.as_deref().map(str::to_string), reference_str(&v, "site", "domain"));
+                prop_assert_eq!(s.site_page.as_deref().map(str::to_string), reference_str(&v, "site", "page"));
+                prop_assert_eq!(s.app_bundle.as_deref().map(str::to_string), reference_str(&v, "app", "bundle"));
+                if s.can_splice() {
+                    check_all(std::str::from_utf8(&bytes).unwrap());
+                }
+            } else if let Ok(s) = result {
+                let _ = splice(&bytes, &s, M, J);
+            }
+        }
+
+        /// Generated requests: (1) the output is the input plus exactly the member (or its `ext` wrapper, or in
+        /// place of the old value / `null`), byte for byte; (2) splicing twice equals once; (3) the output parses
+        /// and `user.ext.<member>` is the member; (4) everything else is unchanged. Tokens match too.
+        #[test]
+        fn generated_requests_splice_exactly(req in g_req()) {
+            let (input, expected, tokens) = generated(&req);
+            let s = scan_ok(&input);
+            prop_assert_eq!(toks(&s), tokens.clone());
+            let v: Value = serde_json::from_str(&input).expect("generated input is JSON");
+            prop_assert_eq!(&tokens, &reference_tokens(&v));
+            prop_assert_eq!(s.site_domain.is_some(), req.members.iter().any(|(k, _)| *k == r#""site""#));
+            let out = splice(input.as_bytes(), &s, M, J).map(|o| String::from_utf8(o).unwrap());
+            prop_assert_eq!(&out, &expected);
+            if let Some(out) = out {
+                check_removal(&input, &s, &out);
+                check_enriched(&input, &out);
+                let s2 = scan_ok(&out);
+                prop_assert_eq!(toks(&s2), tokens);
+                let again = splice(out.as_bytes(), &s2, M, J).map(|o| String::from_utf8(o).unwrap());
+                prop_assert_eq!(again.as_deref(), Some(out.as_str()));
+            }
+        }
+    }
+
+    /// Rough cost of scanning a ~2 KB request (run with `--ignored --nocapture`, ideally in release).
+    #[test]
+    #[ignore]
+    fn scan_timing_2kb() {
+        let input = fixture("both-locations.json") + &" ".repeat(0);
+        let input = input.replace(
+            r#""tmax":300"#,
+            r#""tmax":300,"ext":{"prebid":{"channel":{"name":"web","version":"9.32.0"},"targeting":{"includewinners":true,"pricegranularity":{"precision":2,"ranges":[{"max":20,"increment":0.1}]}}}}"#,
+        );
+        let n = 200_000;
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            let s = scan(std::hint::black_box(input.as_bytes()), SOURCES, M).unwrap();
+            std::hint::black_box(&s);
+        }
+        let per = start.elapsed().as_nanos() / n;
+        let s = scan_ok(&input);
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(splice(std::hint::black_box(input.as_bytes()), &s, M, J));
+        }
+        let splice_ns = start.elapsed().as_nanos() / n;
+        println!(
+            "scan of {} bytes: {per} ns; splice: {splice_ns} ns",
+            input.len()
+        );
+    }
+}
