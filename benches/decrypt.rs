@@ -29,22 +29,54 @@ fn bench_decrypt(c: &mut Criterion) {
         let token = support::token(version, 1);
         let label = support::version_label(version);
         let check = uid2::decrypt(&token, Some(&keys), ClientMode::Bidstream, None, now);
-        assert_eq!(check.status, Status::Success, "{label} token must decrypt: {check:?}");
+        assert_eq!(
+            check.status,
+            Status::Success,
+            "{label} token must decrypt: {check:?}"
+        );
         assert_eq!(check.token_version, Some(version));
-        group.bench_with_input(BenchmarkId::new("uid2_decrypt", label), token.as_str(), |b, token| {
-            b.iter(|| uid2::decrypt(black_box(token), black_box(Some(&keys)), ClientMode::Bidstream, None, black_box(now)))
-        });
+        group.bench_with_input(
+            BenchmarkId::new("uid2_decrypt", label),
+            token.as_str(),
+            |b, token| {
+                b.iter(|| {
+                    uid2::decrypt(
+                        black_box(token),
+                        black_box(Some(&keys)),
+                        ClientMode::Bidstream,
+                        None,
+                        black_box(now),
+                    )
+                })
+            },
+        );
     }
 
     let token = support::token(TokenVersion::V4, 1);
     let cache = DecryptCache::new(1_000);
     let first = cache.decrypt(&token, Some(&keys), ClientMode::Bidstream, None, now);
-    assert_eq!(first.status, Status::Success, "v4 token must decrypt through the cache: {first:?}");
+    assert_eq!(
+        first.status,
+        Status::Success,
+        "v4 token must decrypt through the cache: {first:?}"
+    );
     let hit = cache.decrypt(&token, Some(&keys), ClientMode::Bidstream, None, now);
     assert_eq!(hit, first, "a cache hit must equal the fresh result");
-    group.bench_with_input(BenchmarkId::new("cache_hit", "v4"), token.as_str(), |b, token| {
-        b.iter(|| cache.decrypt(black_box(token), black_box(Some(&keys)), ClientMode::Bidstream, None, black_box(now)))
-    });
+    group.bench_with_input(
+        BenchmarkId::new("cache_hit", "v4"),
+        token.as_str(),
+        |b, token| {
+            b.iter(|| {
+                cache.decrypt(
+                    black_box(token),
+                    black_box(Some(&keys)),
+                    ClientMode::Bidstream,
+                    None,
+                    black_box(now),
+                )
+            })
+        },
+    );
 
     group.finish();
 }

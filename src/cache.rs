@@ -35,7 +35,9 @@ pub struct DecryptCache {
 
 impl std::fmt::Debug for DecryptCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DecryptCache").field("entries", &self.entries.entry_count()).finish()
+        f.debug_struct("DecryptCache")
+            .field("entries", &self.entries.entry_count())
+            .finish()
     }
 }
 
@@ -62,7 +64,8 @@ impl DecryptCache {
             return decrypt(token, keys, mode, domain_or_app_name, now_ms);
         };
         if let Some(entry) = self.entries.get(token) {
-            let same_domain = !entry.domain_dependent || entry.domain.as_deref() == domain_or_app_name;
+            let same_domain =
+                !entry.domain_dependent || entry.domain.as_deref() == domain_or_app_name;
             if entry.generation == key_set.generation()
                 && entry.mode == mode
                 && same_domain
@@ -78,7 +81,9 @@ impl DecryptCache {
                 generation: key_set.generation(),
                 mode,
                 domain_dependent,
-                domain: domain_dependent.then(|| domain_or_app_name.map(Box::from)).flatten(),
+                domain: domain_dependent
+                    .then(|| domain_or_app_name.map(Box::from))
+                    .flatten(),
                 valid_from_ms,
                 valid_until_ms,
                 result: result.clone(),
@@ -115,7 +120,9 @@ fn validity_window(result: &Decryption, keys: &KeySet, mode: ClientMode) -> Opti
         | Status::NotAuthorizedForKey => Some((i64::MIN, keys_valid_until)),
         Status::ExpiredToken => Some((result.expires_ms?.checked_add(1)?, keys_valid_until)),
         // The domain check precedes the lifetime check, so only expiry can change this answer.
-        Status::DomainOrAppNameCheckFailed => Some((i64::MIN, result.expires_ms?.min(keys_valid_until))),
+        Status::DomainOrAppNameCheckFailed => {
+            Some((i64::MIN, result.expires_ms?.min(keys_valid_until)))
+        }
         Status::Success => {
             let expires = result.expires_ms?;
             let max_lifetime_s = match mode {
@@ -134,7 +141,10 @@ fn validity_window(result: &Decryption, keys: &KeySet, mode: ClientMode) -> Opti
             Some((from, expires.min(keys_valid_until)))
         }
         // Lifetime failures depend on now in both directions and are rare: recompute them.
-        Status::InvalidTokenLifetime | Status::NotInitialized | Status::KeysNotSynced | Status::OptedOut => None,
+        Status::InvalidTokenLifetime
+        | Status::NotInitialized
+        | Status::KeysNotSynced
+        | Status::OptedOut => None,
     }
 }
 
@@ -156,8 +166,18 @@ mod tests {
         KeySet::parse_json(json.as_bytes()).unwrap()
     }
 
-    fn token(version: TokenVersion, expires_ms: i64, generated_ms: i64, privacy_bits: i32) -> String {
-        let secret = Secret::new(crate::uid2::wire::decode_standard(SECRET_B64).unwrap().try_into().unwrap());
+    fn token(
+        version: TokenVersion,
+        expires_ms: i64,
+        generated_ms: i64,
+        privacy_bits: i32,
+    ) -> String {
+        let secret = Secret::new(
+            crate::uid2::wire::decode_standard(SECRET_B64)
+                .unwrap()
+                .try_into()
+                .unwrap(),
+        );
         generate(&TokenSpec {
             version,
             raw_uid2: "ywsvDNINiZOVSsfkHpLpSJzXzhr6Jx9Z/4Q0+lsEUvM=",
@@ -198,17 +218,30 @@ mod tests {
                 let t = token(version, expires, generated, bits);
                 let cache = DecryptCache::new(100);
                 let probes = [
-                    i64::MIN, generated - 1_800_001, generated - 1_800_000, NOW, expires - 1, expires, expires + 1,
-                    expires + 3 * 86_400_000, key_set.latest_expiry_ms().unwrap() - 1, key_set.latest_expiry_ms().unwrap(),
+                    i64::MIN,
+                    generated - 1_800_001,
+                    generated - 1_800_000,
+                    NOW,
+                    expires - 1,
+                    expires,
+                    expires + 1,
+                    expires + 3 * 86_400_000,
+                    key_set.latest_expiry_ms().unwrap() - 1,
+                    key_set.latest_expiry_ms().unwrap(),
                 ];
                 // Visit the instants forwards, backwards and shuffled so every entry gets reused out of order.
-                let mut order: Vec<i64> = probes.iter().chain(probes.iter().rev()).copied().collect();
+                let mut order: Vec<i64> =
+                    probes.iter().chain(probes.iter().rev()).copied().collect();
                 order.extend([NOW, expires + 1, generated - 1_800_001, NOW, expires]);
                 for now in order {
                     for domain in [Some("example.com"), Some("foo.com"), None] {
                         let fresh = decrypt(&t, Some(&key_set), ClientMode::Bidstream, domain, now);
-                        let cached = cache.decrypt(&t, Some(&key_set), ClientMode::Bidstream, domain, now);
-                        assert_eq!(cached, fresh, "{version:?} bits={bits} now={now} domain={domain:?}");
+                        let cached =
+                            cache.decrypt(&t, Some(&key_set), ClientMode::Bidstream, domain, now);
+                        assert_eq!(
+                            cached, fresh,
+                            "{version:?} bits={bits} now={now} domain={domain:?}"
+                        );
                     }
                 }
             }
@@ -220,15 +253,35 @@ mod tests {
         let t = token(TokenVersion::V4, NOW + 1000, NOW - 1000, 0);
         let cache = DecryptCache::new(100);
         let first = keys(NOW / 1000 + 86_400);
-        assert_eq!(cache.decrypt(&t, Some(&first), ClientMode::Bidstream, None, NOW).status, Status::Success);
+        assert_eq!(
+            cache
+                .decrypt(&t, Some(&first), ClientMode::Bidstream, None, NOW)
+                .status,
+            Status::Success
+        );
         // Same JSON, new generation: a refreshed set whose keys could differ.
         let wrong = KeySet::parse_json(
             br#"{"keys":[{"id":1,"created":0,"activates":0,"expires":4000000000,"secret":"DD67xF8OFmbJ1/lMPQ6fGRDbJOT4kXErrYWcKdFfCUE="}]}"#,
         )
         .unwrap();
-        assert_eq!(cache.decrypt(&t, Some(&wrong), ClientMode::Bidstream, None, NOW).status, Status::InvalidPayload);
-        assert_eq!(cache.decrypt(&t, None, ClientMode::Bidstream, None, NOW).status, Status::NotInitialized);
-        assert_eq!(cache.decrypt(&t, Some(&first), ClientMode::Sharing, None, NOW).status, Status::Success);
+        assert_eq!(
+            cache
+                .decrypt(&t, Some(&wrong), ClientMode::Bidstream, None, NOW)
+                .status,
+            Status::InvalidPayload
+        );
+        assert_eq!(
+            cache
+                .decrypt(&t, None, ClientMode::Bidstream, None, NOW)
+                .status,
+            Status::NotInitialized
+        );
+        assert_eq!(
+            cache
+                .decrypt(&t, Some(&first), ClientMode::Sharing, None, NOW)
+                .status,
+            Status::Success
+        );
         assert!(cache.entry_count() >= 1);
         cache.invalidate_all();
         assert_eq!(cache.entry_count(), 0);

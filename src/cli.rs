@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::uid2::{ClientMode, Decryption, KeySet, Status, decrypt};
 
 #[derive(Debug, Parser)]
-#[command(name = "uid2-enricher", version, about = "Decrypts UID2/EUID tokens in OpenRTB bid requests exactly as the official UID2 SDKs do")]
+#[command(
+    name = "uid2-enricher",
+    version,
+    about = "Decrypts UID2/EUID tokens in OpenRTB bid requests exactly as the official UID2 SDKs do"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -76,18 +80,30 @@ fn decrypt_command(args: &DecryptArgs) -> anyhow::Result<ExitCode> {
         None => wall_clock_ms(),
     };
     let token = if args.token == "-" {
-        std::io::read_to_string(std::io::stdin()).context("reading the token from standard input")?
+        std::io::read_to_string(std::io::stdin())
+            .context("reading the token from standard input")?
     } else {
         args.token.clone()
     };
-    let result = decrypt(token.trim(), Some(&keys), args.mode.into(), args.domain.as_deref(), now_ms);
+    let result = decrypt(
+        token.trim(),
+        Some(&keys),
+        args.mode.into(),
+        args.domain.as_deref(),
+        now_ms,
+    );
     println!("{}", decryption_json(&result));
-    Ok(if result.status == Status::Success { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if result.status == Status::Success {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// Reads and parses a keys file, naming the file and the fix in the error.
 pub fn load_keys(path: &Path) -> anyhow::Result<KeySet> {
-    let text = std::fs::read(path).with_context(|| format!("reading keys file {}", path.display()))?;
+    let text =
+        std::fs::read(path).with_context(|| format!("reading keys file {}", path.display()))?;
     KeySet::parse_json(&text).with_context(|| {
         format!(
             "parsing keys file {}: it must hold what a key endpoint returns once decrypted, \
@@ -105,7 +121,9 @@ pub fn parse_time(text: &str) -> anyhow::Result<i64> {
     }
     match chrono::DateTime::parse_from_rfc3339(text) {
         Ok(t) => Ok(t.timestamp_millis()),
-        Err(_) => bail!("--now {text:?}: expected milliseconds since the Unix epoch (1767225600000) or RFC 3339 (2026-01-01T00:00:00Z)"),
+        Err(_) => bail!(
+            "--now {text:?}: expected milliseconds since the Unix epoch (1767225600000) or RFC 3339 (2026-01-01T00:00:00Z)"
+        ),
     }
 }
 

@@ -42,9 +42,19 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub fn new(mode: ClientMode, sources: Vec<TokenSource>, member_name: impl Into<String>) -> Policy {
+    pub fn new(
+        mode: ClientMode,
+        sources: Vec<TokenSource>,
+        member_name: impl Into<String>,
+    ) -> Policy {
         let source_names = sources.iter().map(|s| s.name.clone()).collect();
-        Policy { mode, sources, member_name: member_name.into(), strict_json: false, source_names }
+        Policy {
+            mode,
+            sources,
+            member_name: member_name.into(),
+            strict_json: false,
+            source_names,
+        }
     }
 
     fn source_names(&self) -> Vec<&str> {
@@ -58,8 +68,14 @@ impl Default for Policy {
         Policy::new(
             ClientMode::Bidstream,
             vec![
-                TokenSource { name: "uidapi.com".into(), scope: IdentityScope::Uid2 },
-                TokenSource { name: "euid.eu".into(), scope: IdentityScope::Euid },
+                TokenSource {
+                    name: "uidapi.com".into(),
+                    scope: IdentityScope::Uid2,
+                },
+                TokenSource {
+                    name: "euid.eu".into(),
+                    scope: IdentityScope::Euid,
+                },
             ],
             "uid2_enrichment",
         )
@@ -79,8 +95,14 @@ impl<'a> Keys<'a> {
     /// Files one key set under the scope it declares.
     pub fn single(keys: Option<&'a KeySet>) -> Keys<'a> {
         match keys {
-            Some(k) if k.identity_scope == IdentityScope::Euid => Keys { uid2: None, euid: Some(k) },
-            other => Keys { uid2: other, euid: None },
+            Some(k) if k.identity_scope == IdentityScope::Euid => Keys {
+                uid2: None,
+                euid: Some(k),
+            },
+            other => Keys {
+                uid2: other,
+                euid: None,
+            },
         }
     }
 
@@ -132,7 +154,9 @@ pub struct Enriched<'a> {
 impl Enriched<'_> {
     /// The status of the selected token, `None` when the request carried no token.
     pub fn status(&self) -> Option<Status> {
-        self.selected.and_then(|i| self.tokens.get(i)).map(|t| t.decryption.status)
+        self.selected
+            .and_then(|i| self.tokens.get(i))
+            .map(|t| t.decryption.status)
     }
 
     /// The `uid2-status` header value: the status, or `no_token`.
@@ -155,23 +179,40 @@ pub struct Malformed {
 /// # Errors
 /// [`Malformed`] when the payload is not a JSON object (not UTF-8, truncated, unbalanced, …) or not a
 /// well-formed protobuf message.
-pub fn enrich<'a>(payload: &'a [u8], format: PayloadFormat, ctx: &Context<'_>, policy: &Policy) -> Result<Enriched<'a>, Malformed> {
+pub fn enrich<'a>(
+    payload: &'a [u8],
+    format: PayloadFormat,
+    ctx: &Context<'_>,
+    policy: &Policy,
+) -> Result<Enriched<'a>, Malformed> {
     match format {
         PayloadFormat::Json => enrich_json(payload, ctx, policy),
         PayloadFormat::Protobuf => enrich_proto(payload, ctx, policy),
     }
 }
 
-fn enrich_json<'a>(payload: &'a [u8], ctx: &Context<'_>, policy: &Policy) -> Result<Enriched<'a>, Malformed> {
-    let malformed = |e: json::JsonError| Malformed { reason: e.reason(), detail: e.to_string() };
+fn enrich_json<'a>(
+    payload: &'a [u8],
+    ctx: &Context<'_>,
+    policy: &Policy,
+) -> Result<Enriched<'a>, Malformed> {
+    let malformed = |e: json::JsonError| Malformed {
+        reason: e.reason(),
+        detail: e.to_string(),
+    };
     if policy.strict_json {
         json::validate_strict(payload).map_err(malformed)?;
     }
-    let scan = json::scan(payload, &policy.source_names(), &policy.member_name).map_err(malformed)?;
+    let scan =
+        json::scan(payload, &policy.source_names(), &policy.member_name).map_err(malformed)?;
     if scan.tokens.is_empty() {
         return Ok(unchanged(payload));
     }
-    let name = domain::domain_or_app_name(scan.site_domain.as_deref(), scan.site_page.as_deref(), scan.app_bundle.as_deref());
+    let name = domain::domain_or_app_name(
+        scan.site_domain.as_deref(),
+        scan.site_page.as_deref(),
+        scan.app_bundle.as_deref(),
+    );
     let found = scan.tokens.iter().map(|t| (t.id.as_ref(), t.source_index));
     let mut enriched = decide(found, name.as_deref(), ctx, policy);
     let member = enriched.member_json.as_deref().unwrap_or_default();
@@ -182,9 +223,15 @@ fn enrich_json<'a>(payload: &'a [u8], ctx: &Context<'_>, policy: &Policy) -> Res
     Ok(enriched)
 }
 
-fn enrich_proto<'a>(payload: &'a [u8], ctx: &Context<'_>, policy: &Policy) -> Result<Enriched<'a>, Malformed> {
-    let scan = proto::scan(payload, &policy.source_names())
-        .map_err(|e| Malformed { reason: e.reason(), detail: e.to_string() })?;
+fn enrich_proto<'a>(
+    payload: &'a [u8],
+    ctx: &Context<'_>,
+    policy: &Policy,
+) -> Result<Enriched<'a>, Malformed> {
+    let scan = proto::scan(payload, &policy.source_names()).map_err(|e| Malformed {
+        reason: e.reason(),
+        detail: e.to_string(),
+    })?;
     if scan.tokens.is_empty() {
         return Ok(unchanged(payload));
     }
@@ -231,26 +278,46 @@ fn decide<'t>(
     let tokens: Vec<TokenOutcome> = distinct
         .into_iter()
         .map(|(token, source_index, occurrences)| {
-            let scope = policy.sources.get(source_index).map_or(IdentityScope::Uid2, |s| s.scope);
+            let scope = policy
+                .sources
+                .get(source_index)
+                .map_or(IdentityScope::Uid2, |s| s.scope);
             let keys = ctx.keys.for_scope(scope);
             let mut decryption = match ctx.cache {
                 Some(cache) => cache.decrypt(token, keys, policy.mode, name, ctx.now_ms),
                 None => decrypt(token, keys, policy.mode, name, ctx.now_ms),
             };
             apply_optout(&mut decryption, ctx.optouts);
-            TokenOutcome { source_index, occurrences, decryption }
+            TokenOutcome {
+                source_index,
+                occurrences,
+                decryption,
+            }
         })
         .collect();
-    let selected = tokens.iter().position(|t| t.decryption.is_success()).or(if tokens.is_empty() { None } else { Some(0) });
-    let member_json = selected.and_then(|i| tokens.get(i)).map(|t| member_json(t, policy, token_count));
-    Enriched { output: Cow::Borrowed(&[]), tokens, selected, token_count, member_json, body_enriched: false }
+    let selected = tokens
+        .iter()
+        .position(|t| t.decryption.is_success())
+        .or(if tokens.is_empty() { None } else { Some(0) });
+    let member_json = selected
+        .and_then(|i| tokens.get(i))
+        .map(|t| member_json(t, policy, token_count));
+    Enriched {
+        output: Cow::Borrowed(&[]),
+        tokens,
+        selected,
+        token_count,
+        member_json,
+        body_enriched: false,
+    }
 }
 
 fn apply_optout(decryption: &mut Decryption, optouts: &dyn OptOutLookup) {
     if decryption.status != Status::Success {
         return;
     }
-    if let (Some(raw), Some(established)) = (decryption.raw_uid2.as_deref(), decryption.established_ms)
+    if let (Some(raw), Some(established)) =
+        (decryption.raw_uid2.as_deref(), decryption.established_ms)
         && optout::is_opted_out(optouts, raw, established)
     {
         decryption.status = Status::OptedOut;
@@ -303,12 +370,19 @@ fn push_json_string(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
-fn enrichment_message(outcome: &TokenOutcome, policy: &Policy, token_count: usize) -> pb::Uid2Enrichment {
+fn enrichment_message(
+    outcome: &TokenOutcome,
+    policy: &Policy,
+    token_count: usize,
+) -> pb::Uid2Enrichment {
     let d = &outcome.decryption;
     pb::Uid2Enrichment {
         status: Some(d.status.as_str().to_string()),
         raw_uid2: d.raw_uid2.clone(),
-        source: policy.sources.get(outcome.source_index).map(|s| s.name.clone()),
+        source: policy
+            .sources
+            .get(outcome.source_index)
+            .map(|s| s.name.clone()),
         site_id: d.site_id,
         established: d.established_ms,
         expires: d.expires_ms,

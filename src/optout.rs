@@ -27,7 +27,9 @@ impl<S: std::hash::BuildHasher + Sync> OptOutLookup for std::collections::HashMa
 /// The rule: opted out when the opt-out is later than the token's `established` time. A token whose
 /// identity was established after the opt-out (the user came back) is used.
 pub fn is_opted_out(lookup: &dyn OptOutLookup, raw_uid2: &str, established_ms: i64) -> bool {
-    lookup.opted_out_at_ms(raw_uid2).is_some_and(|optout_ms| optout_ms > established_ms)
+    lookup
+        .opted_out_at_ms(raw_uid2)
+        .is_some_and(|optout_ms| optout_ms > established_ms)
 }
 
 #[cfg(test)]
@@ -39,7 +41,10 @@ mod tests {
     fn only_opt_outs_after_establishment_count() {
         let set: HashMap<String, i64> = [("u".to_string(), 1_000)].into();
         assert!(is_opted_out(&set, "u", 999));
-        assert!(!is_opted_out(&set, "u", 1_000), "established at the opt-out instant: not before it");
+        assert!(
+            !is_opted_out(&set, "u", 1_000),
+            "established at the opt-out instant: not before it"
+        );
         assert!(!is_opted_out(&set, "u", 1_001));
         assert!(!is_opted_out(&set, "other", 0));
         assert!(!is_opted_out(&NoOptOuts, "u", 0));

@@ -14,11 +14,14 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 use uid2_enricher::uid2::encrypt::{self, TokenSpec};
-use uid2_enricher::uid2::{ClientMode, Decryption, IdentityScope, IdentityType, KeySet, TokenVersion, decrypt};
+use uid2_enricher::uid2::{
+    ClientMode, Decryption, IdentityScope, IdentityType, KeySet, TokenVersion, decrypt,
+};
 
 fn python() -> String {
-    std::env::var("UID2_PYTHON")
-        .expect("UID2_PYTHON is not set: run scripts/test.sh, or `source scripts/lib/python-venv.sh` first")
+    std::env::var("UID2_PYTHON").expect(
+        "UID2_PYTHON is not set: run scripts/test.sh, or `source scripts/lib/python-venv.sh` first",
+    )
 }
 
 fn repo() -> PathBuf {
@@ -32,8 +35,16 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn run_script(script: &str, args: &[&Path]) -> (bool, String) {
-    let out = Command::new(python()).arg(repo().join(script)).args(args).output().expect("running the Python SDK harness");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(python())
+        .arg(repo().join(script))
+        .args(args)
+        .output()
+        .expect("running the Python SDK harness");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
@@ -67,13 +78,21 @@ fn sdk_made_tokens_decrypt_in_rust_to_the_same_fields() {
     let doc: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     let key_sets: Vec<(&str, KeySet)> = ["keys", "sharing_keys", "euid_keys"]
         .into_iter()
-        .map(|name| (name, KeySet::parse_json(doc[name].as_str().unwrap().as_bytes()).unwrap()))
+        .map(|name| {
+            (
+                name,
+                KeySet::parse_json(doc[name].as_str().unwrap().as_bytes()).unwrap(),
+            )
+        })
         .collect();
     let cases = doc["cases"].as_array().unwrap();
     let (mut passed, mut deviations, mut failures) = (0, 0, Vec::new());
     let mut versions_seen = std::collections::BTreeSet::new();
     for case in cases {
-        let keys = case["keys_ref"].as_str().and_then(|r| key_sets.iter().find(|(n, _)| *n == r)).map(|(_, k)| k);
+        let keys = case["keys_ref"]
+            .as_str()
+            .and_then(|r| key_sets.iter().find(|(n, _)| *n == r))
+            .map(|(_, k)| k);
         let got = decrypt(
             case["token"].as_str().unwrap(),
             keys,
@@ -91,7 +110,16 @@ fn sdk_made_tokens_decrypt_in_rust_to_the_same_fields() {
             None => &case["expected"],
         };
         let mut mismatched: Vec<String> = Vec::new();
-        for field in ["status", "raw_uid2", "established", "site_id", "identity_type", "token_version", "cstg", "expires"] {
+        for field in [
+            "status",
+            "raw_uid2",
+            "established",
+            "site_id",
+            "identity_type",
+            "token_version",
+            "cstg",
+            "expires",
+        ] {
             let (w, g) = (&want[field], &got[field]);
             let always = field == "status" || field == "raw_uid2";
             let compare = always || want["status"] == "success" || (!w.is_null() && !g.is_null());
@@ -105,13 +133,30 @@ fn sdk_made_tokens_decrypt_in_rust_to_the_same_fields() {
                 versions_seen.insert(want["token_version"].to_string());
             }
         } else {
-            failures.push(format!("{} ({}): {}", case["name"], case["note"], mismatched.join("; ")));
+            failures.push(format!(
+                "{} ({}): {}",
+                case["name"],
+                case["note"],
+                mismatched.join("; ")
+            ));
         }
     }
-    println!("sdk → rust: {passed} passed, {} failed ({deviations} with a documented Python deviation)", failures.len());
-    assert!(failures.is_empty(), "{} cases differ:\n{}", failures.len(), failures.join("\n"));
+    println!(
+        "sdk → rust: {passed} passed, {} failed ({deviations} with a documented Python deviation)",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} cases differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     assert!(passed >= 1000, "only {passed} SDK cases");
-    assert_eq!(versions_seen.len(), 3, "v2, v3 and v4 successes expected: {versions_seen:?}");
+    assert_eq!(
+        versions_seen.len(),
+        3,
+        "v2, v3 and v4 successes expected: {versions_seen:?}"
+    );
 }
 
 /// A small deterministic generator (xorshift64*): the cases must be the same on every run.
@@ -175,8 +220,18 @@ fn rust_made_tokens_decrypt_in_the_sdk_to_the_same_fields() {
         let mut expires = generated + 3_600_000 + rng.below(86_400_000) as i64;
         let established = generated - rng.below(365 * 86_400_000) as i64;
         let (mut master_id, mut site_id_key) = match keys_ref {
-            "sharing_keys" => ([164u32, 103][rng.below(2) as usize], [301u32, 302, 165][rng.below(3) as usize]),
-            _ => (164, [165u32, 201, 202][rng.below(3) as usize].min(if keys_ref == "euid_keys" { 165 } else { 202 })),
+            "sharing_keys" => (
+                [164u32, 103][rng.below(2) as usize],
+                [301u32, 302, 165][rng.below(3) as usize],
+            ),
+            _ => (
+                164,
+                [165u32, 201, 202][rng.below(3) as usize].min(if keys_ref == "euid_keys" {
+                    165
+                } else {
+                    202
+                }),
+            ),
         };
         let mut privacy_bits = 0;
         let mut domain: Option<&str> = None;
@@ -188,13 +243,20 @@ fn rust_made_tokens_decrypt_in_the_sdk_to_the_same_fields() {
                 "expired"
             }
             2 => {
-                let max = if mode == ClientMode::Sharing { keys.max_sharing_lifetime_seconds } else { keys.max_bidstream_lifetime_seconds };
+                let max = if mode == ClientMode::Sharing {
+                    keys.max_sharing_lifetime_seconds
+                } else {
+                    keys.max_bidstream_lifetime_seconds
+                };
                 let max = max.min(10 * 365 * 86_400);
                 expires = now + max * 1000 + 1000 + rng.below(10_000_000) as i64;
                 "lifetime"
             }
             3 if version != TokenVersion::V2 => {
-                generated = now + keys.allow_clock_skew_seconds * 1000 + 1000 + rng.below(10_000_000) as i64;
+                generated = now
+                    + keys.allow_clock_skew_seconds * 1000
+                    + 1000
+                    + rng.below(10_000_000) as i64;
                 expires = generated + 3_600_000;
                 "future"
             }
@@ -211,7 +273,9 @@ fn rust_made_tokens_decrypt_in_the_sdk_to_the_same_fields() {
             6 => "tampered",
             7 if mode == ClientMode::Bidstream => {
                 privacy_bits = 0x2;
-                domain = Some(["example.com", "Example.ORG", "foo.com", "example.net"][rng.below(4) as usize]);
+                domain = Some(
+                    ["example.com", "Example.ORG", "foo.com", "example.net"][rng.below(4) as usize],
+                );
                 "cstg"
             }
             _ => "valid",
@@ -219,8 +283,16 @@ fn rust_made_tokens_decrypt_in_the_sdk_to_the_same_fields() {
         let mut token = encrypt::generate(&TokenSpec {
             version,
             raw_uid2: &raw,
-            scope: if euid_case { IdentityScope::Euid } else { IdentityScope::Uid2 },
-            identity_type: if phone { IdentityType::Phone } else { IdentityType::Email },
+            scope: if euid_case {
+                IdentityScope::Euid
+            } else {
+                IdentityScope::Uid2
+            },
+            identity_type: if phone {
+                IdentityType::Phone
+            } else {
+                IdentityType::Email
+            },
             prefix_override: None,
             master_key_id: master_id,
             master_secret: &master_secret,
@@ -258,9 +330,14 @@ fn rust_made_tokens_decrypt_in_the_sdk_to_the_same_fields() {
     }
     // The sharing sender: raw UID2 → v4 token with the default keyset, decrypted by the SDK's SharingClient.
     for i in 0..100u64 {
-        let raw = if i % 2 == 0 { b64(&rng.bytes::<32>()) } else { b64(&[&[0x04u8][..], &rng.bytes::<32>()].concat()) };
+        let raw = if i % 2 == 0 {
+            b64(&rng.bytes::<32>())
+        } else {
+            b64(&[&[0x04u8][..], &rng.bytes::<32>()].concat())
+        };
         let now = (1_700_000_000 + rng.below(100_000_000) as i64) * 1000;
-        let token = encrypt::encrypt_raw_uid_into_token(&raw, Some(&sharing), now, rng.bytes()).unwrap();
+        let token =
+            encrypt::encrypt_raw_uid_into_token(&raw, Some(&sharing), now, rng.bytes()).unwrap();
         let got = decrypt(&token, Some(&sharing), ClientMode::Sharing, None, now);
         assert!(got.is_success());
         *kinds.entry("sharing_sender").or_default() += 1;
@@ -276,9 +353,18 @@ fn rust_made_tokens_decrypt_in_the_sdk_to_the_same_fields() {
     });
     std::fs::write(&file, serde_json::to_vec(&body).unwrap()).unwrap();
     let (ok, log) = run_script("scripts/interop/sdk_check_tokens.py", &[&file]);
-    let summary = log.lines().rev().find(|l| l.starts_with("interop:")).unwrap_or("no summary line").to_string();
+    let summary = log
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("interop:"))
+        .unwrap_or("no summary line")
+        .to_string();
     println!("rust → sdk: {summary}");
     assert!(ok, "the SDK disagrees:\n{log}");
-    let passed: usize = summary.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0);
+    let passed: usize = summary
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
     assert_eq!(passed, cases.len(), "{summary}");
 }

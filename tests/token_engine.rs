@@ -7,7 +7,9 @@ mod common;
 use common::*;
 use proptest::prelude::*;
 use uid2_enricher::uid2::encrypt::{self, EncryptError};
-use uid2_enricher::uid2::{ClientMode, IdentityScope, IdentityType, KeySet, Status, TokenVersion, decrypt};
+use uid2_enricher::uid2::{
+    ClientMode, IdentityScope, IdentityType, KeySet, Status, TokenVersion, decrypt,
+};
 
 const MODES: [ClientMode; 2] = [ClientMode::Bidstream, ClientMode::Sharing];
 
@@ -29,7 +31,8 @@ const CROSS_SDK_V4: &str = "AIAAAACkOqJj9VoxXJNnuX3v-ymceRf8_Av0vA5asOj9YBZJc1kV
 #[test]
 fn cross_sdk_v4_token_decrypts_to_the_listed_fields() {
     // No lifetime maxima in the body: the SDK default (unbounded) applies, as with the legacy client.
-    let json = bidstream_keys_json("UID2", MAX_LIFETIME_S).replace(r#""max_bidstream_lifetime_seconds":259200,"#, "");
+    let json = bidstream_keys_json("UID2", MAX_LIFETIME_S)
+        .replace(r#""max_bidstream_lifetime_seconds":259200,"#, "");
     let keys = KeySet::parse_json(json.as_bytes()).unwrap();
     assert_eq!(CROSS_SDK_V4.len(), 218);
     for mode in MODES {
@@ -46,14 +49,20 @@ fn cross_sdk_v4_token_decrypts_to_the_listed_fields() {
         assert_eq!(d.scope, Some(IdentityScope::Uid2));
     }
     // With the 3-day bidstream maximum its ~20-year lifetime is refused, as the spec warns.
-    assert_eq!(status(CROSS_SDK_V4, ClientMode::Bidstream), Status::InvalidTokenLifetime);
+    assert_eq!(
+        status(CROSS_SDK_V4, ClientMode::Bidstream),
+        Status::InvalidTokenLifetime
+    );
 }
 
 #[test]
 fn generated_tokens_round_trip_every_field() {
     for mode in MODES {
         for version in ALL_VERSIONS {
-            for (raw, kind) in [(RAW_UID2, IdentityType::Email), (RAW_UID2_PHONE_V3, IdentityType::Phone)] {
+            for (raw, kind) in [
+                (RAW_UID2, IdentityType::Email),
+                (RAW_UID2_PHONE_V3, IdentityType::Phone),
+            ] {
                 let mut t = Token::new(version);
                 t.raw_uid2 = raw.to_string();
                 t.identity_type = kind;
@@ -94,10 +103,21 @@ fn token_text_shapes_match_the_spec() {
 #[test]
 fn v4_written_in_standard_base64_decrypts() {
     let v4 = Token::new(TokenVersion::V4).build();
-    let std: String = v4.chars().map(|c| match c { '-' => '+', '_' => '/', c => c }).collect();
+    let std: String = v4
+        .chars()
+        .map(|c| match c {
+            '-' => '+',
+            '_' => '/',
+            c => c,
+        })
+        .collect();
     let padded = format!("{std}{}", "=".repeat((4 - std.len() % 4) % 4));
     for text in [std, padded] {
-        assert_eq!(status(&text, ClientMode::Bidstream), Status::Success, "{text}");
+        assert_eq!(
+            status(&text, ClientMode::Bidstream),
+            Status::Success,
+            "{text}"
+        );
     }
 }
 
@@ -105,7 +125,10 @@ fn v4_written_in_standard_base64_decrypts() {
 fn not_initialized_without_keys_in_both_modes() {
     for mode in MODES {
         let d = decrypt(&Token::new(TokenVersion::V4).build(), None, mode, None, NOW);
-        assert_eq!(d, uid2_enricher::uid2::Decryption::error(Status::NotInitialized));
+        assert_eq!(
+            d,
+            uid2_enricher::uid2::Decryption::error(Status::NotInitialized)
+        );
     }
 }
 
@@ -116,11 +139,20 @@ fn keys_not_synced_when_every_key_expired_or_none_exist() {
         let after_last_key = keys.latest_expiry_ms().unwrap();
         let mut t = Token::new(TokenVersion::V4);
         t.expires_ms = after_last_key + DAY_MS;
-        assert_eq!(decrypt(&t.build(), Some(&keys), mode, None, after_last_key).status, Status::KeysNotSynced);
-        assert_eq!(decrypt(&t.build(), Some(&keys), mode, None, after_last_key - 1).status, Status::InvalidTokenLifetime);
+        assert_eq!(
+            decrypt(&t.build(), Some(&keys), mode, None, after_last_key).status,
+            Status::KeysNotSynced
+        );
+        assert_eq!(
+            decrypt(&t.build(), Some(&keys), mode, None, after_last_key - 1).status,
+            Status::InvalidTokenLifetime
+        );
         let empty = KeySet::parse_json(br#"{"body":{"keys":[]}}"#).unwrap();
         // Checked before the token is looked at: even garbage gets KEYS_NOT_SYNCED.
-        assert_eq!(decrypt("garbage", Some(&empty), mode, None, NOW).status, Status::KeysNotSynced);
+        assert_eq!(
+            decrypt("garbage", Some(&empty), mode, None, NOW).status,
+            Status::KeysNotSynced
+        );
     }
 }
 
@@ -129,18 +161,30 @@ fn invalid_payload_for_short_non_base64_truncated_and_tampered_tokens() {
     for mode in MODES {
         for version in ALL_VERSIONS {
             let token = Token::new(version).build();
-            assert_eq!(status(&token[..token.len() - 8], mode), Status::InvalidPayload, "truncated {version:?}");
+            assert_eq!(
+                status(&token[..token.len() - 8], mode),
+                Status::InvalidPayload,
+                "truncated {version:?}"
+            );
             let mut tampered = token.clone().into_bytes();
             let mid = tampered.len() / 2;
             tampered[mid] = if tampered[mid] == b'A' { b'B' } else { b'A' };
-            assert_eq!(status(std::str::from_utf8(&tampered).unwrap(), mode), Status::InvalidPayload, "tampered {version:?}");
+            assert_eq!(
+                status(std::str::from_utf8(&tampered).unwrap(), mode),
+                Status::InvalidPayload,
+                "tampered {version:?}"
+            );
         }
         assert_eq!(status("", mode), Status::InvalidPayload);
         assert_eq!(status("A4A", mode), Status::InvalidPayload);
         assert_eq!(status("A4AA!!!!", mode), Status::InvalidPayload);
         // A v4 header naming key 164 with nothing after it: the key exists, the GCM blob does not.
         let header_only = base64_url(&[3, 128, 0, 0, 0, 164]);
-        assert_eq!(status(&header_only, mode), Status::InvalidPayload, "header only");
+        assert_eq!(
+            status(&header_only, mode),
+            Status::InvalidPayload,
+            "header only"
+        );
         // The same header naming key 0 stops earlier, at the key lookup, as in Java.
         assert_eq!(status("A4AAAAAA", mode), Status::NotAuthorizedForMasterKey);
     }
@@ -149,8 +193,14 @@ fn invalid_payload_for_short_non_base64_truncated_and_tampered_tokens() {
 #[test]
 fn version_not_supported_for_unknown_version_bytes() {
     for mode in MODES {
-        assert_eq!(status("AAAAAAAAAAAAAAAAAAAA", mode), Status::VersionNotSupported);
-        assert_eq!(status("A1AAAAAAAAAAAAAAAAAA", mode), Status::VersionNotSupported);
+        assert_eq!(
+            status("AAAAAAAAAAAAAAAAAAAA", mode),
+            Status::VersionNotSupported
+        );
+        assert_eq!(
+            status("A1AAAAAAAAAAAAAAAAAA", mode),
+            Status::VersionNotSupported
+        );
     }
 }
 
@@ -166,15 +216,36 @@ fn invalid_identity_scope_for_euid_tokens_with_uid2_keys_and_back() {
                 ClientMode::Sharing => sharing_keys_json("EUID", MAX_LIFETIME_S),
             };
             let euid_keys = KeySet::parse_json(euid_keys.as_bytes()).unwrap();
-            assert_eq!(decrypt(&t.build(), Some(&euid_keys), mode, None, NOW).status, Status::Success);
             assert_eq!(
-                decrypt(&Token::new(version).build(), Some(&euid_keys), mode, None, NOW).status,
+                decrypt(&t.build(), Some(&euid_keys), mode, None, NOW).status,
+                Status::Success
+            );
+            assert_eq!(
+                decrypt(
+                    &Token::new(version).build(),
+                    Some(&euid_keys),
+                    mode,
+                    None,
+                    NOW
+                )
+                .status,
                 Status::InvalidIdentityScope
             );
         }
         // v2 carries no scope and is never checked.
-        let euid_keys = KeySet::parse_json(sharing_keys_json("EUID", MAX_LIFETIME_S).as_bytes()).unwrap();
-        assert_eq!(decrypt(&Token::new(TokenVersion::V2).build(), Some(&euid_keys), mode, None, NOW).status, Status::Success);
+        let euid_keys =
+            KeySet::parse_json(sharing_keys_json("EUID", MAX_LIFETIME_S).as_bytes()).unwrap();
+        assert_eq!(
+            decrypt(
+                &Token::new(TokenVersion::V2).build(),
+                Some(&euid_keys),
+                mode,
+                None,
+                NOW
+            )
+            .status,
+            Status::Success
+        );
     }
 }
 
@@ -184,18 +255,33 @@ fn unknown_master_and_site_keys() {
         for version in ALL_VERSIONS {
             let mut t = Token::new(version);
             t.master_key_id = 999;
-            assert_eq!(status(&t.build(), mode), Status::NotAuthorizedForMasterKey, "{version:?}");
+            assert_eq!(
+                status(&t.build(), mode),
+                Status::NotAuthorizedForMasterKey,
+                "{version:?}"
+            );
             let mut t = Token::new(version);
             t.site_key_id = 999;
-            assert_eq!(status(&t.build(), mode), Status::NotAuthorizedForKey, "{version:?}");
+            assert_eq!(
+                status(&t.build(), mode),
+                Status::NotAuthorizedForKey,
+                "{version:?}"
+            );
             // Java/.NET look the site key up before the expiry check (Python does it the other way round).
             t.expires_ms = NOW - DAY_MS;
-            assert_eq!(status(&t.build(), mode), Status::NotAuthorizedForKey, "{version:?}");
+            assert_eq!(
+                status(&t.build(), mode),
+                Status::NotAuthorizedForKey,
+                "{version:?}"
+            );
         }
     }
     // A v2 token cut right after an unknown master key id: Java looks the key up before reading on.
     let short = base64_std(&[2, 0, 0, 3, 231, 0, 0]);
-    assert_eq!(status(&short, ClientMode::Bidstream), Status::NotAuthorizedForMasterKey);
+    assert_eq!(
+        status(&short, ClientMode::Bidstream),
+        Status::NotAuthorizedForMasterKey
+    );
 }
 
 fn base64_url(bytes: &[u8]) -> String {
@@ -221,7 +307,11 @@ fn expired_token_keeps_fields_but_not_the_uid() {
             assert_eq!(d.established_ms, Some(t.established_ms));
             assert_eq!(d.site_id, Some(SITE_ID));
             t.expires_ms = NOW;
-            assert_eq!(status(&t.build(), mode), Status::Success, "expires == now is still valid");
+            assert_eq!(
+                status(&t.build(), mode),
+                Status::Success,
+                "expires == now is still valid"
+            );
         }
     }
 }
@@ -234,22 +324,46 @@ fn lifetime_and_clock_skew_follow_the_sdk_test_suites() {
             let mut t = Token::new(version);
             t.generated_ms = NOW - DAY_MS;
             t.expires_ms = t.generated_ms + 3 * DAY_MS + 60_000;
-            let expected = if version == TokenVersion::V2 { Status::Success } else { Status::InvalidTokenLifetime };
-            assert_eq!(status(&t.build(), mode), expected, "{mode:?} {version:?}: lifetime from generated");
+            let expected = if version == TokenVersion::V2 {
+                Status::Success
+            } else {
+                Status::InvalidTokenLifetime
+            };
+            assert_eq!(
+                status(&t.build(), mode),
+                expected,
+                "{mode:?} {version:?}: lifetime from generated"
+            );
 
             let mut t = Token::new(version);
             t.expires_ms = NOW + 3 * DAY_MS + 60_000;
-            assert_eq!(status(&t.build(), mode), Status::InvalidTokenLifetime, "{mode:?} {version:?}: remaining lifetime");
+            assert_eq!(
+                status(&t.build(), mode),
+                Status::InvalidTokenLifetime,
+                "{mode:?} {version:?}: remaining lifetime"
+            );
             t.expires_ms = NOW + 3 * DAY_MS;
             t.generated_ms = NOW;
-            assert_eq!(status(&t.build(), mode), Status::Success, "{mode:?} {version:?}: exactly the maximum");
+            assert_eq!(
+                status(&t.build(), mode),
+                Status::Success,
+                "{mode:?} {version:?}: exactly the maximum"
+            );
 
             if version != TokenVersion::V2 {
                 let mut t = Token::new(version);
                 t.generated_ms = NOW + 31 * 60_000;
-                assert_eq!(status(&t.build(), mode), Status::InvalidTokenLifetime, "{version:?}: 31 min in the future");
+                assert_eq!(
+                    status(&t.build(), mode),
+                    Status::InvalidTokenLifetime,
+                    "{version:?}: 31 min in the future"
+                );
                 t.generated_ms = NOW + 30 * 60_000;
-                assert_eq!(status(&t.build(), mode), Status::Success, "{version:?}: 30 min in the future");
+                assert_eq!(
+                    status(&t.build(), mode),
+                    Status::Success,
+                    "{version:?}: 30 min in the future"
+                );
                 // Fractional rule (.NET/Python): 1 ms over the limit already fails.
                 t.generated_ms = NOW + 30 * 60_000 + 1;
                 assert_eq!(status(&t.build(), mode), Status::InvalidTokenLifetime);
@@ -267,25 +381,60 @@ fn domain_or_app_name_check_applies_to_cstg_tokens_in_bidstream_mode_only() {
         let mut t = Token::new(version);
         t.privacy_bits = 0x2;
         let token = t.build();
-        for ok in ["example.com", "EXAMPLE.ORG", "com.123.Game.App.android", "com.123.game.app.android", "123456789"] {
+        for ok in [
+            "example.com",
+            "EXAMPLE.ORG",
+            "com.123.Game.App.android",
+            "com.123.game.app.android",
+            "123456789",
+        ] {
             let d = decrypt(&token, Some(&keys), ClientMode::Bidstream, Some(ok), NOW);
             assert_eq!(d.status, Status::Success, "{version:?} {ok}");
             assert_eq!(d.cstg, Some(true));
         }
-        for bad in [None, Some("example.net"), Some("foo.com"), Some("www.example.com"), Some("")] {
+        for bad in [
+            None,
+            Some("example.net"),
+            Some("foo.com"),
+            Some("www.example.com"),
+            Some(""),
+        ] {
             let d = decrypt(&token, Some(&keys), ClientMode::Bidstream, bad, NOW);
-            assert_eq!(d.status, Status::DomainOrAppNameCheckFailed, "{version:?} {bad:?}");
+            assert_eq!(
+                d.status,
+                Status::DomainOrAppNameCheckFailed,
+                "{version:?} {bad:?}"
+            );
             assert_eq!(d.raw_uid2, None);
-            assert_eq!(decrypt(&token, Some(&sharing), ClientMode::Sharing, bad, NOW).status, Status::Success);
+            assert_eq!(
+                decrypt(&token, Some(&sharing), ClientMode::Sharing, bad, NOW).status,
+                Status::Success
+            );
         }
         // A CSTG token from a site with no site_data fails in bidstream mode.
         t.site_id = 77;
-        assert_eq!(decrypt(&t.build(), Some(&keys), ClientMode::Bidstream, Some("example.com"), NOW).status, Status::DomainOrAppNameCheckFailed);
+        assert_eq!(
+            decrypt(
+                &t.build(),
+                Some(&keys),
+                ClientMode::Bidstream,
+                Some("example.com"),
+                NOW
+            )
+            .status,
+            Status::DomainOrAppNameCheckFailed
+        );
         // Non-CSTG tokens pass with any name; other privacy bits do not trigger the check.
         let mut plain = Token::new(version);
         plain.privacy_bits = 0x1 | 0x4 | 0x8 | 0x4000_0000;
         for name in [None, Some("foo.com")] {
-            let d = decrypt(&plain.build(), Some(&keys), ClientMode::Bidstream, name, NOW);
+            let d = decrypt(
+                &plain.build(),
+                Some(&keys),
+                ClientMode::Bidstream,
+                name,
+                NOW,
+            );
             assert_eq!((d.status, d.cstg), (Status::Success, Some(false)));
         }
     }
@@ -298,18 +447,48 @@ fn check_order_expiry_before_domain_before_lifetime() {
     t.privacy_bits = 0x2;
     t.expires_ms = NOW - 1;
     t.generated_ms = NOW - 10 * DAY_MS;
-    assert_eq!(decrypt(&t.build(), Some(&keys), ClientMode::Bidstream, Some("foo.com"), NOW).status, Status::ExpiredToken);
+    assert_eq!(
+        decrypt(
+            &t.build(),
+            Some(&keys),
+            ClientMode::Bidstream,
+            Some("foo.com"),
+            NOW
+        )
+        .status,
+        Status::ExpiredToken
+    );
     t.expires_ms = NOW + DAY_MS;
     assert_eq!(
-        decrypt(&t.build(), Some(&keys), ClientMode::Bidstream, Some("foo.com"), NOW).status,
+        decrypt(
+            &t.build(),
+            Some(&keys),
+            ClientMode::Bidstream,
+            Some("foo.com"),
+            NOW
+        )
+        .status,
         Status::DomainOrAppNameCheckFailed
     );
-    assert_eq!(decrypt(&t.build(), Some(&keys), ClientMode::Bidstream, Some("example.com"), NOW).status, Status::InvalidTokenLifetime);
+    assert_eq!(
+        decrypt(
+            &t.build(),
+            Some(&keys),
+            ClientMode::Bidstream,
+            Some("example.com"),
+            NOW
+        )
+        .status,
+        Status::InvalidTokenLifetime
+    );
     // Scope is checked before the master key is looked up.
     let mut t = Token::new(TokenVersion::V3);
     t.scope = IdentityScope::Euid;
     t.master_key_id = 999;
-    assert_eq!(status(&t.build(), ClientMode::Bidstream), Status::InvalidIdentityScope);
+    assert_eq!(
+        status(&t.build(), ClientMode::Bidstream),
+        Status::InvalidIdentityScope
+    );
 }
 
 #[test]
@@ -322,58 +501,121 @@ fn legacy_key_set_reports_the_site_key_site_id() {
     );
     let keys = KeySet::parse_json(json.as_bytes()).unwrap();
     for version in ALL_VERSIONS {
-        let d = decrypt(&Token::new(version).build(), Some(&keys), ClientMode::Bidstream, None, NOW);
-        assert_eq!((d.status, d.site_key_site_id), (Status::Success, Some(9000)));
+        let d = decrypt(
+            &Token::new(version).build(),
+            Some(&keys),
+            ClientMode::Bidstream,
+            None,
+            NOW,
+        );
+        assert_eq!(
+            (d.status, d.site_key_site_id),
+            (Status::Success, Some(9000))
+        );
     }
 }
 
 #[test]
 fn sharing_sender_makes_v4_tokens_the_receiver_decrypts() {
     let keys = sharing_keys();
-    for (raw, kind, prefix) in [(RAW_UID2, IdentityType::Email, "A4"), (RAW_UID2_PHONE_V3, IdentityType::Phone, "B4")] {
+    for (raw, kind, prefix) in [
+        (RAW_UID2, IdentityType::Email, "A4"),
+        (RAW_UID2_PHONE_V3, IdentityType::Phone, "B4"),
+    ] {
         let token = encrypt::encrypt_raw_uid_into_token(raw, Some(&keys), NOW, [7; 24]).unwrap();
         assert!(token.starts_with(prefix), "{token}");
         let d = decrypt(&token, Some(&keys), ClientMode::Sharing, None, NOW);
         assert_eq!(d.status, Status::Success);
         assert_eq!(d.raw_uid2.as_deref(), Some(raw));
         assert_eq!(d.identity_type, Some(kind));
-        assert_eq!(d.expires_ms, Some(NOW + 172_800_000), "token_expiry_seconds from the key set");
+        assert_eq!(
+            d.expires_ms,
+            Some(NOW + 172_800_000),
+            "token_expiry_seconds from the key set"
+        );
         assert_eq!(d.established_ms, Some(NOW));
         assert_eq!(d.site_id, Some(SITE_ID));
         // Same nonces, same token: the sender is deterministic given its inputs.
-        assert_eq!(encrypt::encrypt_raw_uid_into_token(raw, Some(&keys), NOW, [7; 24]).unwrap(), token);
+        assert_eq!(
+            encrypt::encrypt_raw_uid_into_token(raw, Some(&keys), NOW, [7; 24]).unwrap(),
+            token
+        );
     }
     // Spec §7 identity-type cases for the sender's prefix quirk.
     for (raw, kind) in [
-        ("Q4bGug8t1xjsutKLCNjnb5fTlXSvIQukmahYDJeLBtk=", IdentityType::Email),
-        ("BEOGxroPLdcY7LrSiwjY52+X05V0ryELpJmoWAyXiwbZ", IdentityType::Phone),
-        ("oKg0ZY9ieD/CGMEjAA0kcq+8aUbLMBG0MgCT3kWUnJs=", IdentityType::Email),
-        ("AKCoNGWPYng/whjBIwANJHKvvGlGyzARtDIAk95FlJyb", IdentityType::Email),
-        ("EKCoNGWPYng/whjBIwANJHKvvGlGyzARtDIAk95FlJyb", IdentityType::Email),
+        (
+            "Q4bGug8t1xjsutKLCNjnb5fTlXSvIQukmahYDJeLBtk=",
+            IdentityType::Email,
+        ),
+        (
+            "BEOGxroPLdcY7LrSiwjY52+X05V0ryELpJmoWAyXiwbZ",
+            IdentityType::Phone,
+        ),
+        (
+            "oKg0ZY9ieD/CGMEjAA0kcq+8aUbLMBG0MgCT3kWUnJs=",
+            IdentityType::Email,
+        ),
+        (
+            "AKCoNGWPYng/whjBIwANJHKvvGlGyzARtDIAk95FlJyb",
+            IdentityType::Email,
+        ),
+        (
+            "EKCoNGWPYng/whjBIwANJHKvvGlGyzARtDIAk95FlJyb",
+            IdentityType::Email,
+        ),
     ] {
         let token = encrypt::encrypt_raw_uid_into_token(raw, Some(&keys), NOW, [3; 24]).unwrap();
-        assert_eq!(decrypt(&token, Some(&keys), ClientMode::Sharing, None, NOW).identity_type, Some(kind), "{raw}");
+        assert_eq!(
+            decrypt(&token, Some(&keys), ClientMode::Sharing, None, NOW).identity_type,
+            Some(kind),
+            "{raw}"
+        );
     }
 }
 
 #[test]
 fn sharing_sender_statuses() {
     let keys = sharing_keys();
-    let enc = |keys: Option<&KeySet>, now: i64, raw: &str| encrypt::encrypt_raw_uid_into_token(raw, keys, now, [0; 24]);
+    let enc = |keys: Option<&KeySet>, now: i64, raw: &str| {
+        encrypt::encrypt_raw_uid_into_token(raw, keys, now, [0; 24])
+    };
     assert_eq!(enc(None, NOW, RAW_UID2), Err(EncryptError::NotInitialized));
-    assert_eq!(enc(Some(&keys), keys.latest_expiry_ms().unwrap(), RAW_UID2), Err(EncryptError::KeysNotSynced));
-    assert_eq!(enc(Some(&keys), NOW, "not base64!"), Err(EncryptError::InvalidRawUid));
-    assert_eq!(enc(Some(&keys), NOW, "AAAA"), Err(EncryptError::InvalidRawUid));
-    let no_master = sharing_keys_json("UID2", MAX_LIFETIME_S).replace(r#""master_keyset_id":9999999,"#, "");
+    assert_eq!(
+        enc(Some(&keys), keys.latest_expiry_ms().unwrap(), RAW_UID2),
+        Err(EncryptError::KeysNotSynced)
+    );
+    assert_eq!(
+        enc(Some(&keys), NOW, "not base64!"),
+        Err(EncryptError::InvalidRawUid)
+    );
+    assert_eq!(
+        enc(Some(&keys), NOW, "AAAA"),
+        Err(EncryptError::InvalidRawUid)
+    );
+    let no_master =
+        sharing_keys_json("UID2", MAX_LIFETIME_S).replace(r#""master_keyset_id":9999999,"#, "");
     let no_master = KeySet::parse_json(no_master.as_bytes()).unwrap();
-    assert_eq!(enc(Some(&no_master), NOW, RAW_UID2), Err(EncryptError::NotAuthorizedForMasterKey));
-    let no_default = sharing_keys_json("UID2", MAX_LIFETIME_S).replace(r#""default_keyset_id":99,"#, "");
+    assert_eq!(
+        enc(Some(&no_master), NOW, RAW_UID2),
+        Err(EncryptError::NotAuthorizedForMasterKey)
+    );
+    let no_default =
+        sharing_keys_json("UID2", MAX_LIFETIME_S).replace(r#""default_keyset_id":99,"#, "");
     let no_default = KeySet::parse_json(no_default.as_bytes()).unwrap();
-    assert_eq!(enc(Some(&no_default), NOW, RAW_UID2), Err(EncryptError::NotAuthorizedForKey));
+    assert_eq!(
+        enc(Some(&no_default), NOW, RAW_UID2),
+        Err(EncryptError::NotAuthorizedForKey)
+    );
     // Keys not yet active are skipped, so they end up as NOT_AUTHORIZED too.
-    assert_eq!(enc(Some(&keys), 1_609_459_199_000, RAW_UID2), Err(EncryptError::NotAuthorizedForMasterKey));
+    assert_eq!(
+        enc(Some(&keys), 1_609_459_199_000, RAW_UID2),
+        Err(EncryptError::NotAuthorizedForMasterKey)
+    );
     // The bidstream body has no keysets at all.
-    assert_eq!(enc(Some(&bidstream_keys()), NOW, RAW_UID2), Err(EncryptError::NotAuthorizedForMasterKey));
+    assert_eq!(
+        enc(Some(&bidstream_keys()), NOW, RAW_UID2),
+        Err(EncryptError::NotAuthorizedForMasterKey)
+    );
 }
 
 #[test]
@@ -451,7 +693,13 @@ proptest! {
 fn a_hundred_kilobyte_token_is_just_invalid() {
     let mut bytes = vec![3u8, 128, 0, 0, 0, 164];
     bytes.resize(75_000, 0x41);
-    assert_eq!(status(&base64_url(&bytes), ClientMode::Bidstream), Status::InvalidPayload);
+    assert_eq!(
+        status(&base64_url(&bytes), ClientMode::Bidstream),
+        Status::InvalidPayload
+    );
     let huge_v2 = format!("Ag{}", "A".repeat(100_000));
-    assert_eq!(status(&huge_v2, ClientMode::Bidstream), Status::NotAuthorizedForMasterKey);
+    assert_eq!(
+        status(&huge_v2, ClientMode::Bidstream),
+        Status::NotAuthorizedForMasterKey
+    );
 }

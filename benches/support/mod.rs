@@ -16,8 +16,10 @@ use uid2_enricher::uid2::{IdentityScope, IdentityType, KeySet, TokenVersion};
 
 pub const MASTER_KEY_ID: u32 = 164;
 pub const SITE_KEY_ID: u32 = 165;
-pub const MASTER_SECRET_HEX: &str = "8b25f1ad125c24e8a5a8171226c37b5ca088b9285bada5dda810a9a4268b089b";
-pub const SITE_SECRET_HEX: &str = "20fb07c2849afa56ca74681d83c08bd730a40b41e26ea70e6c33fe7d41181785";
+pub const MASTER_SECRET_HEX: &str =
+    "8b25f1ad125c24e8a5a8171226c37b5ca088b9285bada5dda810a9a4268b089b";
+pub const SITE_SECRET_HEX: &str =
+    "20fb07c2849afa56ca74681d83c08bd730a40b41e26ea70e6c33fe7d41181785";
 pub const SITE_ID: i32 = 9000;
 /// A 32-byte raw UID2 (spec §7), as the Python SDK bench uses: v4 tokens are 163 bytes = 218 chars.
 pub const RAW_UID2: &str = "ywsvDNINiZOVSsfkHpLpSJzXzhr6Jx9Z/4Q0+lsEUvM=";
@@ -99,25 +101,28 @@ pub fn token(version: TokenVersion, seed: u8) -> String {
 // ------------------------------------------------------------------------------------------------------
 // JSON bid requests
 
-/// How big a request is: everything else (site, device with a long UA and `sua`, regs with GPP,
-/// source.schain, user.ext.consent) is always there.
+/// How big a request is. Every request has site, device (long UA + `sua`), imp(s), regs with GPP,
+/// source.schain and user.eids with the UID2 token; `full` adds what a rich exchange sends (geo, full
+/// `sua` versions, site content and publisher details, a TCF consent string, a long GPP string, a
+/// two-node schain).
 #[derive(Clone, Copy, Debug)]
 pub struct Shape {
-    /// Impressions (banner with formats, floors, ext.gpid).
+    /// Impressions (banner with formats, floors, ext.gpid when `full`).
     pub imps: usize,
     /// Non-UID2 entries in `user.eids` (the UID2 one is inserted in the middle).
     pub other_eids: usize,
-    /// Segments in `user.data[0]` and `site.content.data[0]` together.
+    /// Segments in `user.data[0]` and `site.content.data[0]` together (only when `full`).
     pub segments: usize,
-    /// Whether `device.sua` lists full browser versions (a 2.6 Chrome request does; a trimmed one may not).
-    pub full_sua: bool,
+    pub full: bool,
 }
 
 const UA: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) \
                   Chrome/124.0.6367.91 Safari/537.36 Edg/124.0.2478.67";
 const GPP: &str = "DBABMA~CPXxRfAPXxRfAAfKABENB-CgAAAAAAAAAAYgAAAAAAAA.QFukWSQgAIQwgI0QEByFAAAAeIAACAIgSAAQAIAgEQACEAB\
                    AAAgAQFAEAIAAAGBAAgAAAAQAIFAAMCQAAgAAQiRAEQAAAAANAAIAAggAIYQFAAARmggBC3ZCYzU2yIA.YAAAAAAAAAA";
-const TCF_CONSENT: &str = "CPXxRfAPXxRfAAfKABENB-CgAAAAAAAAAAYgAAAAAAAA.QFukWSQgAIQwgI0QEByFAAAAeIAACAIgSAAQAIAgEQACEAB";
+const GPP_SHORT: &str = "DBABzw~1YNN";
+const TCF_CONSENT: &str =
+    "CPXxRfAPXxRfAAfKABENB-CgAAAAAAAAAAYgAAAAAAAA.QFukWSQgAIQwgI0QEByFAAAAeIAACAIgSAAQAIAgEQACEAB";
 
 const EID_SOURCES: [(&str, usize, u8); 8] = [
     ("liveramp.com", 70, 3),
@@ -159,34 +164,64 @@ fn imp(i: usize) -> Value {
 
 fn eid(i: usize) -> Value {
     let (source, len, atype) = EID_SOURCES[i % EID_SOURCES.len()];
-    let source = if i < EID_SOURCES.len() { source.to_string() } else { format!("{i}.{source}") };
+    let source = if i < EID_SOURCES.len() {
+        source.to_string()
+    } else {
+        format!("{i}.{source}")
+    };
     json!({"source": source, "uids": [{"id": pseudo_id(i, len), "atype": atype}]})
 }
 
 fn segments(provider: &str, first: usize, n: usize) -> Value {
-    let segs: Vec<Value> = (first..first + n).map(|s| json!({"id": format!("{}", 100_000 + s * 37)})).collect();
+    let segs: Vec<Value> = (first..first + n)
+        .map(|s| json!({"id": format!("{}", 100_000 + s * 37)}))
+        .collect();
     json!({"id": provider, "name": provider, "segment": segs, "ext": {"segtax": 4}})
 }
 
-/// An OpenRTB 2.6 request (web, Chrome on Windows) of the given shape with `token` as its only UID2
+/// An OpenRTB 2.6 request (web, Edge on Windows) of the given shape with `token` as its only UID2
 /// token, in `user.eids`. Compact JSON, keys in the order written here.
 pub fn json_request(shape: Shape, token: &str) -> Vec<u8> {
-    let sua = if shape.full_sua {
-        json!({
-            "browsers": [
-                {"brand": "Chromium", "version": ["124", "0", "6367", "91"]},
-                {"brand": "Microsoft Edge", "version": ["124", "0", "2478", "67"]},
-                {"brand": "Not-A.Brand", "version": ["99", "0", "0", "0"]}
-            ],
-            "platform": {"brand": "Windows", "version": ["15", "0", "0"]},
-            "mobile": 0, "architecture": "x86", "bitness": "64", "model": "", "source": 2
-        })
-    } else {
-        json!({"browsers": [{"brand": "Chromium", "version": ["124"]}], "mobile": 0, "source": 1})
-    };
     let mut eids: Vec<Value> = (0..shape.other_eids).map(eid).collect();
     let uid2 = json!({"source": "uidapi.com", "uids": [{"id": token, "atype": 3}]});
     eids.insert(shape.other_eids.div_ceil(2), uid2);
+    let imps: Vec<Value> = (0..shape.imps)
+        .map(|i| {
+            if shape.full {
+                imp(i)
+            } else {
+                json!({"id": (i + 1).to_string(), "banner": {"w": 300, "h": 250}, "bidfloor": 0.5})
+            }
+        })
+        .collect();
+    if !shape.full {
+        let request = json!({
+            "id": "8c2e6b8e-3f5a-4d2e-9a7c-0b1f5e6d4c3a",
+            "imp": imps,
+            "site": {"id": "102855", "domain": "www.example.com", "page": "https://www.example.com/news/markets", "publisher": {"id": "8953"}},
+            "device": {
+                "ua": UA,
+                "sua": {"browsers": [{"brand": "Chromium", "version": ["124"]}, {"brand": "Microsoft Edge", "version": ["124"]}], "mobile": 0, "source": 1},
+                "ip": "203.0.113.7",
+                "devicetype": 2
+            },
+            "user": {"id": pseudo_id(9001, 32), "eids": eids},
+            "at": 1,
+            "tmax": 120,
+            "source": {"schain": {"complete": 1, "ver": "1.0", "nodes": [{"asi": "exchange.example", "sid": "5521", "hp": 1}]}},
+            "regs": {"gpp": GPP_SHORT, "gpp_sid": [6]}
+        });
+        return serde_json::to_vec(&request).expect("request serializes");
+    }
+    let sua = json!({
+        "browsers": [
+            {"brand": "Chromium", "version": ["124", "0", "6367", "91"]},
+            {"brand": "Microsoft Edge", "version": ["124", "0", "2478", "67"]},
+            {"brand": "Not-A.Brand", "version": ["99", "0", "0", "0"]}
+        ],
+        "platform": {"brand": "Windows", "version": ["15", "0", "0"]},
+        "mobile": 0, "architecture": "x86", "bitness": "64", "model": "", "source": 2
+    });
     let user_segments = shape.segments - shape.segments / 3;
     let mut user = json!({
         "id": pseudo_id(9001, 32),
@@ -199,11 +234,15 @@ pub fn json_request(shape: Shape, token: &str) -> Vec<u8> {
     }
     let mut content = json!({"language": "en", "cat": ["IAB12"], "url": "https://www.example.com/news/2026/01/markets-close-higher"});
     if shape.segments / 3 > 0 {
-        content["data"] = json!([segments("contextual.example", user_segments, shape.segments / 3)]);
+        content["data"] = json!([segments(
+            "contextual.example",
+            user_segments,
+            shape.segments / 3
+        )]);
     }
     let request = json!({
         "id": "8c2e6b8e-3f5a-4d2e-9a7c-0b1f5e6d4c3a",
-        "imp": (0..shape.imps).map(imp).collect::<Vec<_>>(),
+        "imp": imps,
         "site": {
             "id": "102855",
             "name": "Example News",
@@ -241,23 +280,44 @@ pub fn json_request(shape: Shape, token: &str) -> Vec<u8> {
     serde_json::to_vec(&request).expect("request serializes")
 }
 
-/// The growth sequence used to reach a target size: step `k` adds segments, eids and (slower) imps.
-pub fn shape_for_step(k: usize) -> Shape {
-    Shape { imps: 1 + k / 6, other_eids: 1 + k / 2, segments: 2 * k, full_sua: k > 0 }
+/// Step `k` of a growth sequence. Compact requests (from ~1.1 KB) grow by eids and imps; full ones
+/// (from ~2.5 KB) grow by data segments and eids, and more slowly by imps.
+pub fn shape_for_step(full: bool, k: usize) -> Shape {
+    if full {
+        Shape {
+            imps: 1 + k / 6,
+            other_eids: 1 + k / 2,
+            segments: 2 * k,
+            full,
+        }
+    } else {
+        Shape {
+            imps: 1 + k / 4,
+            other_eids: 1 + k,
+            segments: 0,
+            full,
+        }
+    }
 }
 
-/// The request of the growth sequence whose size is closest to `target` bytes.
-pub fn json_request_near(target: usize, token: &str) -> Vec<u8> {
-    let mut best: Option<Vec<u8>> = None;
-    for k in 0..200 {
-        let request = json_request(shape_for_step(k), token);
-        let better = best.as_ref().is_none_or(|b| request.len().abs_diff(target) < b.len().abs_diff(target));
-        let past = request.len() > target;
-        if better {
-            best = Some(request);
-        }
-        if past {
-            break;
+/// The request whose size is closest to `target` bytes: the full sequence when it can get there, the
+/// compact one for smaller targets.
+pub fn json_request_near(target: usize, token: &str) -> (Shape, Vec<u8>) {
+    let mut best: Option<(Shape, Vec<u8>)> = None;
+    for full in [true, false] {
+        for k in 0..400 {
+            let shape = shape_for_step(full, k);
+            let request = json_request(shape, token);
+            let past = request.len() > target;
+            let closer = |(_, b): &(Shape, Vec<u8>)| {
+                request.len().abs_diff(target) < b.len().abs_diff(target)
+            };
+            if best.as_ref().is_none_or(closer) {
+                best = Some((shape, request));
+            }
+            if past {
+                break;
+            }
         }
     }
     best.expect("at least one step")
@@ -269,7 +329,10 @@ pub fn json_request_near(target: usize, token: &str) -> Vec<u8> {
 fn pb_eid(source: &str, id: String, atype: i32) -> pb::Eid {
     pb::Eid {
         source: Some(source.into()),
-        uids: vec![pb::Uid { id: Some(id), atype: Some(atype) }],
+        uids: vec![pb::Uid {
+            id: Some(id),
+            atype: Some(atype),
+        }],
         ..Default::default()
     }
 }
@@ -284,17 +347,25 @@ pub fn proto_request_near(target: usize, token: &str) -> Vec<u8> {
                 pb_eid(source, pseudo_id(i, len), i32::from(atype))
             })
             .collect();
-        eids.insert(other_eids.div_ceil(2), pb_eid("uidapi.com", token.to_string(), 3));
+        eids.insert(
+            other_eids.div_ceil(2),
+            pb_eid("uidapi.com", token.to_string(), 3),
+        );
         let request = pb::BidRequest {
             id: "8c2e6b8e-3f5a-4d2e-9a7c-0b1f5e6d4c3a".into(),
             imp: (1..=3).map(|i| pb::Imp { id: i.to_string() }).collect(),
-            distributionchannel_oneof: Some(pb::bid_request::DistributionchannelOneof::Site(pb::Site {
-                id: Some("102855".into()),
-                name: Some("Example News".into()),
-                domain: Some("www.example.com".into()),
-                page: Some("https://www.example.com/news/2026/01/markets-close-higher?utm_source=home".into()),
-                r#ref: Some("https://www.google.com/".into()),
-            })),
+            distributionchannel_oneof: Some(pb::bid_request::DistributionchannelOneof::Site(
+                pb::Site {
+                    id: Some("102855".into()),
+                    name: Some("Example News".into()),
+                    domain: Some("www.example.com".into()),
+                    page: Some(
+                        "https://www.example.com/news/2026/01/markets-close-higher?utm_source=home"
+                            .into(),
+                    ),
+                    r#ref: Some("https://www.google.com/".into()),
+                },
+            )),
             device: Some(pb::Device {
                 ua: Some(UA.into()),
                 ip: Some("203.0.113.7".into()),
@@ -307,7 +378,10 @@ pub fn proto_request_near(target: usize, token: &str) -> Vec<u8> {
                 customdata: Some(pseudo_id(9003, 48)),
                 consent: Some(TCF_CONSENT.into()),
                 eids,
-                ext: Some(pb::UserExt { consent: Some(GPP.into()), eids: Vec::new() }),
+                ext: Some(pb::UserExt {
+                    consent: Some(GPP.into()),
+                    eids: Vec::new(),
+                }),
                 uid2_enrichment: None,
             }),
         };

@@ -615,7 +615,10 @@ impl<'a> Cursor<'a> {
     }
 
     /// Skips the rest of a group opened by field `number` in a message at nesting `depth`: nested groups
-    /// are tracked on a fixed-size stack, never by recursion.
+    /// are tracked on a fixed-size stack, never by recursion. Out of line and cold: groups are deprecated
+    /// and rare, and inlined into `next_field` the stack's zero-fill would run for every field.
+    #[cold]
+    #[inline(never)]
     fn skip_group(&mut self, number: u32, depth: usize) -> Result<(), ProtoError> {
         // open[..count]: field numbers of the groups not closed yet, innermost last.
         let mut open = [0u32; MAX_DEPTH];

@@ -6,8 +6,8 @@
 
 use aes::Aes256;
 use aes::cipher::block_padding::Pkcs7;
-use aes::cipher::{BlockModeDecrypt, BlockModeEncrypt, InnerIvInit, KeyInit};
-use aes_gcm::aead::AeadInOut;
+use aes::cipher::{BlockDecryptMut, BlockEncryptMut, InnerIvInit, KeyInit};
+use aes_gcm::aead::AeadInPlace;
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
 
 pub const GCM_NONCE_LEN: usize = 12;
@@ -36,7 +36,11 @@ impl std::fmt::Debug for Secret {
 
 impl Secret {
     pub fn new(bytes: [u8; 32]) -> Self {
-        Secret { bytes, gcm: Aes256Gcm::new(&bytes.into()), aes: Aes256::new(&bytes.into()) }
+        Secret {
+            bytes,
+            gcm: Aes256Gcm::new(&bytes.into()),
+            aes: Aes256::new(&bytes.into()),
+        }
     }
 
     pub fn bytes(&self) -> &[u8; 32] {
@@ -50,9 +54,14 @@ impl Secret {
         }
         let (nonce, rest) = blob.split_at_mut(GCM_NONCE_LEN);
         let (ciphertext, tag) = rest.split_at_mut(rest.len() - GCM_TAG_LEN);
-        let nonce = Nonce::try_from(&*nonce).map_err(|_| CryptoError)?;
-        let tag = Tag::try_from(&*tag).map_err(|_| CryptoError)?;
-        self.gcm.decrypt_inout_detached(&nonce, &[], ciphertext.into(), &tag).map_err(|_| CryptoError)?;
+        self.gcm
+            .decrypt_in_place_detached(
+                Nonce::from_slice(nonce),
+                &[],
+                ciphertext,
+                Tag::from_slice(tag),
+            )
+            .map_err(|_| CryptoError)?;
         Ok(ciphertext)
     }
 
@@ -63,16 +72,20 @@ impl Secret {
         out.extend_from_slice(plaintext);
         let tag = self
             .gcm
-            .encrypt_inout_detached(&Nonce::from(*nonce), &[], (&mut out[start..]).into())
+            .encrypt_in_place_detached(Nonce::from_slice(nonce), &[], &mut out[start..])
             .expect("AES-GCM seal cannot fail below 64 GiB");
         out.extend_from_slice(&tag);
     }
 
     /// Decrypts AES-256-CBC with PKCS#7 padding in place; the padding is checked, as Java's and .NET's
     /// crypto libraries do.
-    pub fn cbc_open<'a>(&self, iv: &[u8; CBC_IV_LEN], data: &'a mut [u8]) -> Result<&'a [u8], CryptoError> {
+    pub fn cbc_open<'a>(
+        &self,
+        iv: &[u8; CBC_IV_LEN],
+        data: &'a mut [u8],
+    ) -> Result<&'a [u8], CryptoError> {
         cbc::Decryptor::<Aes256>::inner_iv_init(self.aes.clone(), &(*iv).into())
-            .decrypt_padded::<Pkcs7>(data)
+            .decrypt_padded_mut::<Pkcs7>(data)
             .map_err(|_| CryptoError)
     }
 
@@ -83,7 +96,7 @@ impl Secret {
         out.extend_from_slice(plaintext);
         out.resize(start + padded_len, 0);
         let written = cbc::Encryptor::<Aes256>::inner_iv_init(self.aes.clone(), &(*iv).into())
-            .encrypt_padded::<Pkcs7>(&mut out[start..], plaintext.len())
+            .encrypt_padded_mut::<Pkcs7>(&mut out[start..], plaintext.len())
             .expect("buffer sized for PKCS#7 padding")
             .len();
         debug_assert_eq!(written, padded_len);
@@ -110,7 +123,10 @@ mod tests {
             bad[i] ^= 0x01;
             assert_eq!(secret().gcm_open(&mut bad), Err(CryptoError), "flip at {i}");
         }
-        assert_eq!(Secret::new([8; 32]).gcm_open(&mut blob.clone()), Err(CryptoError));
+        assert_eq!(
+            Secret::new([8; 32]).gcm_open(&mut blob.clone()),
+            Err(CryptoError)
+        );
         assert_eq!(secret().gcm_open(&mut [0u8; 27]), Err(CryptoError));
     }
 
@@ -120,9 +136,16 @@ mod tests {
         secret().cbc_seal(&[2; 16], b"0123456789abcdef-more", &mut ct);
         assert_eq!(ct.len(), 32);
         let mut copy = ct.clone();
-        assert_eq!(secret().cbc_open(&[2; 16], &mut copy).unwrap(), b"0123456789abcdef-more");
+        assert_eq!(
+            secret().cbc_open(&[2; 16], &mut copy).unwrap(),
+            b"0123456789abcdef-more"
+        );
         assert!(secret().cbc_open(&[2; 16], &mut ct[..31].to_vec()).is_err());
-        assert!(Secret::new([9; 32]).cbc_open(&[2; 16], &mut ct.clone()).is_err());
+        assert!(
+            Secret::new([9; 32])
+                .cbc_open(&[2; 16], &mut ct.clone())
+                .is_err()
+        );
     }
 
     #[test]

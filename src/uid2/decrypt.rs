@@ -107,9 +107,16 @@ pub fn decrypt(
     let version = match wire::detect_version(token) {
         Ok(v) => v,
         Err(wire::DetectError::InvalidPayload) => return Decryption::error(Status::InvalidPayload),
-        Err(wire::DetectError::VersionNotSupported) => return Decryption::error(Status::VersionNotSupported),
+        Err(wire::DetectError::VersionNotSupported) => {
+            return Decryption::error(Status::VersionNotSupported);
+        }
     };
-    let ctx = Context { keys, mode, domain_or_app_name, now_ms };
+    let ctx = Context {
+        keys,
+        mode,
+        domain_or_app_name,
+        now_ms,
+    };
     // Real tokens fit on the stack; a 100 KB hostile "token" takes the heap path and fails like any other.
     let max_decoded = token.len() / 4 * 3 + 3;
     if max_decoded <= STACK_TOKEN_BYTES {
@@ -128,8 +135,16 @@ pub fn decrypt(
 }
 
 fn decode_into(token: &str, version: TokenVersion, out: &mut [u8]) -> Option<usize> {
-    // The common case (canonical alphabet for the version) decodes straight into the stack buffer; the
-    // rare v4-in-standard-base64 case falls back to the allocating path.
+    // Canonical text (the operator's alphabet and padding for the version) takes the SIMD decoder; anything
+    // it rejects takes the lenient path the SDKs' decoders imply (missing padding, non-zero trailing bits,
+    // a v4 token in standard base64). A strict success is always what the lenient decoder would give.
+    let simd = match version {
+        TokenVersion::V4 => &base64_simd::URL_SAFE_NO_PAD,
+        TokenVersion::V2 | TokenVersion::V3 => &base64_simd::STANDARD,
+    };
+    if let Ok(decoded) = simd.decode(token.as_bytes(), base64_simd::Out::from_slice(out)) {
+        return Some(decoded.len());
+    }
     let engine = match version {
         TokenVersion::V4 => &wire::URL_SAFE_LENIENT,
         TokenVersion::V2 | TokenVersion::V3 => &wire::STANDARD_LENIENT,
@@ -192,25 +207,41 @@ impl Context<'_> {
         // Java looks the master key up before reading the IV, so a short token with an unknown key is
         // NOT_AUTHORIZED_FOR_MASTER_KEY, not INVALID_PAYLOAD.
         let master_key_id = r.u32().ok_or(Status::InvalidPayload)?;
-        let master_key = self.keys.key(master_key_id).ok_or(Status::NotAuthorizedForMasterKey)?;
+        let master_key = self
+            .keys
+            .key(master_key_id)
+            .ok_or(Status::NotAuthorizedForMasterKey)?;
         let master_iv: [u8; CBC_IV_LEN] = r.array().ok_or(Status::InvalidPayload)?;
-        let master_blob = bytes.get_mut(1 + 4 + CBC_IV_LEN..).ok_or(Status::InvalidPayload)?;
-        let master = master_key.secret.cbc_open(&master_iv, master_blob).map_err(|_| Status::InvalidPayload)?;
+        let master_blob = bytes
+            .get_mut(1 + 4 + CBC_IV_LEN..)
+            .ok_or(Status::InvalidPayload)?;
+        let master = master_key
+            .secret
+            .cbc_open(&master_iv, master_blob)
+            .map_err(|_| Status::InvalidPayload)?;
 
         let mut r = Reader::new(master);
         let expires_ms = r.i64().ok_or(Status::InvalidPayload)?;
         let site_key_id = r.u32().ok_or(Status::InvalidPayload)?;
-        let site_key = self.keys.key(site_key_id).ok_or(Status::NotAuthorizedForKey)?;
+        let site_key = self
+            .keys
+            .key(site_key_id)
+            .ok_or(Status::NotAuthorizedForKey)?;
         let identity_iv: [u8; CBC_IV_LEN] = r.array().ok_or(Status::InvalidPayload)?;
         // The master plaintext is borrowed immutably from `bytes`; the identity layer needs its own buffer.
         let mut identity_blob = r.rest().to_vec();
-        let identity = site_key.secret.cbc_open(&identity_iv, &mut identity_blob).map_err(|_| Status::InvalidPayload)?;
+        let identity = site_key
+            .secret
+            .cbc_open(&identity_iv, &mut identity_blob)
+            .map_err(|_| Status::InvalidPayload)?;
 
         let mut r = Reader::new(identity);
         let site_id = r.i32().ok_or(Status::InvalidPayload)?;
-        let id_len = usize::try_from(r.i32().ok_or(Status::InvalidPayload)?).map_err(|_| Status::InvalidPayload)?;
+        let id_len = usize::try_from(r.i32().ok_or(Status::InvalidPayload)?)
+            .map_err(|_| Status::InvalidPayload)?;
         // Java decodes the identity bytes as UTF-8, replacing what is malformed.
-        let raw_uid2 = String::from_utf8_lossy(r.take(id_len).ok_or(Status::InvalidPayload)?).into_owned();
+        let raw_uid2 =
+            String::from_utf8_lossy(r.take(id_len).ok_or(Status::InvalidPayload)?).into_owned();
         let privacy_bits = r.i32().ok_or(Status::InvalidPayload)?;
         let established_ms = r.i64().ok_or(Status::InvalidPayload)?;
         Ok(Payload {
@@ -230,7 +261,9 @@ impl Context<'_> {
     /// v3/v4: AES-256-GCM twice, layout in spec §2.3. Decrypts in place: no allocation but the raw UID's
     /// base64 text.
     fn read_v3(&self, version: TokenVersion, bytes: &mut [u8]) -> Result<Payload, Early> {
-        let (header, master_blob) = bytes.split_at_mut_checked(6).ok_or(Status::InvalidPayload)?;
+        let (header, master_blob) = bytes
+            .split_at_mut_checked(6)
+            .ok_or(Status::InvalidPayload)?;
         let mut r = Reader::new(header);
         let (scope, identity_type) = wire::decode_prefix(r.u8().ok_or(Status::InvalidPayload)?);
         if scope != self.keys.identity_scope {
@@ -238,18 +271,32 @@ impl Context<'_> {
         }
         r.u8(); // version byte, already checked by detection
         let master_key_id = r.u32().ok_or(Status::InvalidPayload)?;
-        let master_key = self.keys.key(master_key_id).ok_or(Status::NotAuthorizedForMasterKey)?;
-        let master = master_key.secret.gcm_open(master_blob).map_err(|_| Status::InvalidPayload)?;
+        let master_key = self
+            .keys
+            .key(master_key_id)
+            .ok_or(Status::NotAuthorizedForMasterKey)?;
+        let master = master_key
+            .secret
+            .gcm_open(master_blob)
+            .map_err(|_| Status::InvalidPayload)?;
 
-        let (master_fields, site_blob) = master.split_at_mut_checked(33).ok_or(Status::InvalidPayload)?;
+        let (master_fields, site_blob) = master
+            .split_at_mut_checked(33)
+            .ok_or(Status::InvalidPayload)?;
         let mut r = Reader::new(master_fields);
         let expires_ms = r.i64().ok_or(Status::InvalidPayload)?;
         let generated_ms = r.i64().ok_or(Status::InvalidPayload)?;
         // operator site id (4), operator type (1), operator version (4), operator key id (4): not used.
         r.take(13).ok_or(Status::InvalidPayload)?;
         let site_key_id = r.u32().ok_or(Status::InvalidPayload)?;
-        let site_key = self.keys.key(site_key_id).ok_or(Status::NotAuthorizedForKey)?;
-        let site = site_key.secret.gcm_open(site_blob).map_err(|_| Status::InvalidPayload)?;
+        let site_key = self
+            .keys
+            .key(site_key_id)
+            .ok_or(Status::NotAuthorizedForKey)?;
+        let site = site_key
+            .secret
+            .gcm_open(site_blob)
+            .map_err(|_| Status::InvalidPayload)?;
 
         let mut r = Reader::new(site);
         let site_id = r.i32().ok_or(Status::InvalidPayload)?;
@@ -258,7 +305,7 @@ impl Context<'_> {
         let privacy_bits = r.i32().ok_or(Status::InvalidPayload)?;
         let established_ms = r.i64().ok_or(Status::InvalidPayload)?;
         let _refreshed_ms = r.i64().ok_or(Status::InvalidPayload)?;
-        let raw_uid2 = wire::STANDARD.encode(r.rest());
+        let raw_uid2 = base64_simd::STANDARD.encode_to_string(r.rest());
         Ok(Payload {
             raw_uid2,
             established_ms,
@@ -280,7 +327,9 @@ impl Context<'_> {
             Status::ExpiredToken
         } else if cstg
             && self.mode == ClientMode::Bidstream
-            && !self.keys.is_domain_or_app_name_allowed(p.site_id, self.domain_or_app_name)
+            && !self
+                .keys
+                .is_domain_or_app_name_allowed(p.site_id, self.domain_or_app_name)
         {
             Status::DomainOrAppNameCheckFailed
         } else if !self.lifetime_is_valid(p.generated_ms.unwrap_or(self.now_ms), p.expires_ms) {
@@ -311,6 +360,7 @@ impl Context<'_> {
         // i128: the defaults are i64::MAX seconds, and hostile tokens carry any i64 timestamps.
         let lifetime_ms = i128::from(expires_ms) - i128::from(generated_ms);
         let skew_ms = i128::from(generated_ms) - i128::from(self.now_ms);
-        lifetime_ms <= i128::from(max_lifetime_s) * 1000 && skew_ms <= i128::from(self.keys.allow_clock_skew_seconds) * 1000
+        lifetime_ms <= i128::from(max_lifetime_s) * 1000
+            && skew_ms <= i128::from(self.keys.allow_clock_skew_seconds) * 1000
     }
 }

@@ -12,7 +12,9 @@ use super::wire::{self, IdentityScope, IdentityType, TokenVersion};
 pub enum EncryptError {
     #[error("keys not initialized")]
     NotInitialized,
-    #[error("no keys available or all keys have expired; refresh the latest keys from the UID2 service")]
+    #[error(
+        "no keys available or all keys have expired; refresh the latest keys from the UID2 service"
+    )]
     KeysNotSynced,
     #[error("no active master key (master_keyset_id) at this time")]
     NotAuthorizedForMasterKey,
@@ -92,13 +94,15 @@ fn generate_v2(spec: &TokenSpec<'_>) -> Vec<u8> {
     master.extend_from_slice(&spec.expires_ms.to_be_bytes());
     master.extend_from_slice(&spec.site_key_id.to_be_bytes());
     master.extend_from_slice(&spec.site_nonce);
-    spec.site_secret.cbc_seal(&spec.site_nonce, &identity, &mut master);
+    spec.site_secret
+        .cbc_seal(&spec.site_nonce, &identity, &mut master);
 
     let mut token = Vec::with_capacity(1 + 4 + CBC_IV_LEN + master.len() + 16);
     token.push(wire::V2_VERSION_BYTE);
     token.extend_from_slice(&spec.master_key_id.to_be_bytes());
     token.extend_from_slice(&spec.master_nonce);
-    spec.master_secret.cbc_seal(&spec.master_nonce, &master, &mut token);
+    spec.master_secret
+        .cbc_seal(&spec.master_nonce, &master, &mut token);
     token
 }
 
@@ -120,16 +124,21 @@ fn generate_v3(spec: &TokenSpec<'_>, raw_uid: &[u8]) -> Vec<u8> {
     master.extend_from_slice(&spec.operator_version.to_be_bytes());
     master.extend_from_slice(&spec.operator_key_id.to_be_bytes());
     master.extend_from_slice(&spec.site_key_id.to_be_bytes());
-    spec.site_secret.gcm_seal(&gcm_nonce(&spec.site_nonce), &site, &mut master);
+    spec.site_secret
+        .gcm_seal(&gcm_nonce(&spec.site_nonce), &site, &mut master);
 
     let mut token = Vec::with_capacity(6 + 28 + master.len());
-    token.push(spec.prefix_override.unwrap_or_else(|| wire::encode_prefix(spec.scope, spec.identity_type)));
+    token.push(
+        spec.prefix_override
+            .unwrap_or_else(|| wire::encode_prefix(spec.scope, spec.identity_type)),
+    );
     token.push(match spec.version {
         TokenVersion::V3 => wire::V3_VERSION_BYTE,
         _ => wire::V4_VERSION_BYTE,
     });
     token.extend_from_slice(&spec.master_key_id.to_be_bytes());
-    spec.master_secret.gcm_seal(&gcm_nonce(&spec.master_nonce), &master, &mut token);
+    spec.master_secret
+        .gcm_seal(&gcm_nonce(&spec.master_nonce), &master, &mut token);
     token
 }
 
@@ -159,8 +168,12 @@ pub fn encrypt_raw_uid_into_token(
     if !keys.is_valid(now_ms) {
         return Err(EncryptError::KeysNotSynced);
     }
-    let master = keys.active_master_key(now_ms).ok_or(EncryptError::NotAuthorizedForMasterKey)?;
-    let site = keys.active_default_key(now_ms).ok_or(EncryptError::NotAuthorizedForKey)?;
+    let master = keys
+        .active_master_key(now_ms)
+        .ok_or(EncryptError::NotAuthorizedForMasterKey)?;
+    let site = keys
+        .active_default_key(now_ms)
+        .ok_or(EncryptError::NotAuthorizedForKey)?;
     let site_id = keys.caller_site_id.ok_or(EncryptError::NoCallerSiteId)?;
     let raw = wire::decode_standard(raw_uid2).ok_or(EncryptError::InvalidRawUid)?;
     if !(32..=33).contains(&raw.len()) {
@@ -196,7 +209,10 @@ pub fn encrypt_raw_uid_into_token(
         master_nonce,
         site_nonce,
     };
-    Ok(wire::encode_token(&generate_v3(&spec, &raw), TokenVersion::V4))
+    Ok(wire::encode_token(
+        &generate_v3(&spec, &raw),
+        TokenVersion::V4,
+    ))
 }
 
 /// A raw UID2 as the enricher accepts it on input (opt-outs, tokenization): standard base64 with padding

@@ -22,14 +22,19 @@ pub const DEFAULT_ALLOW_CLOCK_SKEW_SECONDS: i64 = 1800;
 pub enum KeysError {
     #[error("key JSON is not valid JSON: {0}")]
     NotJson(String),
-    #[error("key JSON has an unexpected shape: {0} (expected the body of /v2/key/bidstream, /v2/key/sharing or /v2/key/latest, optionally wrapped as {{\"body\": …}})")]
+    #[error(
+        "key JSON has an unexpected shape: {0} (expected the body of /v2/key/bidstream, /v2/key/sharing or /v2/key/latest, optionally wrapped as {{\"body\": …}})"
+    )]
     Shape(&'static str),
     #[error("key JSON field `{field}`: {problem}")]
     Field { field: String, problem: String },
 }
 
 fn field_error(field: impl Into<String>, problem: impl Into<String>) -> KeysError {
-    KeysError::Field { field: field.into(), problem: problem.into() }
+    KeysError::Field {
+        field: field.into(),
+        problem: problem.into(),
+    }
 }
 
 /// One key as the operator sends it. Times are kept in milliseconds since the epoch.
@@ -115,7 +120,8 @@ impl KeySet {
     /// Malformed JSON, a body that is neither an object with `keys` nor an array, or a key whose id,
     /// times or secret cannot be used (a secret must be standard base64 of 32 bytes).
     pub fn parse_json(text: &[u8]) -> Result<KeySet, KeysError> {
-        let doc: Value = serde_json::from_slice(text).map_err(|e| KeysError::NotJson(e.to_string()))?;
+        let doc: Value =
+            serde_json::from_slice(text).map_err(|e| KeysError::NotJson(e.to_string()))?;
         let body = match &doc {
             Value::Object(map) => match map.get("body") {
                 Some(body) => body,
@@ -140,21 +146,29 @@ impl KeySet {
         };
         let mut keys = Vec::with_capacity(keys_json.len());
         for (i, item) in keys_json.iter().enumerate() {
-            let obj = item.as_object().ok_or_else(|| field_error(format!("keys[{i}]"), "must be an object"))?;
+            let obj = item
+                .as_object()
+                .ok_or_else(|| field_error(format!("keys[{i}]"), "must be an object"))?;
             keys.push(parse_key(obj, &format!("keys[{i}]"), false)?);
         }
         let mut sites = HashMap::new();
         if let Some(site_data) = body.get("site_data").filter(|v| !v.is_null()) {
-            let items = site_data.as_array().ok_or_else(|| field_error("site_data", "must be an array"))?;
+            let items = site_data
+                .as_array()
+                .ok_or_else(|| field_error("site_data", "must be an array"))?;
             for (i, site) in items.iter().enumerate() {
                 let path = format!("site_data[{i}]");
-                let obj = site.as_object().ok_or_else(|| field_error(&path, "must be an object"))?;
-                let id = opt_int(obj, "id", &path)?.ok_or_else(|| field_error(format!("{path}.id"), "is missing"))?;
+                let obj = site
+                    .as_object()
+                    .ok_or_else(|| field_error(&path, "must be an object"))?;
+                let id = opt_int(obj, "id", &path)?
+                    .ok_or_else(|| field_error(format!("{path}.id"), "is missing"))?;
                 // Java skips site 0: it is not a real site.
                 if id == 0 {
                     continue;
                 }
-                let id = i32::try_from(id).map_err(|_| field_error(format!("{path}.id"), "is out of range"))?;
+                let id = i32::try_from(id)
+                    .map_err(|_| field_error(format!("{path}.id"), "is out of range"))?;
                 let names = match obj.get("domain_names") {
                     Some(Value::Array(names)) => names
                         .iter()
@@ -162,7 +176,12 @@ impl KeySet {
                         .map(str::to_lowercase)
                         .collect::<Vec<_>>(),
                     Some(Value::Null) | None => Vec::new(),
-                    Some(_) => return Err(field_error(format!("{path}.domain_names"), "must be an array")),
+                    Some(_) => {
+                        return Err(field_error(
+                            format!("{path}.domain_names"),
+                            "must be an array",
+                        ));
+                    }
                 };
                 sites.entry(id).or_insert_with(Vec::new).extend(names);
             }
@@ -176,14 +195,22 @@ impl KeySet {
             Settings {
                 identity_scope: parse_scope(body),
                 caller_site_id: opt_int(body, "caller_site_id", "")?
-                    .map(|n| i32::try_from(n).map_err(|_| field_error("caller_site_id", "is out of range")))
+                    .map(|n| {
+                        i32::try_from(n)
+                            .map_err(|_| field_error("caller_site_id", "is out of range"))
+                    })
                     .transpose()?,
                 master_keyset_id: opt_int(body, "master_keyset_id", "")?,
                 default_keyset_id: opt_int(body, "default_keyset_id", "")?,
                 token_expiry_seconds,
-                max_bidstream_lifetime_seconds: opt_int(body, "max_bidstream_lifetime_seconds", "")?
+                max_bidstream_lifetime_seconds: opt_int(
+                    body,
+                    "max_bidstream_lifetime_seconds",
+                    "",
+                )?
+                .unwrap_or(i64::MAX),
+                max_sharing_lifetime_seconds: opt_int(body, "max_sharing_lifetime_seconds", "")?
                     .unwrap_or(i64::MAX),
-                max_sharing_lifetime_seconds: opt_int(body, "max_sharing_lifetime_seconds", "")?.unwrap_or(i64::MAX),
                 allow_clock_skew_seconds: opt_int(body, "allow_clock_skew_seconds", "")?
                     .unwrap_or(DEFAULT_ALLOW_CLOCK_SKEW_SECONDS),
             },
@@ -195,13 +222,25 @@ impl KeySet {
     fn parse_legacy(items: &[Value]) -> Result<KeySet, KeysError> {
         let mut keys = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
-            let obj = item.as_object().ok_or_else(|| field_error(format!("body[{i}]"), "must be an object"))?;
+            let obj = item
+                .as_object()
+                .ok_or_else(|| field_error(format!("body[{i}]"), "must be an object"))?;
             keys.push(parse_key(obj, &format!("body[{i}]"), true)?);
         }
-        Ok(Self::assemble(KeySetFormat::Legacy, Settings::default(), keys, HashMap::new()))
+        Ok(Self::assemble(
+            KeySetFormat::Legacy,
+            Settings::default(),
+            keys,
+            HashMap::new(),
+        ))
     }
 
-    fn assemble(format: KeySetFormat, s: Settings, keys: Vec<Key>, sites: HashMap<i32, Vec<String>>) -> KeySet {
+    fn assemble(
+        format: KeySetFormat,
+        s: Settings,
+        keys: Vec<Key>,
+        sites: HashMap<i32, Vec<String>>,
+    ) -> KeySet {
         let latest_expiry_ms = keys.iter().map(|k| k.expires_ms).max();
         let mut keysets: HashMap<i64, Vec<&Key>> = HashMap::new();
         for key in &keys {
@@ -274,8 +313,13 @@ impl KeySet {
     /// activated one that has not expired (Java `getActiveKeysetKey`).
     pub fn active_key(&self, keyset_id: i64, now_ms: i64) -> Option<&Key> {
         let ids = self.keysets.get(&keyset_id)?;
-        let activated = ids.partition_point(|id| self.keys.get(id).is_some_and(|k| k.activates_ms <= now_ms));
-        ids[..activated].iter().rev().filter_map(|id| self.keys.get(id)).find(|k| k.is_active(now_ms))
+        let activated =
+            ids.partition_point(|id| self.keys.get(id).is_some_and(|k| k.activates_ms <= now_ms));
+        ids[..activated]
+            .iter()
+            .rev()
+            .filter_map(|id| self.keys.get(id))
+            .find(|k| k.is_active(now_ms))
     }
 
     /// The sharing sender's master key: the active key of `master_keyset_id`.
@@ -345,12 +389,22 @@ fn parse_scope(body: &Map<String, Value>) -> IdentityScope {
 /// Reads an integer that may be written as a number or a numeric string (the operator writes
 /// `token_expiry_seconds` as a string; Gson, behind the Java SDK, accepts either everywhere).
 fn opt_int(obj: &Map<String, Value>, name: &str, path: &str) -> Result<Option<i64>, KeysError> {
-    let full = || if path.is_empty() { name.to_string() } else { format!("{path}.{name}") };
+    let full = || {
+        if path.is_empty() {
+            name.to_string()
+        } else {
+            format!("{path}.{name}")
+        }
+    };
     match obj.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => n
             .as_i64()
-            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e18).map(|f| f as i64))
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e18)
+                    .map(|f| f as i64)
+            })
             .map(Some)
             .ok_or_else(|| field_error(full(), format!("{n} is not an integer"))),
         Some(Value::String(s)) => s
@@ -358,7 +412,10 @@ fn opt_int(obj: &Map<String, Value>, name: &str, path: &str) -> Result<Option<i6
             .parse::<i64>()
             .map(Some)
             .map_err(|_| field_error(full(), format!("{s:?} is not an integer"))),
-        Some(other) => Err(field_error(full(), format!("expected an integer, found {other}"))),
+        Some(other) => Err(field_error(
+            full(),
+            format!("expected an integer, found {other}"),
+        )),
     }
 }
 
@@ -366,7 +423,8 @@ fn parse_key(obj: &Map<String, Value>, path: &str, legacy: bool) -> Result<Key, 
     let required = |name: &str| -> Result<i64, KeysError> {
         opt_int(obj, name, path)?.ok_or_else(|| field_error(format!("{path}.{name}"), "is missing"))
     };
-    let id = u32::try_from(required("id")?).map_err(|_| field_error(format!("{path}.id"), "is not a u32"))?;
+    let id = u32::try_from(required("id")?)
+        .map_err(|_| field_error(format!("{path}.id"), "is not a u32"))?;
     let seconds_to_ms = |name: &str| -> Result<i64, KeysError> {
         required(name)?
             .checked_mul(1000)
@@ -379,11 +437,17 @@ fn parse_key(obj: &Map<String, Value>, path: &str, legacy: bool) -> Result<Key, 
     let secret_bytes = wire::decode_standard(secret_text)
         .ok_or_else(|| field_error(format!("{path}.secret"), "is not standard base64"))?;
     let secret: [u8; 32] = secret_bytes.as_slice().try_into().map_err(|_| {
-        field_error(format!("{path}.secret"), format!("is {} bytes; AES-256 keys are 32", secret_bytes.len()))
+        field_error(
+            format!("{path}.secret"),
+            format!("is {} bytes; AES-256 keys are 32", secret_bytes.len()),
+        )
     })?;
     let site_id = if legacy {
         opt_int(obj, "site_id", path)?
-            .map(|n| i32::try_from(n).map_err(|_| field_error(format!("{path}.site_id"), "is out of range")))
+            .map(|n| {
+                i32::try_from(n)
+                    .map_err(|_| field_error(format!("{path}.site_id"), "is out of range"))
+            })
             .transpose()?
             .unwrap_or(0)
     } else {
@@ -391,7 +455,11 @@ fn parse_key(obj: &Map<String, Value>, path: &str, legacy: bool) -> Result<Key, 
     };
     Ok(Key {
         id,
-        keyset_id: if legacy { None } else { opt_int(obj, "keyset_id", path)? },
+        keyset_id: if legacy {
+            None
+        } else {
+            opt_int(obj, "keyset_id", path)?
+        },
         site_id,
         created_ms: seconds_to_ms("created")?,
         activates_ms: seconds_to_ms("activates")?,
@@ -445,11 +513,25 @@ mod tests {
         assert_eq!(set.identity_scope, IdentityScope::Euid);
         assert!(set.is_empty());
         assert!(!set.is_valid(0), "an empty key set is never valid");
-        for missing in [r#"{"keys":[]}"#, r#"{"keys":[],"token_expiry_seconds":null}"#, r#"{"keys":[],"token_expiry_seconds":0}"#] {
-            assert_eq!(KeySet::parse_json(missing.as_bytes()).unwrap().token_expiry_seconds, DEFAULT_TOKEN_EXPIRY_SECONDS);
+        for missing in [
+            r#"{"keys":[]}"#,
+            r#"{"keys":[],"token_expiry_seconds":null}"#,
+            r#"{"keys":[],"token_expiry_seconds":0}"#,
+        ] {
+            assert_eq!(
+                KeySet::parse_json(missing.as_bytes())
+                    .unwrap()
+                    .token_expiry_seconds,
+                DEFAULT_TOKEN_EXPIRY_SECONDS
+            );
         }
         let other_scope = r#"{"keys":[],"identity_scope":"euid"}"#;
-        assert_eq!(KeySet::parse_json(other_scope.as_bytes()).unwrap().identity_scope, IdentityScope::Uid2);
+        assert_eq!(
+            KeySet::parse_json(other_scope.as_bytes())
+                .unwrap()
+                .identity_scope,
+            IdentityScope::Uid2
+        );
     }
 
     #[test]
@@ -486,15 +568,27 @@ mod tests {
     #[test]
     fn active_key_picks_latest_activated_unexpired() {
         let key = |id: u32, activates: i64, expires: i64| {
-            format!(r#"{{"id":{id},"keyset_id":7,"created":0,"activates":{activates},"expires":{expires},"secret":"o8HsvkwJ5Ulnrd0uui3GpukpwDapj+JLqb7qfN/GJKo="}}"#)
+            format!(
+                r#"{{"id":{id},"keyset_id":7,"created":0,"activates":{activates},"expires":{expires},"secret":"o8HsvkwJ5Ulnrd0uui3GpukpwDapj+JLqb7qfN/GJKo="}}"#
+            )
         };
-        let json = format!(r#"{{"keys":[{},{},{},{}]}}"#, key(4, 300, 400), key(1, 100, 1000), key(2, 200, 250), key(3, 500, 600));
+        let json = format!(
+            r#"{{"keys":[{},{},{},{}]}}"#,
+            key(4, 300, 400),
+            key(1, 100, 1000),
+            key(2, 200, 250),
+            key(3, 500, 600)
+        );
         let set = KeySet::parse_json(json.as_bytes()).unwrap();
         let pick = |now_s: i64| set.active_key(7, now_s * 1000).map(|k| k.id);
         assert_eq!(pick(50), None);
         assert_eq!(pick(150), Some(1));
         assert_eq!(pick(220), Some(2));
-        assert_eq!(pick(260), Some(1), "key 2 expired, fall back to the earlier active one");
+        assert_eq!(
+            pick(260),
+            Some(1),
+            "key 2 expired, fall back to the earlier active one"
+        );
         assert_eq!(pick(350), Some(4));
         assert_eq!(pick(550), Some(3));
         assert_eq!(pick(700), Some(1));
@@ -509,12 +603,30 @@ mod tests {
             ("42", "unexpected shape"),
             (r#"{"status":"success"}"#, "unexpected shape"),
             (r#"{"keys":{}}"#, "`keys`"),
-            (r#"{"keys":[{"id":1,"created":0,"activates":0,"expires":1,"secret":"AAAA"}]}"#, "keys[0].secret"),
-            (r#"{"keys":[{"id":1,"created":0,"activates":0,"expires":1,"secret":"!!"}]}"#, "not standard base64"),
-            (r#"{"keys":[{"id":-5,"created":0,"activates":0,"expires":1,"secret":"AAAA"}]}"#, "keys[0].id"),
-            (r#"{"keys":[{"id":1,"activates":0,"expires":1,"secret":"o8HsvkwJ5Ulnrd0uui3GpukpwDapj+JLqb7qfN/GJKo="}]}"#, "keys[0].created"),
-            (r#"{"keys":[{"id":1,"created":"soon","activates":0,"expires":1,"secret":"o8HsvkwJ5Ulnrd0uui3GpukpwDapj+JLqb7qfN/GJKo="}]}"#, "not an integer"),
-            (r#"{"keys":[],"site_data":[{"domain_names":[]}]}"#, "site_data[0].id"),
+            (
+                r#"{"keys":[{"id":1,"created":0,"activates":0,"expires":1,"secret":"AAAA"}]}"#,
+                "keys[0].secret",
+            ),
+            (
+                r#"{"keys":[{"id":1,"created":0,"activates":0,"expires":1,"secret":"!!"}]}"#,
+                "not standard base64",
+            ),
+            (
+                r#"{"keys":[{"id":-5,"created":0,"activates":0,"expires":1,"secret":"AAAA"}]}"#,
+                "keys[0].id",
+            ),
+            (
+                r#"{"keys":[{"id":1,"activates":0,"expires":1,"secret":"o8HsvkwJ5Ulnrd0uui3GpukpwDapj+JLqb7qfN/GJKo="}]}"#,
+                "keys[0].created",
+            ),
+            (
+                r#"{"keys":[{"id":1,"created":"soon","activates":0,"expires":1,"secret":"o8HsvkwJ5Ulnrd0uui3GpukpwDapj+JLqb7qfN/GJKo="}]}"#,
+                "not an integer",
+            ),
+            (
+                r#"{"keys":[],"site_data":[{"domain_names":[]}]}"#,
+                "site_data[0].id",
+            ),
         ];
         for (json, needle) in cases {
             let err = KeySet::parse_json(json.as_bytes()).unwrap_err().to_string();

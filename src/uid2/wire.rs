@@ -73,9 +73,17 @@ pub const V2_VERSION_BYTE: u8 = 2;
 /// Scope and type encoded in byte 0 of a v3/v4 token. The low two bits are not checked: the cross-SDK
 /// vector has `0x00` there (spec §2.1).
 pub fn decode_prefix(b0: u8) -> (IdentityScope, IdentityType) {
-    let scope = if (b0 >> 4) & 1 == 1 { IdentityScope::Euid } else { IdentityScope::Uid2 };
+    let scope = if (b0 >> 4) & 1 == 1 {
+        IdentityScope::Euid
+    } else {
+        IdentityScope::Uid2
+    };
     // Java, .NET and Python all treat any non-zero type value as Phone.
-    let kind = if (b0 & 0x0f) >> 2 == 0 { IdentityType::Email } else { IdentityType::Phone };
+    let kind = if (b0 & 0x0f) >> 2 == 0 {
+        IdentityType::Email
+    } else {
+        IdentityType::Phone
+    };
     (scope, kind)
 }
 
@@ -94,8 +102,10 @@ pub const fn encode_prefix(scope: IdentityScope, kind: IdentityType) -> u8 {
 const LENIENT: GeneralPurposeConfig = GeneralPurposeConfig::new()
     .with_decode_padding_mode(DecodePaddingMode::Indifferent)
     .with_decode_allow_trailing_bits(true);
-pub(crate) const STANDARD_LENIENT: GeneralPurpose = GeneralPurpose::new(&alphabet::STANDARD, LENIENT);
-pub(crate) const URL_SAFE_LENIENT: GeneralPurpose = GeneralPurpose::new(&alphabet::URL_SAFE, LENIENT);
+pub(crate) const STANDARD_LENIENT: GeneralPurpose =
+    GeneralPurpose::new(&alphabet::STANDARD, LENIENT);
+pub(crate) const URL_SAFE_LENIENT: GeneralPurpose =
+    GeneralPurpose::new(&alphabet::URL_SAFE, LENIENT);
 
 /// Standard base64 with padding: raw UID2s, key secrets, the API envelope, v2/v3 tokens.
 pub const STANDARD: GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -114,8 +124,15 @@ pub enum DetectError {
 /// Tells the version from the first four characters, exactly as every SDK does (spec §2.1): `-` or `_`
 /// among them means base64url; byte 0 == 2 is v2; then byte 1 tells v3 from v4.
 pub fn detect_version(token: &str) -> Result<TokenVersion, DetectError> {
-    let head = token.as_bytes().get(..4).ok_or(DetectError::InvalidPayload)?;
-    let engine = if head.iter().any(|&c| c == b'-' || c == b'_') { &URL_SAFE_LENIENT } else { &STANDARD_LENIENT };
+    let head = token
+        .as_bytes()
+        .get(..4)
+        .ok_or(DetectError::InvalidPayload)?;
+    let engine = if head.iter().any(|&c| c == b'-' || c == b'_') {
+        &URL_SAFE_LENIENT
+    } else {
+        &STANDARD_LENIENT
+    };
     let mut header = [0u8; 3];
     match engine.decode_slice(head, &mut header) {
         Ok(3) => {}
@@ -134,7 +151,11 @@ pub fn detect_version(token: &str) -> Result<TokenVersion, DetectError> {
 
 /// Decodes a whole token into `out` (cleared first). v2/v3 are standard base64; v4 is base64url, but a v4
 /// token written in standard base64 is accepted too, as the SDKs map `-`/`_` first (spec §2.1).
-pub fn decode_token(token: &str, version: TokenVersion, out: &mut Vec<u8>) -> Result<(), DetectError> {
+pub fn decode_token(
+    token: &str,
+    version: TokenVersion,
+    out: &mut Vec<u8>,
+) -> Result<(), DetectError> {
     out.clear();
     let text = token.as_bytes();
     let ok = match version {
@@ -154,7 +175,11 @@ pub fn decode_token(token: &str, version: TokenVersion, out: &mut Vec<u8>) -> Re
             }
         }
     };
-    if ok { Ok(()) } else { Err(DetectError::InvalidPayload) }
+    if ok {
+        Ok(())
+    } else {
+        Err(DetectError::InvalidPayload)
+    }
 }
 
 /// Encodes token bytes as the SDKs write them for `version`.
@@ -221,7 +246,10 @@ mod tests {
         // Java EncryptionV4Tests / Python tests (spec §1).
         let cases: [(&[u8], &str); 3] = [
             (&[0xff, 0xe0, 0x88, 0xff, 0xee, 0x99, 0x99], "_-CI_-6ZmQ"),
-            (&[0xff, 0xe0, 0x88, 0xff, 0xee, 0x99, 0x99, 0x99], "_-CI_-6ZmZk"),
+            (
+                &[0xff, 0xe0, 0x88, 0xff, 0xee, 0x99, 0x99, 0x99],
+                "_-CI_-6ZmZk",
+            ),
             (&[0xff, 0xe0, 0x88, 0xff, 0xee, 0x99], "_-CI_-6Z"),
         ];
         for (bytes, text) in cases {
@@ -243,7 +271,10 @@ mod tests {
         assert_eq!(detect_version("abc"), Err(DetectError::InvalidPayload));
         assert_eq!(detect_version(""), Err(DetectError::InvalidPayload));
         assert_eq!(detect_version("!!!!AAAA"), Err(DetectError::InvalidPayload));
-        assert_eq!(detect_version("AAAAAAAA"), Err(DetectError::VersionNotSupported));
+        assert_eq!(
+            detect_version("AAAAAAAA"),
+            Err(DetectError::VersionNotSupported)
+        );
         // A multi-byte character straddling the fourth byte must not panic.
         assert_eq!(detect_version("AAé"), Err(DetectError::InvalidPayload));
     }
@@ -255,9 +286,18 @@ mod tests {
                 assert_eq!(decode_prefix(encode_prefix(scope, kind)), (scope, kind));
             }
         }
-        assert_eq!(decode_prefix(0x00), (IdentityScope::Uid2, IdentityType::Email));
-        assert_eq!(encode_prefix(IdentityScope::Uid2, IdentityType::Email), 0x03);
-        assert_eq!(encode_prefix(IdentityScope::Euid, IdentityType::Phone), 0x17);
+        assert_eq!(
+            decode_prefix(0x00),
+            (IdentityScope::Uid2, IdentityType::Email)
+        );
+        assert_eq!(
+            encode_prefix(IdentityScope::Uid2, IdentityType::Email),
+            0x03
+        );
+        assert_eq!(
+            encode_prefix(IdentityScope::Euid, IdentityType::Phone),
+            0x17
+        );
     }
 
     #[test]

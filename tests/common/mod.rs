@@ -8,8 +8,10 @@ use uid2_enricher::uid2::{IdentityScope, IdentityType, KeySet, TokenVersion};
 
 pub const MASTER_KEY_ID: u32 = 164;
 pub const SITE_KEY_ID: u32 = 165;
-pub const MASTER_SECRET_HEX: &str = "8b25f1ad125c24e8a5a8171226c37b5ca088b9285bada5dda810a9a4268b089b";
-pub const SITE_SECRET_HEX: &str = "20fb07c2849afa56ca74681d83c08bd730a40b41e26ea70e6c33fe7d41181785";
+pub const MASTER_SECRET_HEX: &str =
+    "8b25f1ad125c24e8a5a8171226c37b5ca088b9285bada5dda810a9a4268b089b";
+pub const SITE_SECRET_HEX: &str =
+    "20fb07c2849afa56ca74681d83c08bd730a40b41e26ea70e6c33fe7d41181785";
 pub const SITE_ID: i32 = 9000;
 pub const RAW_UID2: &str = "ywsvDNINiZOVSsfkHpLpSJzXzhr6Jx9Z/4Q0+lsEUvM=";
 pub const RAW_UID2_PHONE_V3: &str = "BFOsW2SkK0egqbfyiALtpti5G/cG+PcEvjkoHl56rEV8";
