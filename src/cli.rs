@@ -27,6 +27,29 @@ pub enum Command {
     /// Exit status: 0 when the token decrypts with status `success`, 1 for any other status, 2 when the
     /// keys or arguments cannot be used.
     Decrypt(DecryptArgs),
+    /// Run the whole stage in-process against librdkafka's mock cluster with generated traffic, and print
+    /// a summary (counts by status, records/s, latency, dead letters). Nothing to install or configure.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Requests to generate.
+    #[arg(long, default_value_t = 100_000)]
+    pub count: u64,
+    /// Seed of the generator: the same seed gives the same requests and tokens.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Approximate request size in bytes.
+    #[arg(long, default_value_t = 1500)]
+    pub size: usize,
+    /// Token mix as case=weight pairs, e.g. `v4=60,expired=5,none=15,malformed=1`. Cases: v2, v3, v4,
+    /// expired, unknown-site-key, tampered, euid, cstg-match, cstg-mismatch, none, malformed.
+    #[arg(long)]
+    pub mix: Option<String>,
+    /// Log level while the demo runs (tracing EnvFilter syntax).
+    #[arg(long, default_value = "warn")]
+    pub log: String,
 }
 
 /// Which SDK client's checks apply.
@@ -70,7 +93,23 @@ pub struct DecryptArgs {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Decrypt(args) => decrypt_command(&args),
+        Command::Demo(args) => {
+            crate::telemetry::init(crate::telemetry::LogFormat::Human, &args.log);
+            let mix = match &args.mix {
+                Some(text) => crate::traffic::Mix::parse(text).map_err(|e| anyhow::anyhow!("--mix: {e}"))?,
+                None => crate::traffic::Mix::default(),
+            };
+            let options = crate::demo::DemoOptions { count: args.count, seed: args.seed, size: args.size, mix };
+            runtime()?.block_on(crate::demo::run(options))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// The runtime for the Kafka commands: multi-threaded, so enrichment of different partitions runs on
+/// every core and a rebalance callback can wait for in-flight records.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("uid2-enricher").build().context("starting the tokio runtime")
 }
 
 fn decrypt_command(args: &DecryptArgs) -> anyhow::Result<ExitCode> {

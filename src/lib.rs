@@ -18,7 +18,16 @@
 
 pub mod cache;
 pub mod cli;
+pub mod config;
+pub mod demo;
 pub mod enrich;
+pub mod traffic;
+pub mod kafka;
+pub mod keysource;
+pub mod metrics;
 pub mod openrtb;
 pub mod optout;
+pub mod pipeline;
+pub mod server;
+pub mod telemetry;
 pub mod uid2;

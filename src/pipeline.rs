@@ -1,0 +1,490 @@
+//! The Kafka stage: consume → enrich → produce → store offsets, at least once, per-partition order kept.
+//!
+//! One consume loop reads every assigned partition and routes each record to its partition's task. A
+//! partition task enriches its records in order (tokio's worker threads run different partitions in
+//! parallel across cores), produces each output or dead-letter record in that order, and stores offset
+//! `n + 1` only when the delivery of record `n` — and, by FIFO, of every earlier record of the partition —
+//! was acknowledged. A semaphore bounds the records in flight across partitions, which bounds memory and
+//! applies backpressure to the consumer when the output is slow. A failed delivery stops the stage with an
+//! error and its offset is never stored; a restart resumes from the last committed offset.
+//!
+//! Depends on the enrichment core, the Kafka clients, the metrics and tokio.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+use rdkafka::Message;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::DecryptCache;
+use crate::enrich::{self, PayloadFormat, Policy};
+use crate::kafka::{self, PartitionRegistry, PartitionSlot, StageContext, TopicPartition};
+use crate::metrics::{Metrics, ReasonLabel, StatusLabel};
+use crate::optout::OptOutLookup;
+use crate::uid2::KeySet;
+
+/// Where the stage gets the key set in force (a refreshed operator key set, a file, or a fixed set).
+pub trait KeyProvider: Send + Sync {
+    fn current(&self) -> Option<Arc<KeySet>>;
+}
+
+impl KeyProvider for Option<Arc<KeySet>> {
+    fn current(&self) -> Option<Arc<KeySet>> {
+        self.clone()
+    }
+}
+
+/// How output records are spread over the output topic's partitions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OutputPartitioning {
+    /// By record key, librdkafka's default partitioner (records without a key are spread).
+    #[default]
+    Key,
+    /// Input partition n goes to output partition n: the output topic needs at least as many partitions.
+    Same,
+}
+
+/// Everything the stage needs, already validated.
+#[derive(Clone, Debug)]
+pub struct StageConfig {
+    pub brokers: String,
+    pub group_id: String,
+    pub input_topics: Vec<String>,
+    pub output_topic: String,
+    pub dlq_topic: String,
+    pub consumer_overrides: Vec<(String, String)>,
+    pub producer_overrides: Vec<(String, String)>,
+    pub policy: Policy,
+    pub format: PayloadFormat,
+    /// Enrich (true) or pass records through untouched (false: measures the Kafka overhead alone).
+    pub enrich: bool,
+    pub max_in_flight: usize,
+    pub cache_entries: u64,
+    pub drain_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub output_partitioning: OutputPartitioning,
+}
+
+/// The `uid2-status` values, in the order of [`RunCounters::statuses`].
+pub const STATUS_NAMES: [&str; 13] = [
+    "success",
+    "not_authorized_for_master_key",
+    "not_authorized_for_key",
+    "not_initialized",
+    "invalid_payload",
+    "expired_token",
+    "keys_not_synced",
+    "version_not_supported",
+    "invalid_identity_scope",
+    "invalid_token_lifetime",
+    "domain_or_app_name_check_failed",
+    "opted_out",
+    "no_token",
+];
+
+/// Counters of one run, for the summary of `demo` and for tests.
+#[derive(Debug, Default)]
+pub struct RunCounters {
+    pub consumed: AtomicU64,
+    pub produced: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    /// Output records by `uid2-status`, indexed like [`STATUS_NAMES`].
+    pub statuses: [AtomicU64; 13],
+    /// When set, the consume-to-acknowledge time of every record in microseconds (demo and tests only).
+    pub latencies_us: Option<Mutex<Vec<u32>>>,
+}
+
+impl RunCounters {
+    /// Counters that also keep every record's latency.
+    pub fn with_latencies() -> RunCounters {
+        RunCounters { latencies_us: Some(Mutex::new(Vec::new())), ..RunCounters::default() }
+    }
+
+    /// Output records with this status so far.
+    pub fn status(&self, name: &str) -> u64 {
+        STATUS_NAMES.iter().position(|s| *s == name).map_or(0, |i| self.statuses[i].load(Ordering::Relaxed))
+    }
+}
+
+struct Job {
+    message: OwnedMessage,
+    received: Instant,
+    _permit: OwnedSemaphorePermit,
+}
+
+struct Shared {
+    config: StageConfig,
+    producer: FutureProducer,
+    consumer: Arc<StreamConsumer<StageContext>>,
+    keys: Arc<dyn KeyProvider>,
+    optouts: Arc<dyn OptOutLookup + Send + Sync>,
+    cache: Option<DecryptCache>,
+    metrics: Arc<Metrics>,
+    counters: Arc<RunCounters>,
+    /// The first fatal error, which stops the stage.
+    fatal: CancellationToken,
+    fatal_reason: Mutex<Option<String>>,
+}
+
+/// The inputs of a run that are not configuration.
+pub struct StageDeps {
+    pub keys: Arc<dyn KeyProvider>,
+    pub optouts: Arc<dyn OptOutLookup + Send + Sync>,
+    pub metrics: Arc<Metrics>,
+    pub counters: Arc<RunCounters>,
+}
+
+/// Runs the stage until `shutdown` is cancelled (then drains, commits and flushes within
+/// `shutdown_timeout`) or a fatal error occurs (returned).
+///
+/// # Errors
+/// Client creation, subscription, a delivery that failed after the producer's own retries, or an
+/// unrecoverable consumer error.
+pub async fn run(config: StageConfig, deps: StageDeps, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let partitions: PartitionRegistry = Arc::new(Mutex::new(HashMap::new()));
+    let context = StageContext { partitions: partitions.clone(), drain_timeout: config.drain_timeout, metrics: deps.metrics.clone() };
+    let consumer: StreamConsumer<StageContext> = kafka::consumer_config(&config.brokers, &config.group_id, &config.consumer_overrides)?
+        .create_with_context(context)
+        .context("creating the Kafka consumer")?;
+    let consumer = Arc::new(consumer);
+    let topics: Vec<&str> = config.input_topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics).with_context(|| format!("subscribing to {topics:?}"))?;
+    let producer: FutureProducer = kafka::producer_config(&config.brokers, &config.producer_overrides)?
+        .create()
+        .context("creating the Kafka producer")?;
+    let shared = Arc::new(Shared {
+        cache: (config.enrich && config.cache_entries > 0).then(|| DecryptCache::new(config.cache_entries)),
+        config: config.clone(),
+        producer,
+        consumer: consumer.clone(),
+        keys: deps.keys,
+        optouts: deps.optouts,
+        metrics: deps.metrics,
+        counters: deps.counters,
+        fatal: CancellationToken::new(),
+        fatal_reason: Mutex::new(None),
+    });
+    tracing::info!(topics = ?config.input_topics, output = %config.output_topic, dlq = %config.dlq_topic, group = %config.group_id, "Stage started.");
+
+    let permits = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
+    let mut senders: HashMap<TopicPartition, mpsc::UnboundedSender<Job>> = HashMap::new();
+    let consume_result: anyhow::Result<()> = loop {
+        let permit = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break Ok(()),
+            () = shared.fatal.cancelled() => break Err(anyhow!(fatal_reason(&shared))),
+            permit = permits.clone().acquire_owned() => permit.map_err(|_| anyhow!("the in-flight semaphore closed"))?,
+        };
+        let message = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break Ok(()),
+            () = shared.fatal.cancelled() => break Err(anyhow!(fatal_reason(&shared))),
+            received = consumer.recv() => match received {
+                Ok(m) => m.detach(),
+                Err(e) if is_fatal_consumer_error(&e) => break Err(anyhow!(e).context("consuming")),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Consumer error; continuing.");
+                    continue;
+                }
+            },
+        };
+        shared.metrics.records_in.inc();
+        shared.metrics.in_flight.inc();
+        shared.counters.consumed.fetch_add(1, Ordering::Relaxed);
+        let tp = (message.topic().to_string(), message.partition());
+        let job = Job { message, received: Instant::now(), _permit: permit };
+        // The registry is the truth: a revoke removes the partition's slot (closing its queue), so a
+        // record of a re-assigned partition starts a fresh task.
+        let registered = partitions.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&tp);
+        let sender = match senders.get(&tp) {
+            Some(tx) if registered && !tx.is_closed() => tx,
+            _ => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let task = tokio::spawn(partition_task(tp.clone(), rx, shared.clone()));
+                let close_tx = tx.clone();
+                let slot = PartitionSlot { close: Box::new(move || drop(close_tx)), task };
+                partitions.lock().unwrap_or_else(|e| e.into_inner()).insert(tp.clone(), slot);
+                senders.insert(tp.clone(), tx);
+                &senders[&tp]
+            }
+        };
+        if sender.send(job).is_err() {
+            shared.metrics.in_flight.dec();
+            tracing::warn!(topic = %tp.0, partition = tp.1, "Record for a partition being closed; it will be redelivered.");
+        }
+    };
+
+    // Stop consuming, let every partition finish what it holds (bounded), then commit and flush.
+    drop(senders);
+    let slots: Vec<PartitionSlot> = partitions.lock().unwrap_or_else(|e| e.into_inner()).drain().map(|(_, s)| s).collect();
+    let tasks: Vec<_> = slots
+        .into_iter()
+        .map(|slot| {
+            (slot.close)();
+            slot.task
+        })
+        .collect();
+    let deadline = shared.config.shutdown_timeout;
+    let drained = tokio::time::timeout(deadline, async {
+        for task in tasks {
+            let _ = task.await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(timeout_ms = deadline.as_millis() as u64, "Shutdown: in-flight records did not drain in time; they will be redelivered.");
+    }
+    let commit = tokio::task::spawn_blocking({
+        let consumer = consumer.clone();
+        move || consumer.commit_consumer_state(CommitMode::Sync)
+    })
+    .await;
+    match commit {
+        Ok(Ok(())) | Ok(Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset))) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "Final offset commit failed; uncommitted records will be redelivered."),
+        Err(e) => tracing::warn!(error = %e, "Final offset commit task failed."),
+    }
+    let producer = shared.producer.clone();
+    let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(2))).await;
+    consumer.unsubscribe();
+    tracing::info!(
+        consumed = shared.counters.consumed.load(Ordering::Relaxed),
+        produced = shared.counters.produced.load(Ordering::Relaxed),
+        dead_lettered = shared.counters.dead_lettered.load(Ordering::Relaxed),
+        "Stage stopped."
+    );
+    if shared.fatal.is_cancelled() {
+        bail!(fatal_reason(&shared));
+    }
+    consume_result
+}
+
+fn fatal_reason(shared: &Shared) -> String {
+    shared.fatal_reason.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_else(|| "fatal error".into())
+}
+
+fn stop_fatally(shared: &Shared, reason: String) {
+    tracing::error!(reason = %reason, "Stopping the stage.");
+    shared.fatal_reason.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(reason);
+    shared.fatal.cancel();
+}
+
+fn is_fatal_consumer_error(e: &KafkaError) -> bool {
+    matches!(e, KafkaError::Subscription(_) | KafkaError::ClientCreation(_))
+        || e.rdkafka_error_code().is_some_and(|c| {
+            matches!(
+                c,
+                RDKafkaErrorCode::Fatal | RDKafkaErrorCode::GroupAuthorizationFailed | RDKafkaErrorCode::TopicAuthorizationFailed
+            )
+        })
+}
+
+/// What one record became.
+enum Outcome {
+    Output { payload: Vec<u8>, status: &'static str, member: Option<String> },
+    Passthrough,
+    DeadLetter { reason: &'static str },
+}
+
+/// Processes one partition's records in order until its queue closes and every delivery is acknowledged.
+async fn partition_task(tp: TopicPartition, mut rx: mpsc::UnboundedReceiver<Job>, shared: Arc<Shared>) {
+    let mut deliveries: FuturesOrdered<PendingDelivery> = FuturesOrdered::new();
+    let mut acked_next: Option<i64> = None;
+    let mut stored_next: Option<i64> = None;
+    let mut open = true;
+    let mut store_tick = tokio::time::interval(Duration::from_millis(200));
+    store_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = shared.fatal.cancelled() => return,
+            Some((offset, permit, result)) = deliveries.next(), if !deliveries.is_empty() => {
+                drop(permit);
+                shared.metrics.in_flight.dec();
+                match result {
+                    Ok(()) => acked_next = Some(offset + 1),
+                    Err(reason) => {
+                        // Nothing at or after this offset may be stored: stop before storing anything more.
+                        store(&shared, &tp, &mut stored_next, acked_next);
+                        stop_fatally(&shared, format!("delivery for {}/{} offset {offset} failed: {reason}", tp.0, tp.1));
+                        return;
+                    }
+                }
+            }
+            job = rx.recv(), if open => match job {
+                Some(job) => match process(&shared, job).await {
+                    Ok(pending) => deliveries.push_back(pending),
+                    Err(reason) => {
+                        store(&shared, &tp, &mut stored_next, acked_next);
+                        stop_fatally(&shared, reason);
+                        return;
+                    }
+                },
+                None => open = false,
+            },
+            _ = store_tick.tick() => store(&shared, &tp, &mut stored_next, acked_next),
+            else => break,
+        }
+        if !open && deliveries.is_empty() {
+            break;
+        }
+    }
+    store(&shared, &tp, &mut stored_next, acked_next);
+}
+
+/// Stores `acked_next` (the next offset to consume) for the partition when it moved.
+fn store(shared: &Shared, tp: &TopicPartition, stored_next: &mut Option<i64>, acked_next: Option<i64>) {
+    let Some(next) = acked_next else { return };
+    if *stored_next == Some(next) {
+        return;
+    }
+    let mut tpl = TopicPartitionList::with_capacity(1);
+    if tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(next)).is_err() {
+        return;
+    }
+    match shared.consumer.store_offsets(&tpl) {
+        Ok(()) => *stored_next = Some(next),
+        // The partition was revoked (librdkafka >= 1.9 refuses stores for unassigned partitions): the new
+        // owner resumes from the last commit; nothing to do.
+        Err(KafkaError::StoreOffset(RDKafkaErrorCode::State)) => *stored_next = Some(next),
+        Err(e) => tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "Storing an offset failed."),
+    }
+}
+
+type PendingDelivery = std::pin::Pin<Box<dyn std::future::Future<Output = (i64, OwnedSemaphorePermit, Result<(), String>)> + Send>>;
+
+/// Enriches one record and hands its output (or dead letter) to the producer; returns the delivery to
+/// await, or a fatal reason.
+async fn process(shared: &Arc<Shared>, job: Job) -> Result<PendingDelivery, String> {
+    let Job { message, received, _permit: permit } = job;
+    let offset = message.offset();
+    let outcome = if shared.config.enrich { enrich_record(shared, &message) } else { Outcome::Passthrough };
+    let config = &shared.config;
+    let (topic, payload, extra): (&str, &[u8], Vec<(&str, Vec<u8>)>) = match &outcome {
+        Outcome::Output { payload, status, member } => {
+            let mut extra = vec![("uid2-status", status.as_bytes().to_vec())];
+            if let Some(member) = member {
+                extra.push(("uid2-enrichment", member.as_bytes().to_vec()));
+            }
+            (&config.output_topic, payload.as_slice(), extra)
+        }
+        Outcome::Passthrough => (&config.output_topic, message.payload().unwrap_or_default(), Vec::new()),
+        Outcome::DeadLetter { reason } => (
+            &config.dlq_topic,
+            message.payload().unwrap_or_default(),
+            vec![
+                ("uid2-error", reason.as_bytes().to_vec()),
+                ("uid2-source-topic", message.topic().as_bytes().to_vec()),
+                ("uid2-source-partition", message.partition().to_string().into_bytes()),
+                ("uid2-source-offset", offset.to_string().into_bytes()),
+            ],
+        ),
+    };
+    let extra_refs: Vec<(&str, &[u8])> = extra.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+    let headers = kafka::headers_with(message.headers(), &extra_refs);
+    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).payload(payload).headers(headers);
+    if let Some(key) = message.key() {
+        record = record.key(key);
+    }
+    if let Some(ts) = message.timestamp().to_millis() {
+        record = record.timestamp(ts);
+    }
+    if config.output_partitioning == OutputPartitioning::Same && topic == config.output_topic {
+        record = record.partition(message.partition());
+    }
+    let delivery: DeliveryFuture = loop {
+        match shared.producer.send_result(record) {
+            Ok(delivery) => break delivery,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                // The producer is ahead of the brokers: wait for it (this is the backpressure path).
+                shared.metrics.produce_retries.inc();
+                record = returned;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Err((e, _)) => return Err(format!("producing to {topic} failed: {e}")),
+        }
+    };
+    let status_index = match &outcome {
+        Outcome::Output { status, .. } => STATUS_NAMES.iter().position(|s| s == status),
+        _ => None,
+    };
+    let is_dlq = matches!(outcome, Outcome::DeadLetter { .. });
+    let shared = shared.clone();
+    Ok(Box::pin(async move {
+        let result = match delivery.await {
+            Ok(Ok(_)) => {
+                if is_dlq {
+                    shared.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    shared.metrics.records_out.inc();
+                    shared.counters.produced.fetch_add(1, Ordering::Relaxed);
+                    if let Some(i) = status_index {
+                        shared.counters.statuses[i].fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                let latency = received.elapsed();
+                shared.metrics.stage_seconds.observe(latency.as_secs_f64());
+                if let Some(samples) = &shared.counters.latencies_us {
+                    let us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
+                    samples.lock().unwrap_or_else(|e| e.into_inner()).push(us);
+                }
+                Ok(())
+            }
+            Ok(Err((e, _))) => Err(e.to_string()),
+            Err(_) => Err("the producer was dropped".to_string()),
+        };
+        (offset, permit, result)
+    }))
+}
+
+fn enrich_record(shared: &Shared, message: &OwnedMessage) -> Outcome {
+    let Some(payload) = message.payload() else {
+        shared.metrics.dead_lettered.get_or_create(&ReasonLabel { reason: "no_payload" }).inc();
+        return Outcome::DeadLetter { reason: "no_payload" };
+    };
+    let keys = shared.keys.current();
+    let ctx = enrich::Context {
+        keys: enrich::Keys::single(keys.as_deref()),
+        optouts: shared.optouts.as_ref(),
+        cache: shared.cache.as_ref(),
+        now_ms: wall_clock_ms(),
+    };
+    let started = Instant::now();
+    let result = enrich::enrich(payload, shared.config.format, &ctx, &shared.config.policy);
+    shared.metrics.enrich_seconds.observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(enriched) => {
+            for t in &enriched.tokens {
+                shared.metrics.token_status.get_or_create(&StatusLabel { status: t.decryption.status.as_str() }).inc();
+                if t.decryption.status == crate::uid2::Status::OptedOut {
+                    shared.metrics.opted_out.inc();
+                }
+            }
+            let status = enriched.status_header();
+            shared.metrics.request_status.get_or_create(&StatusLabel { status }).inc();
+            Outcome::Output { payload: enriched.output.into_owned(), status, member: enriched.member_json }
+        }
+        Err(malformed) => {
+            shared.metrics.dead_lettered.get_or_create(&ReasonLabel { reason: malformed.reason }).inc();
+            Outcome::DeadLetter { reason: malformed.reason }
+        }
+    }
+}
+
+/// The wall clock in milliseconds: the shell's `now` for every record.
+pub fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
