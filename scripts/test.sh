@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The project's one test command (CI runs it through .ci/run on a clean clone):
-#   formatting, lints, the pure-core rule, every Rust test, and interop with the official UID2 SDK.
-# It installs what it needs (a throwaway Python venv with uid2-client under target/) and cleans up after
-# itself. Runs in a few minutes on 2 cores once the crate is built.
+#   formatting, lints, the pure-core rule, every Rust test (the Kafka stage against librdkafka's mock
+#   cluster included), interop with the official UID2 SDK, and the stage end to end through a real
+#   Kafka-compatible broker (tansu).
+# It installs what it needs — a throwaway Python venv with uid2-client under target/, and tansu with
+# `cargo install` when it is not on the PATH yet (a one-off ~15-25 min build on 2 cores; later runs reuse
+# the binary) — starts the broker on loopback, and stops it when it ends, whatever happens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,5 +31,26 @@ step "interop with the official UID2 SDK (uid2-client from PyPI, in a throwaway 
 # shellcheck source=scripts/lib/python-venv.sh
 source scripts/lib/python-venv.sh
 UID2_PYTHON="$UID2_PYTHON" cargo test --quiet --test interop -- --ignored --nocapture
+
+step "tansu: a Kafka-compatible broker for the end-to-end test"
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v tansu >/dev/null 2>&1; then
+  echo "tansu not found: cargo install tansu --locked --features dynostore (memory storage needs dynostore)"
+  cargo install tansu --locked --features dynostore
+fi
+tansu_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+mkdir -p target
+tansu broker --listener-url "tcp://127.0.0.1:$tansu_port" --advertised-listener-url "tcp://127.0.0.1:$tansu_port" \
+  --storage-engine memory://tansu/ >target/tansu.log 2>&1 &
+tansu_pid=$!
+trap 'kill "$tansu_pid" 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$tansu_port") 2>/dev/null && break
+  sleep 0.1
+done
+echo "tansu $(tansu --version 2>/dev/null | head -1) on 127.0.0.1:$tansu_port (log: target/tansu.log)"
+
+step "end to end through tansu: two instances, one group, 8 partitions, 200,000 requests"
+UID2_TEST_BROKER="127.0.0.1:$tansu_port" cargo test --quiet --test tansu_e2e -- --ignored --nocapture
 
 step "all tests passed"

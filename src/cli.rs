@@ -27,9 +27,48 @@ pub enum Command {
     /// Exit status: 0 when the token decrypts with status `success`, 1 for any other status, 2 when the
     /// keys or arguments cannot be used.
     Decrypt(DecryptArgs),
+    /// Run the stage: consume bid requests, enrich them, produce them on (see config/enricher.toml).
+    Run(RunArgs),
+    /// Generate synthetic bid requests (JSON Lines) and the key set that decrypts their tokens.
+    Gen(GenArgs),
     /// Run the whole stage in-process against librdkafka's mock cluster with generated traffic, and print
     /// a summary (counts by status, records/s, latency, dead letters). Nothing to install or configure.
     Demo(DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The configuration file; config/enricher.toml documents every option.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GenArgs {
+    /// How many requests.
+    #[arg(long)]
+    pub count: u64,
+    /// Where to write them, one request per line (`-` for standard output).
+    #[arg(long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Where to write the key set, in the key-endpoint JSON shape (`{"body":…,"status":"success"}`).
+    #[arg(long, value_name = "KEYS.json")]
+    pub keys_out: PathBuf,
+    /// Approximate request size in bytes.
+    #[arg(long, default_value_t = 2000)]
+    pub size: usize,
+    /// Token mix as case=weight pairs (see `demo --help`).
+    #[arg(long)]
+    pub mix: Option<String>,
+    /// Same seed, same requests and tokens.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Distinct users the tokens are drawn from (skewed, so tokens repeat as in real traffic).
+    #[arg(long, default_value_t = 100_000)]
+    pub users: u32,
+    /// Token times are relative to this instant (ms or RFC 3339). Default: now.
+    #[arg(long, value_name = "MS|RFC3339")]
+    pub now: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -93,13 +132,45 @@ pub struct DecryptArgs {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Decrypt(args) => decrypt_command(&args),
+        Command::Run(args) => {
+            let settings = crate::config::load(&args.config)?;
+            let format = match settings.log.format {
+                crate::config::LogFormat::Human => crate::telemetry::LogFormat::Human,
+                crate::config::LogFormat::Json => crate::telemetry::LogFormat::Json,
+            };
+            crate::telemetry::init(format, &settings.log.level);
+            let workers = settings.pipeline.workers.max(1);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers.max(2))
+                .enable_all()
+                .thread_name("uid2-enricher")
+                .build()
+                .context("starting the tokio runtime")?;
+            runtime.block_on(async {
+                let shutdown = tokio_util::sync::CancellationToken::new();
+                crate::shutdown::cancel_on_signal(shutdown.clone());
+                crate::stage::run(settings, shutdown).await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Gen(args) => {
+            gen_command(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo(args) => {
             crate::telemetry::init(crate::telemetry::LogFormat::Human, &args.log);
             let mix = match &args.mix {
-                Some(text) => crate::traffic::Mix::parse(text).map_err(|e| anyhow::anyhow!("--mix: {e}"))?,
+                Some(text) => {
+                    crate::traffic::Mix::parse(text).map_err(|e| anyhow::anyhow!("--mix: {e}"))?
+                }
                 None => crate::traffic::Mix::default(),
             };
-            let options = crate::demo::DemoOptions { count: args.count, seed: args.seed, size: args.size, mix };
+            let options = crate::demo::DemoOptions {
+                count: args.count,
+                seed: args.seed,
+                size: args.size,
+                mix,
+            };
             runtime()?.block_on(crate::demo::run(options))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -109,7 +180,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// The runtime for the Kafka commands: multi-threaded, so enrichment of different partitions runs on
 /// every core and a rebalance callback can wait for in-flight records.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("uid2-enricher").build().context("starting the tokio runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("uid2-enricher")
+        .build()
+        .context("starting the tokio runtime")
 }
 
 fn decrypt_command(args: &DecryptArgs) -> anyhow::Result<ExitCode> {
@@ -137,6 +212,55 @@ fn decrypt_command(args: &DecryptArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+fn gen_command(args: &GenArgs) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mix = match &args.mix {
+        Some(text) => {
+            crate::traffic::Mix::parse(text).map_err(|e| anyhow::anyhow!("--mix: {e}"))?
+        }
+        None => crate::traffic::Mix::default(),
+    };
+    let now_ms = match &args.now {
+        Some(text) => parse_time(text)?,
+        None => wall_clock_ms(),
+    };
+    let mut generator =
+        crate::traffic::Generator::new(args.seed, mix, now_ms, args.users, args.size);
+    std::fs::write(&args.keys_out, generator.keys_json())
+        .with_context(|| format!("writing {}", args.keys_out.display()))?;
+    let sink: Box<dyn std::io::Write> = if args.output.as_os_str() == "-" {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(
+            std::fs::File::create(&args.output)
+                .with_context(|| format!("creating {}", args.output.display()))?,
+        )
+    };
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, sink);
+    let mut by_case: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    for _ in 0..args.count {
+        let request = generator.next_request();
+        *by_case.entry(request.case.name()).or_default() += 1;
+        // A malformed case may not be one line of text; the JSON Lines file keeps one record per line, so
+        // those records are written escaped as a JSON string instead.
+        if request.bytes.contains(&b'\n') || std::str::from_utf8(&request.bytes).is_err() {
+            serde_json::to_writer(&mut out, &String::from_utf8_lossy(&request.bytes))?;
+        } else {
+            out.write_all(&request.bytes)?;
+        }
+        out.write_all(b"\n")?;
+    }
+    out.flush()
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    eprintln!(
+        "gen: {} requests to {}, keys to {}; cases: {by_case:?}",
+        args.count,
+        args.output.display(),
+        args.keys_out.display()
+    );
+    Ok(())
 }
 
 /// Reads and parses a keys file, naming the file and the fix in the error.

@@ -70,6 +70,8 @@ impl<T> fmt::Display for Redacted<T> {
 }
 
 /// Where the UID2 keys come from.
+// Built once at start-up; the prepared cipher schedules in `Secret` make the operator variant large.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum KeysFrom {
     /// A keys file (what a key endpoint returns once decrypted), re-read every refresh interval so another
@@ -165,9 +167,16 @@ impl fmt::Debug for KafkaProps {
 
 fn is_sensitive_property(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    ["password", "secret", "sasl.oauthbearer.config", "ssl.key.pem", "ssl_key", "token"]
-        .iter()
-        .any(|s| key.contains(s))
+    [
+        "password",
+        "secret",
+        "sasl.oauthbearer.config",
+        "ssl.key.pem",
+        "ssl_key",
+        "token",
+    ]
+    .iter()
+    .any(|s| key.contains(s))
 }
 
 /// `[kafka]`.
@@ -316,7 +325,10 @@ pub const ENV_OPTOUT_TOKEN: &str = "UID2_OPTOUT_TOKEN";
 /// Every table and its keys, for "did you mean" and "belongs in [x]" hints. The pass-through tables
 /// `kafka.consumer` and `kafka.producer` accept any key.
 pub const KNOWN_KEYS: &[(&str, &[&str])] = &[
-    ("", &["kafka", "uid2", "optout", "server", "pipeline", "log"]),
+    (
+        "",
+        &["kafka", "uid2", "optout", "server", "pipeline", "log"],
+    ),
     (
         "kafka",
         &[
@@ -566,7 +578,11 @@ fn build(
     })
 }
 
-fn build_kafka(cx: &Cx<'_>, doc: &DeTable<'_>, raw: RawKafka) -> Result<KafkaSettings, ConfigError> {
+fn build_kafka(
+    cx: &Cx<'_>,
+    doc: &DeTable<'_>,
+    raw: RawKafka,
+) -> Result<KafkaSettings, ConfigError> {
     let brokers = string_or(&raw.brokers, defaults::BROKERS);
     if let Some(b) = &raw.brokers {
         let bad = b.get_ref().split(',').any(|s| s.trim().is_empty());
@@ -697,11 +713,14 @@ fn pass_through(
         let key = path.join(".");
         let mut doc_path = vec!["kafka", which];
         doc_path.extend(path.iter().map(String::as_str));
-        let span = span_of_key(doc, &doc_path);
+        // A bare dotted name is nested tables in TOML: point at its first part, where the line starts.
+        let span = span_of_key(doc, &doc_path[..3]);
         if let Some((_, why)) = OWNED_PROPERTIES.iter().find(|(k, _)| *k == key) {
             return Err(cx.at_opt(
                 span,
-                &format!("librdkafka property `{key}` in [kafka.{which}] is set by the stage itself"),
+                &format!(
+                    "librdkafka property `{key}` in [kafka.{which}] is set by the stage itself"
+                ),
                 why,
             ));
         }
@@ -1052,7 +1071,10 @@ fn build_optout(
     if let Some(t) = &raw.topic {
         check_topic(cx, t, "topic", "[optout]")?;
     }
-    if kafka.input_topics.contains(&topic) || topic == kafka.output_topic || topic == kafka.dlq_topic {
+    if kafka.input_topics.contains(&topic)
+        || topic == kafka.output_topic
+        || topic == kafka.dlq_topic
+    {
         return Err(cx.at_opt(
             raw.topic.as_ref().map(Spanned::span),
             &format!("`topic` in [optout] is `{topic}`, which is also a [kafka] topic"),
@@ -1086,7 +1108,11 @@ fn build_server(cx: &Cx<'_>, raw: RawServer) -> Result<ServerSettings, ConfigErr
     Ok(ServerSettings { listen })
 }
 
-fn build_pipeline(cx: &Cx<'_>, raw: RawPipeline, mode: ClientMode) -> Result<PipelineSettings, ConfigError> {
+fn build_pipeline(
+    cx: &Cx<'_>,
+    raw: RawPipeline,
+    mode: ClientMode,
+) -> Result<PipelineSettings, ConfigError> {
     let format = match &raw.format {
         None => PayloadFormat::Json,
         Some(f) => match f.get_ref().as_str() {
@@ -1126,7 +1152,11 @@ fn build_pipeline(cx: &Cx<'_>, raw: RawPipeline, mode: ClientMode) -> Result<Pip
             for entry in list.get_ref() {
                 let entry = entry.get_ref();
                 let name = entry.name.get_ref().trim();
-                if name.is_empty() || name.chars().any(|c| c.is_control() || c == '"' || c == '\\') {
+                if name.is_empty()
+                    || name
+                        .chars()
+                        .any(|c| c.is_control() || c == '"' || c == '\\')
+                {
                     return Err(cx.at(
                         entry.name.span(),
                         &format!("source name `{}` in [[pipeline.sources]] is empty or has quotes, backslashes or control characters", entry.name.get_ref()),
@@ -1146,7 +1176,9 @@ fn build_pipeline(cx: &Cx<'_>, raw: RawPipeline, mode: ClientMode) -> Result<Pip
                     other => {
                         return Err(cx.at(
                             entry.scope.span(),
-                            &format!("`scope` of source `{name}` in [[pipeline.sources]] is `{other}`"),
+                            &format!(
+                                "`scope` of source `{name}` in [[pipeline.sources]] is `{other}`"
+                            ),
                             &choice_hint(other, &["UID2", "EUID"]),
                         ));
                     }
@@ -1191,7 +1223,10 @@ fn build_pipeline(cx: &Cx<'_>, raw: RawPipeline, mode: ClientMode) -> Result<Pip
             "it bounds the records consumed but not yet acknowledged; use 1 to 10000000 (default 10000)",
         ));
     }
-    let workers = raw.workers.as_ref().map_or(defaults::WORKERS, |v| *v.get_ref());
+    let workers = raw
+        .workers
+        .as_ref()
+        .map_or(defaults::WORKERS, |v| *v.get_ref());
     if let Some(v) = &raw.workers
         && *v.get_ref() > 1024
     {
@@ -1431,20 +1466,16 @@ fn path_at(table: &DeTable<'_>, offset: usize, path: &mut Vec<String>) -> bool {
     for (key, value) in table {
         path.push(key.get_ref().to_string());
         if key.span().start == offset || value.span().start == offset {
-            // A table value's span may start at the same place as a key inside it; prefer the deeper one.
-            if let DeValue::Table(inner) = value.get_ref()
-                && path_at(inner, offset, path)
-            {
-                return true;
+            // A table value's span may start where a key inside it starts; prefer the deeper match
+            // (on no match, the recursion leaves `path` as it was).
+            if let DeValue::Table(inner) = value.get_ref() {
+                path_at(inner, offset, path);
             }
             return true;
         }
         match value.get_ref() {
-            DeValue::Table(inner) => {
-                if path_at(inner, offset, path) {
-                    return true;
-                }
-            }
+            DeValue::Table(inner) if path_at(inner, offset, path) => return true,
+            DeValue::Table(_) => {}
             DeValue::Array(items) => {
                 for item in items.iter() {
                     if item.span().start == offset {
@@ -1562,7 +1593,10 @@ impl Cx<'_> {
         let known: Vec<&str> = KNOWN_KEYS
             .iter()
             .find(|(t, _)| *t == table_name)
-            .map_or_else(|| unknown.expected.iter().map(String::as_str).collect(), |(_, k)| k.to_vec());
+            .map_or_else(
+                || unknown.expected.iter().map(String::as_str).collect(),
+                |(_, k)| k.to_vec(),
+            );
         let is_top = table_path.is_empty();
         let label = format!("[{table_name}]");
         let mut hint = match closest(&unknown.name, &known) {
@@ -1570,16 +1604,19 @@ impl Cx<'_> {
             Some(s) => format!("did you mean `{s}`?"),
             None => {
                 // The right key in the wrong table?
-                match KNOWN_KEYS
-                    .iter()
-                    .find(|(t, keys)| *t != table_name && !t.is_empty() && keys.contains(&unknown.name.as_str()))
-                {
+                match KNOWN_KEYS.iter().find(|(t, keys)| {
+                    *t != table_name && !t.is_empty() && keys.contains(&unknown.name.as_str())
+                }) {
                     Some((t, _)) => format!("`{}` belongs in [{t}]", unknown.name),
                     None => "remove it or check the spelling".to_string(),
                 }
             }
         };
-        hint.push_str(&format!(" (valid {}s: {})", if is_top { "table" } else { "key" }, known.join(", ")));
+        hint.push_str(&format!(
+            " (valid {}s: {})",
+            if is_top { "table" } else { "key" },
+            known.join(", ")
+        ));
         let problem = if is_top {
             format!("unknown top-level key `{}`", unknown.name)
         } else {
@@ -1689,9 +1726,15 @@ mod tests {
         assert_eq!(edit_distance("", "abc"), 3);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
         assert_eq!(edit_distance("kafak", "kafka"), 1);
-        assert_eq!(closest("brokerz", &["brokers", "group_id"]), Some("brokers"));
+        assert_eq!(
+            closest("brokerz", &["brokers", "group_id"]),
+            Some("brokers")
+        );
         assert_eq!(closest("zzzzzz", &["brokers", "group_id"]), None);
-        assert_eq!(closest("Bidstream", &["bidstream", "sharing"]), Some("bidstream"));
+        assert_eq!(
+            closest("Bidstream", &["bidstream", "sharing"]),
+            Some("bidstream")
+        );
     }
 
     #[test]
@@ -1712,7 +1755,10 @@ mod tests {
     fn unknown_key_in_a_table_names_it_and_suggests() {
         let text = minimal("[kafka]\nbrokerz = \"x\"\n");
         let e = err(&text);
-        assert!(e.contains("unknown key `brokerz` in [kafka] at x.toml:4:1"), "{e}");
+        assert!(
+            e.contains("unknown key `brokerz` in [kafka] at x.toml:4:1"),
+            "{e}"
+        );
         assert!(e.contains("did you mean `brokers`?"), "{e}");
         assert!(e.contains("valid keys: brokers, group_id"), "{e}");
     }
@@ -1742,7 +1788,10 @@ mod tests {
     fn redacted_never_prints() {
         let r = Redacted::new("hunter2".to_string());
         assert_eq!(format!("{r} {r:?}"), "<redacted> <redacted>");
-        let props = KafkaProps(vec![("sasl.password".into(), "pw".into()), ("acks".into(), "all".into())]);
+        let props = KafkaProps(vec![
+            ("sasl.password".into(), "pw".into()),
+            ("acks".into(), "all".into()),
+        ]);
         let shown = format!("{props:?}");
         assert!(!shown.contains("pw\""), "{shown}");
         assert!(shown.contains("all"), "{shown}");
@@ -1769,7 +1818,14 @@ mod tests {
                     "consumer" | "producer" => "{}".to_string(),
                     "input_topics" | "sources" => "[]".to_string(),
                     "strict_json" | "enrich" => "true".to_string(),
-                    k if k.ends_with("_ms") || k.ends_with("_secs") || k == "max_in_flight" || k == "workers" || k == "cache_entries" => "1".to_string(),
+                    k if k.ends_with("_ms")
+                        || k.ends_with("_secs")
+                        || k == "max_in_flight"
+                        || k == "workers"
+                        || k == "cache_entries" =>
+                    {
+                        "1".to_string()
+                    }
                     _ => "\"x\"".to_string(),
                 };
                 let text = format!("[{table}]\n{key} = {value}\n");

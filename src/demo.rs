@@ -20,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 use crate::enrich::{PayloadFormat, Policy};
 use crate::metrics::Metrics;
 use crate::optout::NoOptOuts;
-use crate::pipeline::{self, OutputPartitioning, RunCounters, StageConfig, StageDeps, STATUS_NAMES};
+use crate::pipeline::{
+    self, OutputPartitioning, RunCounters, STATUS_NAMES, StageConfig, StageDeps,
+};
 use crate::traffic::{Generator, Mix};
 
 const INPUT: &str = "bid-requests";
@@ -43,30 +45,42 @@ pub struct DemoOptions {
 pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let (bootstrap_tx, bootstrap_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-    let cluster_thread = std::thread::Builder::new().name("mock-cluster".into()).spawn(move || {
-        let result = (|| -> anyhow::Result<MockCluster<'static, _>> {
-            let cluster = MockCluster::new(3).context("starting librdkafka's mock cluster")?;
-            cluster.create_topic(INPUT, PARTITIONS, 1)?;
-            cluster.create_topic(OUTPUT, PARTITIONS, 1)?;
-            cluster.create_topic(DLQ, 4, 1)?;
-            Ok(cluster)
-        })();
-        match result {
-            Ok(cluster) => {
-                let _ = bootstrap_tx.send(Ok(cluster.bootstrap_servers()));
-                let _ = stop_rx.recv();
-                drop(cluster);
+    let cluster_thread = std::thread::Builder::new()
+        .name("mock-cluster".into())
+        .spawn(move || {
+            let result = (|| -> anyhow::Result<MockCluster<'static, _>> {
+                let cluster = MockCluster::new(3).context("starting librdkafka's mock cluster")?;
+                cluster.create_topic(INPUT, PARTITIONS, 1)?;
+                cluster.create_topic(OUTPUT, PARTITIONS, 1)?;
+                cluster.create_topic(DLQ, 4, 1)?;
+                Ok(cluster)
+            })();
+            match result {
+                Ok(cluster) => {
+                    let _ = bootstrap_tx.send(Ok(cluster.bootstrap_servers()));
+                    let _ = stop_rx.recv();
+                    drop(cluster);
+                }
+                Err(e) => {
+                    let _ = bootstrap_tx.send(Err(e));
+                }
             }
-            Err(e) => {
-                let _ = bootstrap_tx.send(Err(e));
-            }
-        }
-    })?;
-    let brokers = bootstrap_rx.recv().context("the mock cluster thread ended")??;
-    println!("mock cluster: 3 brokers at {brokers}; topics {INPUT} ({PARTITIONS} partitions), {OUTPUT} ({PARTITIONS}), {DLQ} (4)");
+        })?;
+    let brokers = bootstrap_rx
+        .recv()
+        .context("the mock cluster thread ended")??;
+    println!(
+        "mock cluster: 3 brokers at {brokers}; topics {INPUT} ({PARTITIONS} partitions), {OUTPUT} ({PARTITIONS}), {DLQ} (4)"
+    );
 
     let now_ms = pipeline::wall_clock_ms();
-    let mut generator = Generator::new(options.seed, options.mix.clone(), now_ms, (options.count / 20).max(100) as u32, options.size);
+    let mut generator = Generator::new(
+        options.seed,
+        options.mix.clone(),
+        now_ms,
+        (options.count / 20).max(100) as u32,
+        options.size,
+    );
     let keys = Arc::new(generator.key_set());
     let mut expected: BTreeMap<&'static str, u64> = BTreeMap::new();
 
@@ -90,7 +104,12 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let counters = Arc::new(RunCounters::with_latencies());
     let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();
-    let deps = StageDeps { keys: Arc::new(Some(keys.clone())), optouts: Arc::new(NoOptOuts), metrics: metrics.clone(), counters: counters.clone() };
+    let deps = StageDeps {
+        keys: Arc::new(Some(keys.clone())),
+        optouts: Arc::new(NoOptOuts),
+        metrics: metrics.clone(),
+        counters: counters.clone(),
+    };
     let stage = tokio::spawn(pipeline::run(config, deps, shutdown.clone()));
 
     // Feed the input while the stage runs, as a live stream would.
@@ -105,9 +124,13 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let mut input_bytes = 0u64;
     for _ in 0..options.count {
         let request = generator.next_request();
-        *expected.entry(request.case.expected_status().unwrap_or("dead_letter")).or_default() += 1;
+        *expected
+            .entry(request.case.expected_status().unwrap_or("dead_letter"))
+            .or_default() += 1;
         input_bytes += request.bytes.len() as u64;
-        let mut record = FutureRecord::to(INPUT).key(request.id.as_bytes()).payload(request.bytes.as_slice());
+        let mut record = FutureRecord::to(INPUT)
+            .key(request.id.as_bytes())
+            .payload(request.bytes.as_slice());
         loop {
             match producer.send_result(record) {
                 Ok(d) => break deliveries.push(d),
@@ -130,13 +153,17 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     // Wait until every input is accounted for downstream.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let done = counters.produced.load(Ordering::Relaxed) + counters.dead_lettered.load(Ordering::Relaxed);
+        let done = counters.produced.load(Ordering::Relaxed)
+            + counters.dead_lettered.load(Ordering::Relaxed);
         if done >= options.count {
             break;
         }
         if Instant::now() > deadline {
             shutdown.cancel();
-            bail!("only {done} of {} records came out within 120 s", options.count);
+            bail!(
+                "only {done} of {} records came out within 120 s",
+                options.count
+            );
         }
         if stage.is_finished() {
             break;
@@ -150,11 +177,14 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let (out_count, dlq_count) = tokio::task::spawn_blocking({
         let brokers = brokers.clone();
         move || -> anyhow::Result<(i64, i64)> {
-            let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &brokers).create()?;
+            let consumer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .create()?;
             let count = |topic: &str, partitions: i32| -> anyhow::Result<i64> {
                 let mut total = 0;
                 for p in 0..partitions {
-                    let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(5))?;
+                    let (low, high) =
+                        consumer.fetch_watermarks(topic, p, Duration::from_secs(5))?;
                     total += high - low;
                 }
                 Ok(total)
@@ -166,7 +196,16 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let _ = stop_tx.send(());
     let _ = cluster_thread.join();
 
-    print_summary(&options, &counters, &expected, elapsed, produced_in, input_bytes, out_count, dlq_count)
+    print_summary(
+        &options,
+        &counters,
+        &expected,
+        elapsed,
+        produced_in,
+        input_bytes,
+        out_count,
+        dlq_count,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -183,14 +222,40 @@ fn print_summary(
     let consumed = counters.consumed.load(Ordering::Relaxed);
     let produced = counters.produced.load(Ordering::Relaxed);
     let dead = counters.dead_lettered.load(Ordering::Relaxed);
-    let mut latencies = counters.latencies_us.as_ref().map(|l| l.lock().unwrap_or_else(|e| e.into_inner()).clone()).unwrap_or_default();
+    let mut latencies = counters
+        .latencies_us
+        .as_ref()
+        .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()).clone())
+        .unwrap_or_default();
     latencies.sort_unstable();
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or(0);
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
     println!();
-    println!("uid2-enricher demo: {} requests (seed {}, ~{} B each, {:.1} MB)", options.count, options.seed, input_bytes / options.count.max(1), input_bytes as f64 / 1e6);
-    println!("  input produced in {:.2} s; all records out in {:.2} s", produced_in.as_secs_f64(), elapsed.as_secs_f64());
-    println!("  throughput: {:.0} records/s through consume → enrich → produce → ack", options.count as f64 / elapsed.as_secs_f64());
-    println!("  latency added by the stage (consume → output acknowledged): p50 {:.2} ms, p99 {:.2} ms", f64::from(pct(0.50)) / 1e3, f64::from(pct(0.99)) / 1e3);
+    println!(
+        "uid2-enricher demo: {} requests (seed {}, ~{} B each, {:.1} MB)",
+        options.count,
+        options.seed,
+        input_bytes / options.count.max(1),
+        input_bytes as f64 / 1e6
+    );
+    println!(
+        "  input produced in {:.2} s; all records out in {:.2} s",
+        produced_in.as_secs_f64(),
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "  throughput: {:.0} records/s through consume → enrich → produce → ack",
+        options.count as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "  latency added by the stage (consume → output acknowledged): p50 {:.2} ms, p99 {:.2} ms",
+        f64::from(pct(0.50)) / 1e3,
+        f64::from(pct(0.99)) / 1e3
+    );
     println!("  consumed {consumed}, enriched and produced {produced}, dead-lettered {dead}");
     println!();
     println!("  {:<34} {:>9} {:>9}", "uid2-status", "records", "expected");
@@ -206,13 +271,22 @@ fn print_summary(
         println!("  {name:<34} {got:>9} {want:>9}{mark}");
     }
     let want_dead = expected.get("dead_letter").copied().unwrap_or(0);
-    println!("  {:<34} {:>9} {:>9}", "(dead-letter topic)", dead, want_dead);
+    println!(
+        "  {:<34} {:>9} {:>9}",
+        "(dead-letter topic)", dead, want_dead
+    );
     println!();
     println!("  topics: {OUTPUT} holds {out_count} records, {DLQ} holds {dlq_count}");
     let accounted = u64::try_from(out_count + dlq_count).unwrap_or(0);
     if accounted != options.count || mismatches > 0 || dead != want_dead {
-        bail!("demo check failed: {accounted} of {} inputs accounted for downstream, {mismatches} status counts differ", options.count);
+        bail!(
+            "demo check failed: {accounted} of {} inputs accounted for downstream, {mismatches} status counts differ",
+            options.count
+        );
     }
-    println!("  every input accounted for: {} output + {} dead-lettered = {} ✓", out_count, dlq_count, options.count);
+    println!(
+        "  every input accounted for: {} output + {} dead-lettered = {} ✓",
+        out_count, dlq_count, options.count
+    );
     Ok(())
 }

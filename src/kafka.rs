@@ -20,7 +20,8 @@ use tokio::task::JoinHandle;
 use crate::metrics::{Metrics, PartitionLabel, ReasonLabel};
 
 /// Consumer properties the stage sets itself and that pass-through tables may not override.
-pub const OWNED_CONSUMER_KEYS: &[&str] = &["group.id", "bootstrap.servers", "enable.auto.offset.store"];
+pub const OWNED_CONSUMER_KEYS: &[&str] =
+    &["group.id", "bootstrap.servers", "enable.auto.offset.store"];
 /// Producer properties the stage sets itself and that pass-through tables may not override.
 pub const OWNED_PRODUCER_KEYS: &[&str] = &["bootstrap.servers", "enable.idempotence"];
 
@@ -32,7 +33,10 @@ pub struct OwnedPropertyError {
     pub hint: &'static str,
 }
 
-fn check_overrides(overrides: &[(String, String)], owned: &[&str]) -> Result<(), OwnedPropertyError> {
+fn check_overrides(
+    overrides: &[(String, String)],
+    owned: &[&str],
+) -> Result<(), OwnedPropertyError> {
     match overrides.iter().find(|(k, _)| owned.contains(&k.as_str())) {
         Some((key, _)) => Err(OwnedPropertyError {
             key: key.clone(),
@@ -44,7 +48,11 @@ fn check_overrides(overrides: &[(String, String)], owned: &[&str]) -> Result<(),
 
 /// The consumer's configuration: cooperative-sticky assignment, earliest reset, manual offset store with
 /// auto-commit, statistics for the lag metric; `overrides` are applied last.
-pub fn consumer_config(brokers: &str, group_id: &str, overrides: &[(String, String)]) -> Result<ClientConfig, OwnedPropertyError> {
+pub fn consumer_config(
+    brokers: &str,
+    group_id: &str,
+    overrides: &[(String, String)],
+) -> Result<ClientConfig, OwnedPropertyError> {
     check_overrides(overrides, OWNED_CONSUMER_KEYS)?;
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers)
@@ -64,7 +72,10 @@ pub fn consumer_config(brokers: &str, group_id: &str, overrides: &[(String, Stri
 }
 
 /// The producer's configuration: idempotent (acks=all, ordered retries), batched; `overrides` last.
-pub fn producer_config(brokers: &str, overrides: &[(String, String)]) -> Result<ClientConfig, OwnedPropertyError> {
+pub fn producer_config(
+    brokers: &str,
+    overrides: &[(String, String)],
+) -> Result<ClientConfig, OwnedPropertyError> {
     check_overrides(overrides, OWNED_PRODUCER_KEYS)?;
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers)
@@ -82,27 +93,27 @@ pub fn producer_config(brokers: &str, overrides: &[(String, String)]) -> Result<
 /// (topic, partition)
 pub type TopicPartition = (String, i32);
 
-/// What the consumer context must reach to drain a partition: its task, and a way to close its queue.
-pub struct PartitionSlot {
-    /// Dropping the sender closes the partition's queue: its task finishes what it holds, stores the
-    /// offsets and ends.
-    pub close: Box<dyn FnOnce() + Send>,
+/// A partition the stage is working on: the only sender of its queue, and its task.
+pub struct PartitionSlot<J> {
+    /// The only sender: removing the slot closes the queue, so the task finishes what it holds, stores
+    /// the offsets and ends.
+    pub queue: tokio::sync::mpsc::UnboundedSender<J>,
     pub task: JoinHandle<()>,
 }
 
 /// The partitions the stage is working on, shared by the consume loop and the rebalance callback.
-pub type PartitionRegistry = Arc<Mutex<HashMap<TopicPartition, PartitionSlot>>>;
+pub type PartitionRegistry<J> = Arc<Mutex<HashMap<TopicPartition, PartitionSlot<J>>>>;
 
 /// Consumer context: drains revoked partitions (bounded by `drain_timeout`) inside the revoke callback,
 /// while they are still assigned, so their in-flight records' offsets can still be stored; and turns
 /// librdkafka statistics into the lag metric.
-pub struct StageContext {
-    pub partitions: PartitionRegistry,
+pub struct StageContext<J> {
+    pub partitions: PartitionRegistry<J>,
     pub drain_timeout: Duration,
     pub metrics: Arc<Metrics>,
 }
 
-impl ClientContext for StageContext {
+impl<J: Send + 'static> ClientContext for StageContext<J> {
     fn stats(&self, statistics: Statistics) {
         for (topic, t) in &statistics.topics {
             for (id, p) in &t.partitions {
@@ -110,7 +121,10 @@ impl ClientContext for StageContext {
                 if *id >= 0 && p.consumer_lag >= 0 {
                     self.metrics
                         .consumer_lag
-                        .get_or_create(&PartitionLabel { topic: topic.clone(), partition: *id })
+                        .get_or_create(&PartitionLabel {
+                            topic: topic.clone(),
+                            partition: *id,
+                        })
                         .set(p.consumer_lag);
                 }
             }
@@ -118,34 +132,41 @@ impl ClientContext for StageContext {
     }
 }
 
-impl ConsumerContext for StageContext {
+impl<J: Send + 'static> ConsumerContext for StageContext<J> {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(tpl) = rebalance else {
             if let Rebalance::Assign(tpl) = rebalance {
-                self.metrics.rebalances.get_or_create(&ReasonLabel { reason: "assign" }).inc();
+                self.metrics
+                    .rebalances
+                    .get_or_create(&ReasonLabel { reason: "assign" })
+                    .inc();
                 tracing::info!(partitions = tpl.count(), "Partitions assigned.");
             }
             return;
         };
-        self.metrics.rebalances.get_or_create(&ReasonLabel { reason: "revoke" }).inc();
+        self.metrics
+            .rebalances
+            .get_or_create(&ReasonLabel { reason: "revoke" })
+            .inc();
         let lost = consumer.assignment_lost();
         let mut slots = Vec::new();
         {
             let mut partitions = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
             for elem in tpl.elements() {
-                if let Some(slot) = partitions.remove(&(elem.topic().to_string(), elem.partition())) {
+                if let Some(slot) = partitions.remove(&(elem.topic().to_string(), elem.partition()))
+                {
                     slots.push(slot);
                 }
             }
         }
-        tracing::info!(partitions = tpl.count(), draining = slots.len(), lost, "Partitions revoked.");
-        let tasks: Vec<JoinHandle<()>> = slots
-            .into_iter()
-            .map(|slot| {
-                (slot.close)();
-                slot.task
-            })
-            .collect();
+        tracing::info!(
+            partitions = tpl.count(),
+            draining = slots.len(),
+            lost,
+            "Partitions revoked."
+        );
+        // Dropping each queue's only sender closes it.
+        let tasks: Vec<JoinHandle<()>> = slots.into_iter().map(|slot| slot.task).collect();
         if lost || tasks.is_empty() {
             // A lost assignment belongs to someone else already: storing offsets would fail anyway.
             return;
@@ -183,11 +204,17 @@ pub fn headers_with(input: Option<&OwnedHeaders>, extra: &[(&str, &[u8])]) -> Ow
     let mut out = OwnedHeaders::new_with_capacity(input.map_or(0, Headers::count) + extra.len());
     if let Some(input) = input {
         for h in input.iter() {
-            out = out.insert(Header { key: h.key, value: h.value });
+            out = out.insert(Header {
+                key: h.key,
+                value: h.value,
+            });
         }
     }
     for (key, value) in extra {
-        out = out.insert(Header { key, value: Some(*value) });
+        out = out.insert(Header {
+            key,
+            value: Some(*value),
+        });
     }
     out
 }

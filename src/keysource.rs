@@ -63,9 +63,7 @@ pub enum FetchError {
     },
     #[error("POST {url}: {error}")]
     Envelope { url: String, error: EnvelopeError },
-    #[error(
-        "POST {url}: the operator answered status {status:?}{message} instead of \"success\""
-    )]
+    #[error("POST {url}: the operator answered status {status:?}{message} instead of \"success\"")]
     NotSuccess {
         url: String,
         status: String,
@@ -349,12 +347,7 @@ impl KeySource {
 
     fn record_failure(&self, error: &str, consecutive: u32, retry_in: Duration) {
         let now = wall_clock_ms();
-        let still_valid = self
-            .shared
-            .tx
-            .borrow()
-            .as_ref()
-            .map(|k| k.is_valid(now));
+        let still_valid = self.shared.tx.borrow().as_ref().map(|k| k.is_valid(now));
         {
             let mut status = self.lock_status();
             status.last_error = Some(error.to_string());
@@ -377,10 +370,7 @@ impl KeySource {
     }
 
     fn lock_status(&self) -> std::sync::MutexGuard<'_, KeyStatus> {
-        self.shared
-            .status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.shared.status.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -428,7 +418,10 @@ impl Fetcher {
                 api_key,
                 secret,
             } => {
-                let client = self.client.as_ref().map_err(|e| FetchError::Client(e.clone()))?;
+                let client = self
+                    .client
+                    .as_ref()
+                    .map_err(|e| FetchError::Client(e.clone()))?;
                 let url = endpoint_url(base_url, self.mode);
                 let mut nonce = [0u8; 8];
                 let mut iv = [0u8; 12];
@@ -458,7 +451,9 @@ impl Fetcher {
                         401 | 403 => {
                             " (check UID2_API_KEY and UID2_SECRET_KEY, and that the API key has the ID_READER or SHARER role)"
                         }
-                        400 => " (the operator rejected the request envelope: check UID2_SECRET_KEY and the host clock)",
+                        400 => {
+                            " (the operator rejected the request envelope: check UID2_SECRET_KEY and the host clock)"
+                        }
                         404 => " (check [uid2] base_url and mode)",
                         _ => "",
                     };
@@ -509,10 +504,10 @@ pub fn endpoint_url(base_url: &str, mode: ClientMode) -> String {
 
 /// The wait after `failures` consecutive failures (≥ 1): initial × 2^(failures−1), capped.
 pub fn backoff(settings: &RefreshSettings, failures: u32) -> Duration {
-    let doublings = failures.saturating_sub(1).min(32);
+    let doublings = failures.saturating_sub(1).min(31);
     settings
         .retry_initial_backoff
-        .saturating_mul(1u32 << doublings.min(31))
+        .saturating_mul(1u32 << doublings)
         .min(settings.retry_max_backoff)
 }
 
@@ -644,12 +639,12 @@ mod tests {
     #[test]
     fn backoff_doubles_to_the_cap() {
         let s = settings(1000, 60_000);
-        let waits: Vec<u64> = (1..=9)
-            .map(|n| backoff(&s, n).as_millis() as u64)
-            .collect();
+        let waits: Vec<u64> = (1..=9).map(|n| backoff(&s, n).as_millis() as u64).collect();
         assert_eq!(
             waits,
-            [1000, 2000, 4000, 8000, 16_000, 32_000, 60_000, 60_000, 60_000]
+            [
+                1000, 2000, 4000, 8000, 16_000, 32_000, 60_000, 60_000, 60_000
+            ]
         );
         assert_eq!(backoff(&s, u32::MAX), Duration::from_secs(60));
     }

@@ -70,7 +70,9 @@ impl Metrics {
                 250e-9, 500e-9, 1e-6, 2e-6, 4e-6, 8e-6, 16e-6, 32e-6, 64e-6, 128e-6, 256e-6, 1e-3,
             ]),
             // 100 µs … 10 s: consume to acknowledged output, i.e. the latency the stage adds.
-            stage_seconds: Histogram::new([1e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0]),
+            stage_seconds: Histogram::new([
+                1e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+            ]),
             in_flight: Gauge::default(),
             consumer_lag: Family::default(),
             key_set_age_seconds: Gauge::default(),
@@ -80,29 +82,81 @@ impl Metrics {
             rebalances: Family::default(),
             registry: Registry::default(),
         };
-        registry.register("records_in", "Records consumed from the input topics", m.records_in.clone());
-        registry.register("records_out", "Records produced to the output topic and acknowledged", m.records_out.clone());
-        registry.register("dead_lettered", "Malformed records produced to the dead-letter topic, by reason", m.dead_lettered.clone());
-        registry.register("requests", "Requests by the status of their selected token (no_token when none)", m.request_status.clone());
-        registry.register("tokens", "Distinct tokens decrypted, by status", m.token_status.clone());
-        registry.register("opted_out", "Tokens whose user opted out after the identity was established", m.opted_out.clone());
-        registry.register("enrich_seconds", "Time to enrich one record (scan, decrypt, splice)", m.enrich_seconds.clone());
+        registry.register(
+            "records_in",
+            "Records consumed from the input topics",
+            m.records_in.clone(),
+        );
+        registry.register(
+            "records_out",
+            "Records produced to the output topic and acknowledged",
+            m.records_out.clone(),
+        );
+        registry.register(
+            "dead_lettered",
+            "Malformed records produced to the dead-letter topic, by reason",
+            m.dead_lettered.clone(),
+        );
+        registry.register(
+            "requests",
+            "Requests by the status of their selected token (no_token when none)",
+            m.request_status.clone(),
+        );
+        registry.register(
+            "tokens",
+            "Distinct tokens decrypted, by status",
+            m.token_status.clone(),
+        );
+        registry.register(
+            "opted_out",
+            "Tokens whose user opted out after the identity was established",
+            m.opted_out.clone(),
+        );
+        registry.register(
+            "enrich_seconds",
+            "Time to enrich one record (scan, decrypt, splice)",
+            m.enrich_seconds.clone(),
+        );
         registry.register(
             "stage_seconds",
             "Time from consuming a record to its output being acknowledged (the latency the stage adds)",
             m.stage_seconds.clone(),
         );
-        registry.register("in_flight_records", "Records consumed but not yet acknowledged downstream", m.in_flight.clone());
-        registry.register("consumer_lag_records", "Consumer lag per input partition, from librdkafka statistics", m.consumer_lag.clone());
-        registry.register("key_set_age_seconds", "Seconds since the key set in use was loaded", m.key_set_age_seconds.clone());
+        registry.register(
+            "in_flight_records",
+            "Records consumed but not yet acknowledged downstream",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            "consumer_lag_records",
+            "Consumer lag per input partition, from librdkafka statistics",
+            m.consumer_lag.clone(),
+        );
+        registry.register(
+            "key_set_age_seconds",
+            "Seconds since the key set in use was loaded",
+            m.key_set_age_seconds.clone(),
+        );
         registry.register(
             "key_set_latest_expiry_timestamp_seconds",
             "When the last key of the key set in use expires (Unix seconds); tokens get keys_not_synced after it",
             m.key_set_latest_expiry_seconds.clone(),
         );
-        registry.register("key_refresh_failures", "Failed key refreshes", m.key_refresh_failures.clone());
-        registry.register("produce_retries", "Produce attempts retried because the producer queue was full", m.produce_retries.clone());
-        registry.register("rebalances", "Partition assignments and revocations", m.rebalances.clone());
+        registry.register(
+            "key_refresh_failures",
+            "Failed key refreshes",
+            m.key_refresh_failures.clone(),
+        );
+        registry.register(
+            "produce_retries",
+            "Produce attempts retried because the producer queue was full",
+            m.produce_retries.clone(),
+        );
+        registry.register(
+            "rebalances",
+            "Partition assignments and revocations",
+            m.rebalances.clone(),
+        );
         Metrics { registry, ..m }
     }
 

@@ -108,16 +108,23 @@ pub struct RunCounters {
 impl RunCounters {
     /// Counters that also keep every record's latency.
     pub fn with_latencies() -> RunCounters {
-        RunCounters { latencies_us: Some(Mutex::new(Vec::new())), ..RunCounters::default() }
+        RunCounters {
+            latencies_us: Some(Mutex::new(Vec::new())),
+            ..RunCounters::default()
+        }
     }
 
     /// Output records with this status so far.
     pub fn status(&self, name: &str) -> u64 {
-        STATUS_NAMES.iter().position(|s| *s == name).map_or(0, |i| self.statuses[i].load(Ordering::Relaxed))
+        STATUS_NAMES
+            .iter()
+            .position(|s| *s == name)
+            .map_or(0, |i| self.statuses[i].load(Ordering::Relaxed))
     }
 }
 
-struct Job {
+/// One consumed record on its way through a partition task.
+pub struct Job {
     message: OwnedMessage,
     received: Instant,
     _permit: OwnedSemaphorePermit,
@@ -126,7 +133,7 @@ struct Job {
 struct Shared {
     config: StageConfig,
     producer: FutureProducer,
-    consumer: Arc<StreamConsumer<StageContext>>,
+    consumer: Arc<StreamConsumer<StageContext<Job>>>,
     keys: Arc<dyn KeyProvider>,
     optouts: Arc<dyn OptOutLookup + Send + Sync>,
     cache: Option<DecryptCache>,
@@ -151,20 +158,36 @@ pub struct StageDeps {
 /// # Errors
 /// Client creation, subscription, a delivery that failed after the producer's own retries, or an
 /// unrecoverable consumer error.
-pub async fn run(config: StageConfig, deps: StageDeps, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let partitions: PartitionRegistry = Arc::new(Mutex::new(HashMap::new()));
-    let context = StageContext { partitions: partitions.clone(), drain_timeout: config.drain_timeout, metrics: deps.metrics.clone() };
-    let consumer: StreamConsumer<StageContext> = kafka::consumer_config(&config.brokers, &config.group_id, &config.consumer_overrides)?
-        .create_with_context(context)
-        .context("creating the Kafka consumer")?;
+pub async fn run(
+    config: StageConfig,
+    deps: StageDeps,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let partitions: PartitionRegistry<Job> = Arc::new(Mutex::new(HashMap::new()));
+    let context = StageContext {
+        partitions: partitions.clone(),
+        drain_timeout: config.drain_timeout,
+        metrics: deps.metrics.clone(),
+    };
+    let consumer: StreamConsumer<StageContext<Job>> = kafka::consumer_config(
+        &config.brokers,
+        &config.group_id,
+        &config.consumer_overrides,
+    )?
+    .create_with_context(context)
+    .context("creating the Kafka consumer")?;
     let consumer = Arc::new(consumer);
     let topics: Vec<&str> = config.input_topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topics).with_context(|| format!("subscribing to {topics:?}"))?;
-    let producer: FutureProducer = kafka::producer_config(&config.brokers, &config.producer_overrides)?
-        .create()
-        .context("creating the Kafka producer")?;
+    consumer
+        .subscribe(&topics)
+        .with_context(|| format!("subscribing to {topics:?}"))?;
+    let producer: FutureProducer =
+        kafka::producer_config(&config.brokers, &config.producer_overrides)?
+            .create()
+            .context("creating the Kafka producer")?;
     let shared = Arc::new(Shared {
-        cache: (config.enrich && config.cache_entries > 0).then(|| DecryptCache::new(config.cache_entries)),
+        cache: (config.enrich && config.cache_entries > 0)
+            .then(|| DecryptCache::new(config.cache_entries)),
         config: config.clone(),
         producer,
         consumer: consumer.clone(),
@@ -178,7 +201,6 @@ pub async fn run(config: StageConfig, deps: StageDeps, shutdown: CancellationTok
     tracing::info!(topics = ?config.input_topics, output = %config.output_topic, dlq = %config.dlq_topic, group = %config.group_id, "Stage started.");
 
     let permits = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
-    let mut senders: HashMap<TopicPartition, mpsc::UnboundedSender<Job>> = HashMap::new();
     let consume_result: anyhow::Result<()> = loop {
         let permit = tokio::select! {
             biased;
@@ -203,38 +225,35 @@ pub async fn run(config: StageConfig, deps: StageDeps, shutdown: CancellationTok
         shared.metrics.in_flight.inc();
         shared.counters.consumed.fetch_add(1, Ordering::Relaxed);
         let tp = (message.topic().to_string(), message.partition());
-        let job = Job { message, received: Instant::now(), _permit: permit };
-        // The registry is the truth: a revoke removes the partition's slot (closing its queue), so a
-        // record of a re-assigned partition starts a fresh task.
-        let registered = partitions.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&tp);
-        let sender = match senders.get(&tp) {
-            Some(tx) if registered && !tx.is_closed() => tx,
-            _ => {
-                let (tx, rx) = mpsc::unbounded_channel();
-                let task = tokio::spawn(partition_task(tp.clone(), rx, shared.clone()));
-                let close_tx = tx.clone();
-                let slot = PartitionSlot { close: Box::new(move || drop(close_tx)), task };
-                partitions.lock().unwrap_or_else(|e| e.into_inner()).insert(tp.clone(), slot);
-                senders.insert(tp.clone(), tx);
-                &senders[&tp]
-            }
+        let job = Job {
+            message,
+            received: Instant::now(),
+            _permit: permit,
         };
-        if sender.send(job).is_err() {
+        // The registry holds each partition's only queue sender: a revoke removes the slot (closing the
+        // queue), so a record of a re-assigned partition starts a fresh task.
+        let mut registry = partitions.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = registry.entry(tp.clone()).or_insert_with(|| {
+            let (queue, rx) = mpsc::unbounded_channel();
+            let task = tokio::spawn(partition_task(tp.clone(), rx, shared.clone()));
+            PartitionSlot { queue, task }
+        });
+        if slot.queue.send(job).is_err() {
             shared.metrics.in_flight.dec();
-            tracing::warn!(topic = %tp.0, partition = tp.1, "Record for a partition being closed; it will be redelivered.");
+            tracing::warn!(topic = %tp.0, partition = tp.1, "Record for a stopped partition task; it will be redelivered.");
         }
+        drop(registry);
     };
 
     // Stop consuming, let every partition finish what it holds (bounded), then commit and flush.
-    drop(senders);
-    let slots: Vec<PartitionSlot> = partitions.lock().unwrap_or_else(|e| e.into_inner()).drain().map(|(_, s)| s).collect();
-    let tasks: Vec<_> = slots
-        .into_iter()
-        .map(|slot| {
-            (slot.close)();
-            slot.task
-        })
+    let slots: Vec<PartitionSlot<Job>> = partitions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .drain()
+        .map(|(_, s)| s)
         .collect();
+    // Dropping the queues' senders closes them: each task finishes what it holds.
+    let tasks: Vec<_> = slots.into_iter().map(|slot| slot.task).collect();
     let deadline = shared.config.shutdown_timeout;
     let drained = tokio::time::timeout(deadline, async {
         for task in tasks {
@@ -243,7 +262,10 @@ pub async fn run(config: StageConfig, deps: StageDeps, shutdown: CancellationTok
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(timeout_ms = deadline.as_millis() as u64, "Shutdown: in-flight records did not drain in time; they will be redelivered.");
+        tracing::warn!(
+            timeout_ms = deadline.as_millis() as u64,
+            "Shutdown: in-flight records did not drain in time; they will be redelivered."
+        );
     }
     let commit = tokio::task::spawn_blocking({
         let consumer = consumer.clone();
@@ -252,7 +274,9 @@ pub async fn run(config: StageConfig, deps: StageDeps, shutdown: CancellationTok
     .await;
     match commit {
         Ok(Ok(())) | Ok(Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset))) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "Final offset commit failed; uncommitted records will be redelivered."),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "Final offset commit failed; uncommitted records will be redelivered.")
+        }
         Err(e) => tracing::warn!(error = %e, "Final offset commit task failed."),
     }
     let producer = shared.producer.clone();
@@ -271,34 +295,60 @@ pub async fn run(config: StageConfig, deps: StageDeps, shutdown: CancellationTok
 }
 
 fn fatal_reason(shared: &Shared) -> String {
-    shared.fatal_reason.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_else(|| "fatal error".into())
+    shared
+        .fatal_reason
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .unwrap_or_else(|| "fatal error".into())
 }
 
 fn stop_fatally(shared: &Shared, reason: String) {
     tracing::error!(reason = %reason, "Stopping the stage.");
-    shared.fatal_reason.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(reason);
+    shared
+        .fatal_reason
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert(reason);
     shared.fatal.cancel();
 }
 
 fn is_fatal_consumer_error(e: &KafkaError) -> bool {
-    matches!(e, KafkaError::Subscription(_) | KafkaError::ClientCreation(_))
-        || e.rdkafka_error_code().is_some_and(|c| {
-            matches!(
-                c,
-                RDKafkaErrorCode::Fatal | RDKafkaErrorCode::GroupAuthorizationFailed | RDKafkaErrorCode::TopicAuthorizationFailed
-            )
-        })
+    matches!(
+        e,
+        KafkaError::Subscription(_) | KafkaError::ClientCreation(_)
+    ) || e.rdkafka_error_code().is_some_and(|c| {
+        matches!(
+            c,
+            RDKafkaErrorCode::Fatal
+                | RDKafkaErrorCode::GroupAuthorizationFailed
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+        )
+    })
 }
 
-/// What one record became.
-enum Outcome {
-    Output { payload: Vec<u8>, status: &'static str, member: Option<String> },
+/// Extra headers of an output or dead-letter record, after the input's own.
+type ExtraHeaders = Vec<(&'static str, Vec<u8>)>;
+
+/// What one record became. `payload` borrows the input when the request passes unchanged.
+enum Outcome<'m> {
+    Output {
+        payload: std::borrow::Cow<'m, [u8]>,
+        status: &'static str,
+        member: Option<String>,
+    },
     Passthrough,
-    DeadLetter { reason: &'static str },
+    DeadLetter {
+        reason: &'static str,
+    },
 }
 
 /// Processes one partition's records in order until its queue closes and every delivery is acknowledged.
-async fn partition_task(tp: TopicPartition, mut rx: mpsc::UnboundedReceiver<Job>, shared: Arc<Shared>) {
+async fn partition_task(
+    tp: TopicPartition,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    shared: Arc<Shared>,
+) {
     let mut deliveries: FuturesOrdered<PendingDelivery> = FuturesOrdered::new();
     let mut acked_next: Option<i64> = None;
     let mut stored_next: Option<i64> = None;
@@ -344,13 +394,21 @@ async fn partition_task(tp: TopicPartition, mut rx: mpsc::UnboundedReceiver<Job>
 }
 
 /// Stores `acked_next` (the next offset to consume) for the partition when it moved.
-fn store(shared: &Shared, tp: &TopicPartition, stored_next: &mut Option<i64>, acked_next: Option<i64>) {
+fn store(
+    shared: &Shared,
+    tp: &TopicPartition,
+    stored_next: &mut Option<i64>,
+    acked_next: Option<i64>,
+) {
     let Some(next) = acked_next else { return };
     if *stored_next == Some(next) {
         return;
     }
     let mut tpl = TopicPartitionList::with_capacity(1);
-    if tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(next)).is_err() {
+    if tpl
+        .add_partition_offset(&tp.0, tp.1, Offset::Offset(next))
+        .is_err()
+    {
         return;
     }
     match shared.consumer.store_offsets(&tpl) {
@@ -358,42 +416,66 @@ fn store(shared: &Shared, tp: &TopicPartition, stored_next: &mut Option<i64>, ac
         // The partition was revoked (librdkafka >= 1.9 refuses stores for unassigned partitions): the new
         // owner resumes from the last commit; nothing to do.
         Err(KafkaError::StoreOffset(RDKafkaErrorCode::State)) => *stored_next = Some(next),
-        Err(e) => tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "Storing an offset failed."),
+        Err(e) => {
+            tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "Storing an offset failed.")
+        }
     }
 }
 
-type PendingDelivery = std::pin::Pin<Box<dyn std::future::Future<Output = (i64, OwnedSemaphorePermit, Result<(), String>)> + Send>>;
+type PendingDelivery = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (i64, OwnedSemaphorePermit, Result<(), String>)> + Send>,
+>;
 
 /// Enriches one record and hands its output (or dead letter) to the producer; returns the delivery to
 /// await, or a fatal reason.
 async fn process(shared: &Arc<Shared>, job: Job) -> Result<PendingDelivery, String> {
-    let Job { message, received, _permit: permit } = job;
+    let Job {
+        message,
+        received,
+        _permit: permit,
+    } = job;
     let offset = message.offset();
-    let outcome = if shared.config.enrich { enrich_record(shared, &message) } else { Outcome::Passthrough };
+    let outcome = if shared.config.enrich {
+        enrich_record(shared, &message)
+    } else {
+        Outcome::Passthrough
+    };
     let config = &shared.config;
-    let (topic, payload, extra): (&str, &[u8], Vec<(&str, Vec<u8>)>) = match &outcome {
-        Outcome::Output { payload, status, member } => {
+    let (topic, payload, extra): (&str, &[u8], ExtraHeaders) = match &outcome {
+        Outcome::Output {
+            payload,
+            status,
+            member,
+        } => {
             let mut extra = vec![("uid2-status", status.as_bytes().to_vec())];
             if let Some(member) = member {
                 extra.push(("uid2-enrichment", member.as_bytes().to_vec()));
             }
-            (&config.output_topic, payload.as_slice(), extra)
+            (&config.output_topic, payload.as_ref(), extra)
         }
-        Outcome::Passthrough => (&config.output_topic, message.payload().unwrap_or_default(), Vec::new()),
+        Outcome::Passthrough => (
+            &config.output_topic,
+            message.payload().unwrap_or_default(),
+            Vec::new(),
+        ),
         Outcome::DeadLetter { reason } => (
             &config.dlq_topic,
             message.payload().unwrap_or_default(),
             vec![
                 ("uid2-error", reason.as_bytes().to_vec()),
                 ("uid2-source-topic", message.topic().as_bytes().to_vec()),
-                ("uid2-source-partition", message.partition().to_string().into_bytes()),
+                (
+                    "uid2-source-partition",
+                    message.partition().to_string().into_bytes(),
+                ),
                 ("uid2-source-offset", offset.to_string().into_bytes()),
             ],
         ),
     };
     let extra_refs: Vec<(&str, &[u8])> = extra.iter().map(|(k, v)| (*k, v.as_slice())).collect();
     let headers = kafka::headers_with(message.headers(), &extra_refs);
-    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).payload(payload).headers(headers);
+    let mut record: FutureRecord<'_, [u8], [u8]> =
+        FutureRecord::to(topic).payload(payload).headers(headers);
     if let Some(key) = message.key() {
         record = record.key(key);
     }
@@ -425,7 +507,10 @@ async fn process(shared: &Arc<Shared>, job: Job) -> Result<PendingDelivery, Stri
         let result = match delivery.await {
             Ok(Ok(_)) => {
                 if is_dlq {
-                    shared.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .counters
+                        .dead_lettered
+                        .fetch_add(1, Ordering::Relaxed);
                 } else {
                     shared.metrics.records_out.inc();
                     shared.counters.produced.fetch_add(1, Ordering::Relaxed);
@@ -448,10 +533,18 @@ async fn process(shared: &Arc<Shared>, job: Job) -> Result<PendingDelivery, Stri
     }))
 }
 
-fn enrich_record(shared: &Shared, message: &OwnedMessage) -> Outcome {
+fn enrich_record<'m>(shared: &Shared, message: &'m OwnedMessage) -> Outcome<'m> {
     let Some(payload) = message.payload() else {
-        shared.metrics.dead_lettered.get_or_create(&ReasonLabel { reason: "no_payload" }).inc();
-        return Outcome::DeadLetter { reason: "no_payload" };
+        shared
+            .metrics
+            .dead_lettered
+            .get_or_create(&ReasonLabel {
+                reason: "no_payload",
+            })
+            .inc();
+        return Outcome::DeadLetter {
+            reason: "no_payload",
+        };
     };
     let keys = shared.keys.current();
     let ctx = enrich::Context {
@@ -462,22 +555,47 @@ fn enrich_record(shared: &Shared, message: &OwnedMessage) -> Outcome {
     };
     let started = Instant::now();
     let result = enrich::enrich(payload, shared.config.format, &ctx, &shared.config.policy);
-    shared.metrics.enrich_seconds.observe(started.elapsed().as_secs_f64());
+    shared
+        .metrics
+        .enrich_seconds
+        .observe(started.elapsed().as_secs_f64());
     match result {
         Ok(enriched) => {
             for t in &enriched.tokens {
-                shared.metrics.token_status.get_or_create(&StatusLabel { status: t.decryption.status.as_str() }).inc();
+                shared
+                    .metrics
+                    .token_status
+                    .get_or_create(&StatusLabel {
+                        status: t.decryption.status.as_str(),
+                    })
+                    .inc();
                 if t.decryption.status == crate::uid2::Status::OptedOut {
                     shared.metrics.opted_out.inc();
                 }
             }
             let status = enriched.status_header();
-            shared.metrics.request_status.get_or_create(&StatusLabel { status }).inc();
-            Outcome::Output { payload: enriched.output.into_owned(), status, member: enriched.member_json }
+            shared
+                .metrics
+                .request_status
+                .get_or_create(&StatusLabel { status })
+                .inc();
+            Outcome::Output {
+                payload: enriched.output,
+                status,
+                member: enriched.member_json,
+            }
         }
         Err(malformed) => {
-            shared.metrics.dead_lettered.get_or_create(&ReasonLabel { reason: malformed.reason }).inc();
-            Outcome::DeadLetter { reason: malformed.reason }
+            shared
+                .metrics
+                .dead_lettered
+                .get_or_create(&ReasonLabel {
+                    reason: malformed.reason,
+                })
+                .inc();
+            Outcome::DeadLetter {
+                reason: malformed.reason,
+            }
         }
     }
 }

@@ -44,33 +44,44 @@ pub async fn serve(
     shutdown: CancellationToken,
     bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("binding the HTTP server to {listen}: {e} (change [server] listen)"))?;
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        anyhow::anyhow!("binding the HTTP server to {listen}: {e} (change [server] listen)")
+    })?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "HTTP server listening (/metrics, /healthz, /readyz).");
     if let Some(tx) = bound {
         let _ = tx.send(addr);
     }
-    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await?;
     Ok(())
 }
 
 async fn metrics(State(state): State<ServerState>) -> impl IntoResponse {
-    if let Some(keys) = state.keys.current() {
-        if let Some(latest) = keys.latest_expiry_ms() {
-            state.metrics.key_set_latest_expiry_seconds.set(latest / 1000);
-        }
+    if let Some(keys) = state.keys.current()
+        && let Some(latest) = keys.latest_expiry_ms()
+    {
+        state
+            .metrics
+            .key_set_latest_expiry_seconds
+            .set(latest / 1000);
     }
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.render(),
     )
 }
 
 async fn healthz(State(state): State<ServerState>) -> impl IntoResponse {
     if state.failed.load(Ordering::Relaxed) {
-        (StatusCode::SERVICE_UNAVAILABLE, "failed: the stage stopped on a fatal error (see the log)\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "failed: the stage stopped on a fatal error (see the log)\n",
+        )
     } else {
         (StatusCode::OK, "ok\n")
     }
@@ -78,13 +89,22 @@ async fn healthz(State(state): State<ServerState>) -> impl IntoResponse {
 
 async fn readyz(State(state): State<ServerState>) -> impl IntoResponse {
     if state.failed.load(Ordering::Relaxed) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: the stage stopped on a fatal error\n".to_string());
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the stage stopped on a fatal error\n".to_string(),
+        );
     }
     if state.keys.current().is_none() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: no key set loaded yet\n".to_string());
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no key set loaded yet\n".to_string(),
+        );
     }
     if !state.consuming.load(Ordering::Relaxed) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: not consuming yet\n".to_string());
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: not consuming yet\n".to_string(),
+        );
     }
     (StatusCode::OK, "ready\n".to_string())
 }

@@ -70,7 +70,9 @@ impl Case {
     /// What `uid2-status` the enricher must give a request of this case (`None`: dead-lettered).
     pub fn expected_status(self) -> Option<&'static str> {
         Some(match self {
-            Case::ValidV2 | Case::ValidV3 | Case::ValidV4 | Case::CstgMatchingDomain => Status::Success.as_str(),
+            Case::ValidV2 | Case::ValidV3 | Case::ValidV4 | Case::CstgMatchingDomain => {
+                Status::Success.as_str()
+            }
             Case::Expired => Status::ExpiredToken.as_str(),
             Case::UnknownSiteKey => Status::NotAuthorizedForKey.as_str(),
             Case::Tampered => Status::InvalidPayload.as_str(),
@@ -109,12 +111,22 @@ impl Mix {
     pub fn parse(text: &str) -> Result<Mix, String> {
         let mut out = Vec::new();
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (name, weight) = part.split_once('=').ok_or_else(|| format!("`{part}`: expected case=weight"))?;
+            let (name, weight) = part
+                .split_once('=')
+                .ok_or_else(|| format!("`{part}`: expected case=weight"))?;
             let case = Case::ALL
                 .into_iter()
                 .find(|c| c.name() == name.trim())
-                .ok_or_else(|| format!("unknown case `{name}`; known: {}", Case::ALL.map(Case::name).join(", ")))?;
-            let weight: u32 = weight.trim().parse().map_err(|_| format!("`{part}`: the weight must be a whole number"))?;
+                .ok_or_else(|| {
+                    format!(
+                        "unknown case `{name}`; known: {}",
+                        Case::ALL.map(Case::name).join(", ")
+                    )
+                })?;
+            let weight: u32 = weight
+                .trim()
+                .parse()
+                .map_err(|_| format!("`{part}`: the weight must be a whole number"))?;
             out.push((case, weight));
         }
         if out.iter().map(|(_, w)| *w).sum::<u32>() == 0 {
@@ -181,7 +193,17 @@ impl Generator {
             m = b64(&master),
             s = b64(&site),
         );
-        Generator { rng, mix, master, site, foreign, now_ms, users: users.max(1), target_size, keys_json }
+        Generator {
+            rng,
+            mix,
+            master,
+            site,
+            foreign,
+            now_ms,
+            users: users.max(1),
+            target_size,
+            keys_json,
+        }
     }
 
     /// The key-endpoint JSON (`{"body":…,"status":"success"}`) that decrypts the generated tokens.
@@ -217,14 +239,25 @@ impl Generator {
             Case::NoToken | Case::Malformed => return None,
             _ => TokenVersion::V4,
         };
-        let scope = if case == Case::Euid { IdentityScope::Euid } else { IdentityScope::Uid2 };
+        let scope = if case == Case::Euid {
+            IdentityScope::Euid
+        } else {
+            IdentityScope::Uid2
+        };
         let raw = Self::raw_uid2(user, scope);
         // Tokens are refreshed hourly by publishers: one token per user and hour keeps them repeating.
         let hour = self.now_ms / 3_600_000 * 3_600_000;
         let generated = hour - i64::from(user % 3600) * 1000;
-        let expires = if case == Case::Expired { self.now_ms - DAY_MS } else { generated + DAY_MS };
-        let (site_key_id, site_secret) =
-            if case == Case::UnknownSiteKey { (FOREIGN_SITE_KEY_ID, &self.foreign) } else { (SITE_KEY_ID, &self.site) };
+        let expires = if case == Case::Expired {
+            self.now_ms - DAY_MS
+        } else {
+            generated + DAY_MS
+        };
+        let (site_key_id, site_secret) = if case == Case::UnknownSiteKey {
+            (FOREIGN_SITE_KEY_ID, &self.foreign)
+        } else {
+            (SITE_KEY_ID, &self.site)
+        };
         let nonce_seed = (u64::from(user) << 8) | case as u64;
         let mut nonce_rng = fastrand::Rng::with_seed(nonce_seed);
         let spec = TokenSpec {
@@ -240,7 +273,11 @@ impl Generator {
             site_id: PUBLISHER_SITE_ID,
             publisher_id: 0,
             client_key_id: 0,
-            privacy_bits: if matches!(case, Case::CstgMatchingDomain | Case::CstgOtherDomain) { 0x2 } else { 0 },
+            privacy_bits: if matches!(case, Case::CstgMatchingDomain | Case::CstgOtherDomain) {
+                0x2
+            } else {
+                0
+            },
             expires_ms: expires,
             generated_ms: generated,
             established_ms: generated - 90 * DAY_MS,
@@ -283,14 +320,33 @@ impl Generator {
             6..=8 => Placement::ExtEids25,
             _ => Placement::Both,
         };
-        let source = if case == Case::Euid { "euid.eu" } else { "uidapi.com" };
-        let domain = if case == Case::CstgOtherDomain { "other-news.net" } else { "example.com" };
-        let bytes = self.request_json(&id, user, token.as_deref(), source, placement, app, domain).into_bytes();
+        let source = if case == Case::Euid {
+            "euid.eu"
+        } else {
+            "uidapi.com"
+        };
+        let domain = if case == Case::CstgOtherDomain {
+            "other-news.net"
+        } else {
+            "example.com"
+        };
+        let bytes = self
+            .request_json(&id, user, token.as_deref(), source, placement, app, domain)
+            .into_bytes();
         GenRequest { case, id, bytes }
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn request_json(&mut self, id: &str, user: u32, token: Option<&str>, source: &str, placement: Placement, app: bool, domain: &str) -> String {
+    fn request_json(
+        &mut self,
+        id: &str,
+        user: u32,
+        token: Option<&str>,
+        source: &str,
+        placement: Placement,
+        app: bool,
+        domain: &str,
+    ) -> String {
         let mut s = String::with_capacity(self.target_size + 512);
         let _ = write!(s, r#"{{"id":"{id}","imp":["#);
         let imps = 1 + self.target_size / 1500;
@@ -319,7 +375,11 @@ impl Generator {
         }
         s.push_str("],");
         if app {
-            let bundle = if domain == "example.com" { "com.example.news" } else { "com.other.game" };
+            let bundle = if domain == "example.com" {
+                "com.example.news"
+            } else {
+                "com.other.game"
+            };
             let _ = write!(
                 s,
                 r#""app":{{"id":"app-77","name":"Example News","bundle":"{bundle}","storeurl":"https://play.google.com/store/apps/details?id={bundle}","publisher":{{"id":"pub-{PUBLISHER_SITE_ID}"}}}},"#
@@ -336,7 +396,8 @@ impl Generator {
             r#""device":{{"ua":"Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.6778.135 Mobile Safari/537.36","sua":{{"browsers":[{{"brand":"Chromium","version":["131","0","6778","135"]}},{{"brand":"Google Chrome","version":["131","0","6778","135"]}}],"platform":{{"brand":"Android","version":["14"]}},"mobile":1,"source":2}},"ip":"203.0.113.{}","geo":{{"lat":40.71,"lon":-74.0,"country":"USA","region":"NY","type":2}},"language":"en","devicetype":4,"os":"Android","osv":"14"}},"#,
             self.rng.u8(1..255)
         );
-        let uid2_eid = token.map(|t| format!(r#"{{"source":"{source}","uids":[{{"id":"{t}","atype":3}}]}}"#));
+        let uid2_eid =
+            token.map(|t| format!(r#"{{"source":"{source}","uids":[{{"id":"{t}","atype":3}}]}}"#));
         let mut other_eids = String::new();
         let extra = 1 + self.target_size / 900;
         for n in 0..extra {
@@ -348,11 +409,15 @@ impl Generator {
             );
         }
         let eids26 = match (&uid2_eid, placement) {
-            (Some(e), Placement::Eids26 | Placement::Both) => format!(r#","eids":[{e}{other_eids}]"#),
+            (Some(e), Placement::Eids26 | Placement::Both) => {
+                format!(r#","eids":[{e}{other_eids}]"#)
+            }
             _ => format!(r#","eids":[{}]"#, other_eids.trim_start_matches(',')),
         };
         let ext = match (&uid2_eid, placement) {
-            (Some(e), Placement::ExtEids25 | Placement::Both) => format!(r#","ext":{{"consent":"CPXxRfAPXxRfAAfKABENB-CgAAAAAAAAAAYgAAAAAAAA","eids":[{e}]}}"#),
+            (Some(e), Placement::ExtEids25 | Placement::Both) => format!(
+                r#","ext":{{"consent":"CPXxRfAPXxRfAAfKABENB-CgAAAAAAAAAAYgAAAAAAAA","eids":[{e}]}}"#
+            ),
             _ => r#","ext":{"consent":"CPXxRfAPXxRfAAfKABENB-CgAAAAAAAAAAYgAAAAAAAA"}"#.to_string(),
         };
         let _ = write!(s, r#""user":{{"id":"u-{user}"{eids26}{ext}}},"#);
@@ -378,15 +443,29 @@ mod tests {
         let mix = Mix(Case::ALL.iter().map(|c| (*c, 1)).collect());
         let mut generator = Generator::new(7, mix, now, 1000, 2000);
         let keys = generator.key_set();
-        let ctx = Context { keys: Keys::single(Some(&keys)), optouts: &NoOptOuts, cache: None, now_ms: now };
+        let ctx = Context {
+            keys: Keys::single(Some(&keys)),
+            optouts: &NoOptOuts,
+            cache: None,
+            now_ms: now,
+        };
         let mut seen = std::collections::HashSet::new();
         for _ in 0..2000 {
             let r = generator.next_request();
             seen.insert(r.case);
-            match (enrich(&r.bytes, PayloadFormat::Json, &ctx, &Policy::default()), r.case.expected_status()) {
-                (Ok(out), Some(expected)) => assert_eq!(out.status_header(), expected, "{:?}", r.case),
+            match (
+                enrich(&r.bytes, PayloadFormat::Json, &ctx, &Policy::default()),
+                r.case.expected_status(),
+            ) {
+                (Ok(out), Some(expected)) => {
+                    assert_eq!(out.status_header(), expected, "{:?}", r.case)
+                }
                 (Err(_), None) => {}
-                (other, expected) => panic!("{:?}: {:?} vs {expected:?}", r.case, other.map(|o| o.status_header())),
+                (other, expected) => panic!(
+                    "{:?}: {:?} vs {expected:?}",
+                    r.case,
+                    other.map(|o| o.status_header())
+                ),
             }
         }
         assert_eq!(seen.len(), Case::ALL.len());

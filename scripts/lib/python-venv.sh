@@ -11,11 +11,13 @@
 # * Exports UID2_PYTHON=<venv>/bin/python (absolute path).
 # * On failure prints why to stderr and returns 1 (no exit: the caller decides).
 
-# Pins: what `pip install uid2-client==2.9.0` resolved on 2026-11-29 (Python 3.11.7, pip 23.2.1).
+# Pins: what `pip install uid2-client==2.9.0` resolved on 2026-11-29 (Python 3.11.7, pip 23.2.1),
+# plus confluent-kafka (its wheel bundles librdkafka; no dependencies) for scripts/bench-e2e.sh.
 UID2_VENV_REQUIREMENTS='uid2-client==2.9.0
 pycryptodome==4.4.0
 bitarray==3.12.3
-typing_extensions==4.16.0'
+typing_extensions==4.16.0
+confluent-kafka==2.16.1'
 
 uid2_python_venv_setup() {
     local here repo venv bootstrap stamp log
