@@ -14,8 +14,9 @@ use std::sync::Arc;
 use crate::uid2::decrypt::{ClientMode, Decryption};
 use crate::uid2::{KeySet, Status, TokenVersion, decrypt};
 
-/// Default bound on cached tokens: ~1 M entries of ~400 bytes each stay well inside the stage's budget.
-pub const DEFAULT_MAX_ENTRIES: u64 = 1_000_000;
+/// Default bound on cached tokens: an entry (token, result, moka bookkeeping) takes ~300-600 bytes, so
+/// 200,000 entries stay near 100 MB, inside the stage's 256 MB budget.
+pub const DEFAULT_MAX_ENTRIES: u64 = 200_000;
 
 struct Entry {
     generation: u64,

@@ -309,7 +309,7 @@ pub mod defaults {
     pub const STRICT_JSON: bool = false;
     pub const MAX_IN_FLIGHT: u64 = 10_000;
     pub const WORKERS: u64 = 0;
-    pub const CACHE_ENTRIES: u64 = 1_000_000;
+    pub const CACHE_ENTRIES: u64 = 200_000;
     pub const DRAIN_TIMEOUT_MS: u64 = 2500;
     pub const SHUTDOWN_TIMEOUT_MS: u64 = 8000;
     pub const ENRICH: bool = true;
@@ -1689,7 +1689,7 @@ fn example_for(key: &str) -> Option<&'static str> {
         "strict_json" => "strict_json = false",
         "max_in_flight" => "max_in_flight = 10000",
         "workers" => "workers = 0",
-        "cache_entries" => "cache_entries = 1000000",
+        "cache_entries" => "cache_entries = 200000",
         "drain_timeout_ms" => "drain_timeout_ms = 2500",
         "shutdown_timeout_ms" => "shutdown_timeout_ms = 8000",
         "enrich" => "enrich = true",

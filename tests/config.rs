@@ -110,7 +110,7 @@ fn shipped_enricher_toml_parses_with_the_documented_values() {
         s.pipeline.workers,
         std::thread::available_parallelism().map_or(1, usize::from)
     );
-    assert_eq!(s.pipeline.cache_entries, 1_000_000);
+    assert_eq!(s.pipeline.cache_entries, 200_000);
     assert_eq!(s.pipeline.drain_timeout, Duration::from_millis(2500));
     assert_eq!(s.pipeline.shutdown_timeout, Duration::from_millis(8000));
     assert!(s.pipeline.enrich);

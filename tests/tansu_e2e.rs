@@ -57,18 +57,35 @@ fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
     }
 }
 
-fn start_instance(config: &PathBuf, name: &str) -> Child {
-    let log = std::fs::File::create(scratch().join(format!("{name}.log"))).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_uid2-enricher"))
-        .args(["run", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("starting uid2-enricher run")
+/// A running instance; killed if the test fails before stopping it, so no process outlives the test.
+struct Instance(Option<Child>);
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
-fn terminate(mut child: Child, name: &str) {
+fn start_instance(config: &PathBuf, name: &str) -> Instance {
+    let log = std::fs::File::create(scratch().join(format!("{name}.log"))).unwrap();
+    Instance(Some(
+        Command::new(env!("CARGO_BIN_EXE_uid2-enricher"))
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting uid2-enricher run"),
+    ))
+}
+
+fn terminate(mut instance: Instance, name: &str) {
+    let Some(mut child) = instance.0.take() else {
+        return;
+    };
     let started = Instant::now();
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -156,41 +173,52 @@ level = "info"
     // consumer resuming from a committed offset mid-batch silently skips the batch's rest; shown by
     // fetching offset 5 of a 10-record batch). Kafka returns the whole batch. Single-record batches keep
     // every committed offset on a batch boundary, so this test measures the stage, not that broker bug.
-    let producer: ThreadedProducer<_> = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("batch.num.messages", "1")
-        .set("linger.ms", "0")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()
-        .unwrap();
-    let mut ids = HashSet::with_capacity(count);
-    let mut produce = |n: usize, ids: &mut HashSet<String>| {
-        for _ in 0..n {
-            let r = generator.next_request();
-            let mut record = BaseRecord::to(&input)
-                .key(r.id.as_bytes())
-                .payload(r.bytes.as_slice());
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((_, back)) => {
-                        record = back;
-                        std::thread::sleep(Duration::from_millis(5));
+    // tansu serves one request at a time per connection, so the input goes through 4 connections.
+    let produce = |n: usize, ids: &mut HashSet<String>, generator: &mut Generator| {
+        let records: Vec<(String, Vec<u8>)> = (0..n)
+            .map(|_| generator.next_request())
+            .map(|r| (r.id, r.bytes))
+            .collect();
+        ids.extend(records.iter().map(|(id, _)| id.clone()));
+        std::thread::scope(|scope| {
+            for chunk in records.chunks(n.div_ceil(4).max(1)) {
+                let (brokers, input) = (&brokers, &input);
+                scope.spawn(move || {
+                    let producer: ThreadedProducer<_> = ClientConfig::new()
+                        .set("bootstrap.servers", brokers)
+                        .set("batch.num.messages", "1")
+                        .set("linger.ms", "0")
+                        .set("queue.buffering.max.messages", "1000000")
+                        .create()
+                        .unwrap();
+                    for (id, bytes) in chunk {
+                        let mut record = BaseRecord::to(input)
+                            .key(id.as_bytes())
+                            .payload(bytes.as_slice());
+                        loop {
+                            match producer.send(record) {
+                                Ok(()) => break,
+                                Err((_, back)) => {
+                                    record = back;
+                                    std::thread::sleep(Duration::from_millis(5));
+                                }
+                            }
+                        }
                     }
-                }
+                    producer
+                        .flush(Duration::from_secs(600))
+                        .expect("tansu accepted the input within 600 s");
+                });
             }
-            ids.insert(r.id);
-        }
-        producer
-            .flush(Duration::from_secs(600))
-            .expect("tansu accepted the input within 600 s");
+        });
     };
+    let mut ids = HashSet::with_capacity(count);
 
     let started = Instant::now();
     let a = start_instance(&config, "instance-a");
-    produce(count / 2, &mut ids);
+    produce(count / 2, &mut ids, &mut generator);
     let b = start_instance(&config, "instance-b");
-    produce(count - count / 2, &mut ids);
+    produce(count - count / 2, &mut ids, &mut generator);
     let produced_in = started.elapsed();
 
     // Read the output and dead-letter topics until every input id is seen. (tansu 0.6 reports offsets
