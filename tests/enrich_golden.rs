@@ -82,26 +82,6 @@ fn run(
     )
 }
 
-/// Undoes the splice: the member, and the `ext` wrapper when the enricher created it.
-fn strip_member(output: &str, member: &str, input: &str) -> String {
-    // Only the bytes the enricher adds may differ: the member, or a whole `ext` it created.
-    let m = format!("\"uid2_enrichment\":{member}");
-    let candidates = [
-        format!(",{m}"),
-        m.clone(),
-        format!(",\"ext\":{{{m}}}"),
-        format!("\"ext\":{{{m}}}"),
-    ];
-    candidates
-        .iter()
-        .filter(|pattern| output.matches(pattern.as_str()).count() == 1)
-        .map(|pattern| output.replacen(pattern.as_str(), "", 1))
-        .find(|stripped| stripped == input)
-        .unwrap_or_else(|| {
-            panic!("removing the member does not give the input back:\n{output}\n{input}")
-        })
-}
-
 #[test]
 fn fixtures_enrich_to_their_golden_files() {
     let (uid2, euid) = (bidstream_keys(), euid_keys());

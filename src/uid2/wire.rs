@@ -124,20 +124,19 @@ pub enum DetectError {
 /// Tells the version from the first four characters, exactly as every SDK does (spec §2.1): `-` or `_`
 /// among them means base64url; byte 0 == 2 is v2; then byte 1 tells v3 from v4.
 pub fn detect_version(token: &str) -> Result<TokenVersion, DetectError> {
-    let head = token
+    let head: [u8; 4] = token
         .as_bytes()
         .get(..4)
+        .and_then(|h| h.try_into().ok())
         .ok_or(DetectError::InvalidPayload)?;
-    let engine = if head.iter().any(|&c| c == b'-' || c == b'_') {
-        &URL_SAFE_LENIENT
-    } else {
-        &STANDARD_LENIENT
-    };
-    let mut header = [0u8; 3];
-    match engine.decode_slice(head, &mut header) {
-        Ok(3) => {}
-        _ => return Err(DetectError::InvalidPayload),
+    // Java decodes the head as base64url when it holds `-` or `_` (mapping them to `+`/`/` first) and as
+    // standard base64 otherwise; a table accepting both alphabets gives the same three bytes for every
+    // head either path accepts, and rejects the rest (padding included: the head must give 3 bytes).
+    let [a, b, c, d] = head.map(|ch| BASE64_EITHER[usize::from(ch)]);
+    if [a, b, c, d].contains(&INVALID_SEXTET) {
+        return Err(DetectError::InvalidPayload);
     }
+    let header = [(a << 2) | (b >> 4), (b << 4) | (c >> 2), (c << 6) | d];
     if header[0] == V2_VERSION_BYTE {
         Ok(TokenVersion::V2)
     } else if header[1] == V3_VERSION_BYTE {
@@ -148,6 +147,22 @@ pub fn detect_version(token: &str) -> Result<TokenVersion, DetectError> {
         Err(DetectError::VersionNotSupported)
     }
 }
+
+const INVALID_SEXTET: u8 = 0xff;
+
+/// Sextet of each byte in standard base64 or base64url (`+`/`-` → 62, `/`/`_` → 63), 0xff otherwise.
+const BASE64_EITHER: [u8; 256] = {
+    let mut t = [INVALID_SEXTET; 256];
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut i = 0;
+    while i < 64 {
+        t[alphabet[i] as usize] = i as u8;
+        i += 1;
+    }
+    t[b'-' as usize] = 62;
+    t[b'_' as usize] = 63;
+    t
+};
 
 /// Decodes a whole token into `out` (cleared first). v2/v3 are standard base64; v4 is base64url, but a v4
 /// token written in standard base64 is accepted too, as the SDKs map `-`/`_` first (spec §2.1).
@@ -310,6 +325,55 @@ mod tests {
         decode_token(&std, TokenVersion::V4, &mut b).unwrap();
         assert_eq!(a, bytes);
         assert_eq!(b, bytes);
+    }
+
+    /// The table-driven head decoding agrees with decoding the head the way the SDKs do (base64url when it
+    /// holds `-` or `_`, standard otherwise) on every head of the two alphabets, `=` and a stray character.
+    #[test]
+    fn table_head_decoding_matches_the_sdk_rule() {
+        let chars: Vec<u8> = b"AEIgw4/+_-=*".to_vec();
+        for &a in &chars {
+            for &b in &chars {
+                for &c in &chars {
+                    for &d in &chars {
+                        let head = [a, b, c, d];
+                        let engine = if head.iter().any(|&x| x == b'-' || x == b'_') {
+                            &URL_SAFE_LENIENT
+                        } else {
+                            &STANDARD_LENIENT
+                        };
+                        let mut mapped = head;
+                        if head.iter().any(|&x| x == b'-' || x == b'_') {
+                            mapped = head.map(|x| match x {
+                                b'-' => b'+',
+                                b'_' => b'/',
+                                x => x,
+                            });
+                        }
+                        let mut out = [0u8; 3];
+                        let sdk = match (
+                            engine.decode_slice(head, &mut out),
+                            STANDARD_LENIENT.decode_slice(mapped, &mut out),
+                        ) {
+                            (Ok(3), _) | (_, Ok(3)) => {
+                                if out[0] == V2_VERSION_BYTE {
+                                    Ok(TokenVersion::V2)
+                                } else if out[1] == V3_VERSION_BYTE {
+                                    Ok(TokenVersion::V3)
+                                } else if out[1] == V4_VERSION_BYTE {
+                                    Ok(TokenVersion::V4)
+                                } else {
+                                    Err(DetectError::VersionNotSupported)
+                                }
+                            }
+                            _ => Err(DetectError::InvalidPayload),
+                        };
+                        let text = std::str::from_utf8(&head).unwrap();
+                        assert_eq!(detect_version(text), sdk, "{text}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -142,3 +142,24 @@ impl Token {
 }
 
 pub const ALL_VERSIONS: [TokenVersion; 3] = [TokenVersion::V2, TokenVersion::V3, TokenVersion::V4];
+
+/// Undoes the enricher's splice: removes the member, or a whole `ext` the enricher created, and returns
+/// the result only if it is the input again (the only bytes the enricher may add).
+pub fn strip_member(output: &str, member: &str, input: &str) -> String {
+    // Only the bytes the enricher adds may differ: the member, or a whole `ext` it created.
+    let m = format!("\"uid2_enrichment\":{member}");
+    let candidates = [
+        format!(",{m}"),
+        m.clone(),
+        format!(",\"ext\":{{{m}}}"),
+        format!("\"ext\":{{{m}}}"),
+    ];
+    candidates
+        .iter()
+        .filter(|pattern| output.matches(pattern.as_str()).count() == 1)
+        .map(|pattern| output.replacen(pattern.as_str(), "", 1))
+        .find(|stripped| stripped == input)
+        .unwrap_or_else(|| {
+            panic!("removing the member does not give the input back:\n{output}\n{input}")
+        })
+}
