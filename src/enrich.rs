@@ -5,7 +5,6 @@
 //! (`uid2`), the request readers/writers (`openrtb`), the opt-out rule (`optout`) and the decrypt cache.
 
 use std::borrow::Cow;
-use std::io::Write as _;
 
 use crate::cache::DecryptCache;
 use crate::openrtb::proto::pb;
@@ -57,8 +56,24 @@ impl Policy {
         }
     }
 
-    fn source_names(&self) -> Vec<&str> {
-        self.source_names.iter().map(String::as_str).collect()
+    /// Calls `f` with the source names as `&[&str]` (what the scanners take), without allocating for the
+    /// usual handful of sources.
+    #[inline]
+    fn with_source_names<R>(&self, f: impl FnOnce(&[&str]) -> R) -> R {
+        const ON_STACK: usize = 8;
+        if self.source_names.len() <= ON_STACK {
+            let mut names = [""; ON_STACK];
+            for (slot, name) in names.iter_mut().zip(&self.source_names) {
+                *slot = name.as_str();
+            }
+            f(names.get(..self.source_names.len()).unwrap_or_default())
+        } else {
+            f(&self
+                .source_names
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>())
+        }
     }
 }
 
@@ -203,8 +218,9 @@ fn enrich_json<'a>(
     if policy.strict_json {
         json::validate_strict(payload).map_err(malformed)?;
     }
-    let scan =
-        json::scan(payload, &policy.source_names(), &policy.member_name).map_err(malformed)?;
+    let scan = policy
+        .with_source_names(|sources| json::scan(payload, sources, &policy.member_name))
+        .map_err(malformed)?;
     if scan.tokens.is_empty() {
         return Ok(unchanged(payload));
     }
@@ -228,10 +244,12 @@ fn enrich_proto<'a>(
     ctx: &Context<'_>,
     policy: &Policy,
 ) -> Result<Enriched<'a>, Malformed> {
-    let scan = proto::scan(payload, &policy.source_names()).map_err(|e| Malformed {
-        reason: e.reason(),
-        detail: e.to_string(),
-    })?;
+    let scan = policy
+        .with_source_names(|sources| proto::scan(payload, sources))
+        .map_err(|e| Malformed {
+            reason: e.reason(),
+            detail: e.to_string(),
+        })?;
     if scan.tokens.is_empty() {
         return Ok(unchanged(payload));
     }
@@ -265,36 +283,46 @@ fn decide<'t>(
     ctx: &Context<'_>,
     policy: &Policy,
 ) -> Enriched<'static> {
-    let mut distinct: Vec<(&'t str, usize, u32)> = Vec::with_capacity(2);
+    // The text of `tokens[k]`: requests carry a handful of tokens, so the first few live on the stack, and
+    // a linear scan beats hashing them.
+    const ON_STACK: usize = 8;
+    let mut texts = [""; ON_STACK];
+    let mut more_texts: Vec<&str> = Vec::new();
+    let mut tokens: Vec<TokenOutcome> = Vec::new();
     let mut token_count = 0;
     for (token, source_index) in found {
         token_count += 1;
-        // Requests carry a handful of tokens: a linear scan beats hashing them.
-        match distinct.iter_mut().find(|(t, _, _)| *t == token) {
-            Some((_, _, n)) => *n += 1,
-            None => distinct.push((token, source_index, 1)),
+        let known = texts
+            .get(..tokens.len())
+            .unwrap_or(&texts)
+            .iter()
+            .chain(&more_texts)
+            .position(|t| *t == token);
+        if let Some(outcome) = known.and_then(|k| tokens.get_mut(k)) {
+            outcome.occurrences += 1;
+            continue;
         }
+        match texts.get_mut(tokens.len()) {
+            Some(slot) => *slot = token,
+            None => more_texts.push(token),
+        }
+        // Decrypted at the first occurrence: the same calls, in the same order, as deduplicating first.
+        let scope = policy
+            .sources
+            .get(source_index)
+            .map_or(IdentityScope::Uid2, |s| s.scope);
+        let keys = ctx.keys.for_scope(scope);
+        let mut decryption = match ctx.cache {
+            Some(cache) => cache.decrypt(token, keys, policy.mode, name, ctx.now_ms),
+            None => decrypt(token, keys, policy.mode, name, ctx.now_ms),
+        };
+        apply_optout(&mut decryption, ctx.optouts);
+        tokens.push(TokenOutcome {
+            source_index,
+            occurrences: 1,
+            decryption,
+        });
     }
-    let tokens: Vec<TokenOutcome> = distinct
-        .into_iter()
-        .map(|(token, source_index, occurrences)| {
-            let scope = policy
-                .sources
-                .get(source_index)
-                .map_or(IdentityScope::Uid2, |s| s.scope);
-            let keys = ctx.keys.for_scope(scope);
-            let mut decryption = match ctx.cache {
-                Some(cache) => cache.decrypt(token, keys, policy.mode, name, ctx.now_ms),
-                None => decrypt(token, keys, policy.mode, name, ctx.now_ms),
-            };
-            apply_optout(&mut decryption, ctx.optouts);
-            TokenOutcome {
-                source_index,
-                occurrences,
-                decryption,
-            }
-        })
-        .collect();
     let selected = tokens
         .iter()
         .position(|t| t.decryption.is_success())
@@ -341,33 +369,90 @@ fn member_json(outcome: &TokenOutcome, policy: &Policy, token_count: usize) -> S
         out.extend_from_slice(b",\"source\":");
         push_json_string(&mut out, &source.name);
     }
-    // Writing into a Vec cannot fail.
     if let Some(site_id) = d.site_id {
-        let _ = write!(out, ",\"site_id\":{site_id}");
+        out.extend_from_slice(b",\"site_id\":");
+        push_int(&mut out, i64::from(site_id));
     }
     if let Some(established) = d.established_ms {
-        let _ = write!(out, ",\"established\":{established}");
+        out.extend_from_slice(b",\"established\":");
+        push_int(&mut out, established);
     }
     if let Some(expires) = d.expires_ms {
-        let _ = write!(out, ",\"expires\":{expires}");
+        out.extend_from_slice(b",\"expires\":");
+        push_int(&mut out, expires);
     }
     if let Some(kind) = d.identity_type {
-        let _ = write!(out, ",\"identity_type\":\"{}\"", kind.as_str());
+        out.extend_from_slice(b",\"identity_type\":\"");
+        out.extend_from_slice(kind.as_str().as_bytes());
+        out.push(b'"');
     }
     if let Some(version) = d.token_version {
-        let _ = write!(out, ",\"token_version\":{}", version.number());
+        out.extend_from_slice(b",\"token_version\":");
+        push_int(&mut out, i64::from(version.number()));
     }
     if let Some(cstg) = d.cstg {
-        let _ = write!(out, ",\"cstg\":{cstg}");
+        out.extend_from_slice(if cstg {
+            b",\"cstg\":true"
+        } else {
+            b",\"cstg\":false"
+        });
     }
-    let _ = write!(out, ",\"tokens\":{token_count}}}");
-    // Only ASCII and serde_json-escaped strings were written.
+    out.extend_from_slice(b",\"tokens\":");
+    push_uint(&mut out, token_count as u64);
+    out.push(b'}');
+    // Only ASCII and UTF-8 strings were written.
     String::from_utf8(out).unwrap_or_default()
 }
 
+/// Writes `s` as a JSON string exactly as serde_json does (it escapes `"`, `\\` and control characters);
+/// strings with none of those, such as base64 ids and source domains, are copied as they are.
 fn push_json_string(out: &mut Vec<u8>, s: &str) {
-    // serde_json escapes exactly what JSON requires; writing to a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
+    // Not `any`: a fold without an early exit is vectorised.
+    let plain = s.bytes().fold(true, |plain, b| {
+        plain & (b >= 0x20) & (b != b'"') & (b != b'\\')
+    });
+    if plain {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Rare. Writing to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
+}
+
+/// Writes `v` in decimal, as `Display` does.
+fn push_int(out: &mut Vec<u8>, v: i64) {
+    if v < 0 {
+        out.push(b'-');
+    }
+    push_uint(out, v.unsigned_abs());
+}
+
+/// Writes `v` in decimal, two digits per step, without going through `fmt`.
+fn push_uint(out: &mut Vec<u8>, mut v: u64) {
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+                                2021222324252627282930313233343536373839\
+                                4041424344454647484950515253545556575859\
+                                6061626364656667686970717273747576777879\
+                                8081828384858687888990919293949596979899";
+    let mut buf = [0u8; 20];
+    let mut at = buf.len();
+    while v >= 100 {
+        let pair = (v % 100) as usize * 2;
+        v /= 100;
+        at -= 2;
+        buf[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    }
+    if v >= 10 {
+        let pair = v as usize * 2;
+        at -= 2;
+        buf[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    } else {
+        at -= 1;
+        buf[at] = b'0' + v as u8;
+    }
+    out.extend_from_slice(&buf[at..]);
 }
 
 fn enrichment_message(
@@ -390,5 +475,181 @@ fn enrichment_message(
         token_version: d.token_version.map(|v| i32::from(v.number())),
         cstg: d.cstg,
         tokens: Some(i32::try_from(token_count).unwrap_or(i32::MAX)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::*;
+    use crate::optout::NoOptOuts;
+    use crate::uid2::{IdentityType, TokenVersion};
+
+    /// The member as it was written before the hand-rolled formatting: `write!` and serde_json.
+    fn reference_member_json(
+        outcome: &TokenOutcome,
+        policy: &Policy,
+        token_count: usize,
+    ) -> String {
+        let d = &outcome.decryption;
+        let mut out: Vec<u8> = Vec::new();
+        let string = |out: &mut Vec<u8>, s: &str| serde_json::to_writer(out, s).unwrap();
+        write!(out, "{{\"status\":\"{}\"", d.status.as_str()).unwrap();
+        if let Some(raw) = &d.raw_uid2 {
+            out.extend_from_slice(b",\"raw_uid2\":");
+            string(&mut out, raw);
+        }
+        if let Some(source) = policy.sources.get(outcome.source_index) {
+            out.extend_from_slice(b",\"source\":");
+            string(&mut out, &source.name);
+        }
+        if let Some(site_id) = d.site_id {
+            write!(out, ",\"site_id\":{site_id}").unwrap();
+        }
+        if let Some(established) = d.established_ms {
+            write!(out, ",\"established\":{established}").unwrap();
+        }
+        if let Some(expires) = d.expires_ms {
+            write!(out, ",\"expires\":{expires}").unwrap();
+        }
+        if let Some(kind) = d.identity_type {
+            write!(out, ",\"identity_type\":\"{}\"", kind.as_str()).unwrap();
+        }
+        if let Some(version) = d.token_version {
+            write!(out, ",\"token_version\":{}", version.number()).unwrap();
+        }
+        if let Some(cstg) = d.cstg {
+            write!(out, ",\"cstg\":{cstg}").unwrap();
+        }
+        write!(out, ",\"tokens\":{token_count}}}").unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn member_json_matches_fmt_and_serde_json() {
+        let mut policy = Policy::default();
+        policy.sources.push(TokenSource {
+            name: "odd \"source\"\\\n\u{1}\u{7f}é".into(),
+            scope: IdentityScope::Uid2,
+        });
+        let full = |status| {
+            let mut d = Decryption::error(status);
+            d.raw_uid2 = Some("ywsvDO4i2mFAD5Y0Uc5+FTWAfTdhgFIijeNrS3fZ7q0=".into());
+            d.site_id = Some(9000);
+            d.established_ms = Some(1_767_225_600_000);
+            d.expires_ms = Some(1_767_312_000_000);
+            d.identity_type = Some(IdentityType::Email);
+            d.token_version = Some(TokenVersion::V4);
+            d.cstg = Some(false);
+            d
+        };
+        let mut cases = vec![
+            Decryption::error(Status::InvalidPayload),
+            full(Status::Success),
+        ];
+        let mut odd = full(Status::ExpiredToken);
+        odd.raw_uid2 = Some("a\"b\\c\n\t\u{0}\u{1f}é\u{1F600}/".into());
+        odd.site_id = Some(i32::MIN);
+        odd.established_ms = Some(i64::MIN);
+        odd.expires_ms = Some(i64::MAX);
+        odd.identity_type = Some(IdentityType::Phone);
+        odd.token_version = Some(TokenVersion::V2);
+        odd.cstg = Some(true);
+        cases.push(odd);
+        let mut zeros = full(Status::Success);
+        zeros.site_id = Some(0);
+        zeros.established_ms = Some(-1);
+        zeros.expires_ms = Some(0);
+        zeros.token_version = Some(TokenVersion::V3);
+        cases.push(zeros);
+        for decryption in cases {
+            for source_index in [0, 1, 2, 99] {
+                for token_count in [0, 1, 7, 10, 99, 100, 12_345, usize::MAX] {
+                    let outcome = TokenOutcome {
+                        source_index,
+                        occurrences: 1,
+                        decryption: decryption.clone(),
+                    };
+                    let got = member_json(&outcome, &policy, token_count);
+                    assert_eq!(got, reference_member_json(&outcome, &policy, token_count));
+                    serde_json::from_str::<serde_json::Value>(&got).expect("member is JSON");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn integers_are_written_as_display_does() {
+        let mut values: Vec<u64> = (0..=10_000).collect();
+        for k in 1..20 {
+            let p = 10u64.pow(k);
+            values.extend([p - 1, p, p + 1]);
+        }
+        values.push(u64::MAX);
+        for v in values {
+            let mut out = Vec::new();
+            push_uint(&mut out, v);
+            assert_eq!(out, v.to_string().into_bytes());
+        }
+        for v in [0, -1, -9, -10, -99, -100, i64::MIN, i64::MAX, i64::MIN + 1] {
+            let mut out = Vec::new();
+            push_int(&mut out, v);
+            assert_eq!(out, v.to_string().into_bytes());
+        }
+    }
+
+    fn ctx() -> Context<'static> {
+        Context {
+            keys: Keys::default(),
+            optouts: &NoOptOuts,
+            cache: None,
+            now_ms: 0,
+        }
+    }
+
+    /// More sources than fit on the stack, and more distinct tokens than fit on the stack: counted and
+    /// ordered as before.
+    #[test]
+    fn many_sources_and_many_distinct_tokens() {
+        let mut names: Vec<TokenSource> = (0..10)
+            .map(|k| TokenSource {
+                name: format!("s{k}.example"),
+                scope: IdentityScope::Uid2,
+            })
+            .collect();
+        names.push(TokenSource {
+            name: "uidapi.com".into(),
+            scope: IdentityScope::Uid2,
+        });
+        let policy = Policy::new(ClientMode::Bidstream, names, "uid2_enrichment");
+        // t0..t11, then every even one again, then t3 a third time.
+        let mut ids: Vec<String> = (0..12).map(|k| format!("t{k}")).collect();
+        ids.extend((0..12).step_by(2).map(|k| format!("t{k}")));
+        ids.push("t3".into());
+        let uids: Vec<String> = ids.iter().map(|id| format!(r#"{{"id":"{id}"}}"#)).collect();
+        let request = format!(
+            r#"{{"user":{{"eids":[{{"source":"s9.example","uids":[{}]}},{{"source":"uidapi.com","uids":[{{"id":"t0"}}]}}]}}}}"#,
+            uids.join(",")
+        );
+        let out = enrich(request.as_bytes(), PayloadFormat::Json, &ctx(), &policy).unwrap();
+        assert_eq!(out.token_count, ids.len() + 1);
+        let expected: Vec<(usize, u32)> = (0..12)
+            .map(|k| {
+                let n = ids.iter().filter(|id| **id == format!("t{k}")).count();
+                (9, u32::try_from(n).unwrap() + u32::from(k == 0))
+            })
+            .collect();
+        let got: Vec<(usize, u32)> = out
+            .tokens
+            .iter()
+            .map(|t| (t.source_index, t.occurrences))
+            .collect();
+        assert_eq!(got, expected);
+        // The last source, past the stack-held names.
+        let only_last = r#"{"user":{"eids":[{"source":"uidapi.com","uids":[{"id":"x"}]}]}}"#;
+        let out = enrich(only_last.as_bytes(), PayloadFormat::Json, &ctx(), &policy).unwrap();
+        assert_eq!(out.tokens.len(), 1);
+        assert_eq!(out.tokens[0].source_index, 10);
     }
 }

@@ -9,9 +9,11 @@
 //! records byte offsets; [`splice`] copies the input around those offsets.
 //!
 //! Skipping works on 64-byte blocks (quotes, backslashes and brackets classified for the whole block at
-//! once, string interiors masked out with a prefix XOR, then only the remaining brackets visited), because a
-//! byte-at-a-time loop mispredicts a branch at nearly every token. The part that is parsed (`user` and its
-//! eids) uses a plain cursor whose string search looks at 16 bytes per step.
+//! once, string interiors masked out with a prefix XOR, then only the remaining brackets visited, the types
+//! of the open containers held in a register), because a byte-at-a-time loop mispredicts a branch at nearly
+//! every token. The part that is parsed (`user` and its eids) uses a plain cursor whose string search looks
+//! at 16 bytes per step. The UTF-8 check is one pass of wide ORs for ASCII input (nearly every request),
+//! std's validation otherwise; the few strings returned as `&str` are checked again on their own.
 //!
 //! # What the fast path checks, and what it does not
 //! [`scan`] always checks: the whole input is UTF-8; it is one JSON object with only JSON whitespace around
@@ -30,10 +32,13 @@
 //! Duplicate keys: the last occurrence wins (`user`, `ext`, `eids`, `source`, `id`, the enrichment member
 //! itself), as in serde_json and most parsers, so downstream readers see the member where the enricher put it.
 //!
-//! Dependencies: std (on x86_64, `std::arch` SSE2 compares, which are part of the baseline; elsewhere a
-//! portable 8-bytes-per-word version), `memchr` (the rest of long strings), `thiserror`, and `serde_json`
-//! (with serde's `IgnoredAny`) only inside [`validate_strict`]. Pure: no I/O, no clock, no global state. The
-//! only `unsafe` is the call into the SSE2 functions, which take no pointers.
+//! Dependencies: std (on x86_64, `std::arch`: SSE2 compares, which are part of the baseline, PCLMULQDQ for
+//! the prefix XOR when the build enables it, and AVX2 for the skipper's blocks when the CPU running it has
+//! it, detected at run time; elsewhere a portable 8-bytes-per-word version and shifts), `memchr` (the rest
+//! of long strings), `thiserror`, and `serde_json` (with serde's `IgnoredAny`) only inside
+//! [`validate_strict`]. Pure: no I/O, no clock, no global state (std's cached CPU feature flags aside). The
+//! only `unsafe` is the calls into those `#[target_feature]` functions, which take no pointers; tests check
+//! each against the portable version.
 
 use std::borrow::Cow;
 
@@ -182,9 +187,10 @@ pub fn scan<'a>(
     member_name: &str,
 ) -> Result<Scan<'a>, JsonError> {
     debug_assert_ne!(member_name, "eids", "the member would shadow user.ext.eids");
-    let text = std::str::from_utf8(input).map_err(|_| JsonError::NotUtf8)?;
+    if !is_utf8(input) {
+        return Err(JsonError::NotUtf8);
+    }
     let mut cur = Cursor {
-        text,
         bytes: input,
         pos: 0,
     };
@@ -318,6 +324,21 @@ pub fn validate_strict(input: &[u8]) -> Result<(), JsonError> {
     }
 }
 
+/// Whether `input` is UTF-8. Requests are nearly always ASCII, which one pass of 64-byte ORs (vectorised)
+/// confirms at a fraction of the cost of std's validation; anything else gets std's validation.
+#[inline]
+fn is_utf8(input: &[u8]) -> bool {
+    let (blocks, rest) = input.as_chunks::<64>();
+    let mut acc = [0u64; 8];
+    for block in blocks {
+        for (a, word) in acc.iter_mut().zip(block.as_chunks::<8>().0) {
+            *a |= u64::from_le_bytes(*word);
+        }
+    }
+    let all = acc.iter().fold(0, |x, y| x | y) | rest.iter().fold(0, |x, &b| x | u64::from(b));
+    all & (ONES << 7) == 0 || std::str::from_utf8(input).is_ok()
+}
+
 /// serde_json reports 1-based line and column; the dead-letter path wants a byte offset.
 fn line_column_offset(input: &[u8], line: usize, column: usize) -> usize {
     let mut line_start = 0;
@@ -338,6 +359,16 @@ fn push_member(out: &mut Vec<u8>, name: &str, json: &str) {
 
 fn push_json_string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
+    // Not `any`: a fold without an early exit is vectorised.
+    let plain = s.bytes().fold(true, |plain, b| {
+        plain & (b >= 0x20) & (b != b'"') & (b != b'\\')
+    });
+    if plain {
+        // The usual member name: nothing to escape.
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
     for ch in s.chars() {
         match ch {
             '"' => out.extend_from_slice(b"\\\""),
@@ -391,7 +422,9 @@ fn parse_user<'a>(
     }
     let open = cur.pos;
     let mut ext = Ext::Absent;
-    let last_value_end = cur.object(depth, |cur, key, depth| {
+    // A local copy, written back once (see `parse_eids`).
+    let mut local = *cur;
+    let last_value_end = local.object(depth, |cur, key, depth| {
         match &*key.name()? {
             b"eids" => {
                 drop_location(tokens, EidLocation::UserEids);
@@ -409,6 +442,7 @@ fn parse_user<'a>(
         }
         Ok(())
     })?;
+    *cur = local;
     // `ext` may come before `eids`; the contract is user.eids tokens first.
     if !tokens.is_sorted_by_key(|t| t.location) {
         tokens.sort_by_key(|t| t.location);
@@ -506,13 +540,18 @@ fn parse_eids<'a>(
     location: EidLocation,
     tokens: &mut Vec<FoundToken<'a>>,
 ) -> Result<(), JsonError> {
-    cur.array(depth, |cur, depth| {
+    // A local copy, written back once: the compiler can then keep the position in a register instead of
+    // storing it through `cur` at every step.
+    let mut local = *cur;
+    local.array(depth, |cur, depth| {
         if cur.peek() == Some(b'{') {
             parse_eid(cur, depth, sources, location, tokens)
         } else {
             cur.skip_value(depth)
         }
-    })
+    })?;
+    *cur = local;
+    Ok(())
 }
 
 /// `cur` is at the `{` of one eid.
@@ -532,15 +571,26 @@ fn parse_eid<'a>(
         match &*key.name()? {
             b"source" => {
                 source_index = if cur.peek() == Some(b'"') {
-                    let source = cur.string()?.text()?;
-                    sources.iter().position(|s| **s == *source)
+                    // Compared as (unescaped) bytes: no `&str` and no char boundary checks needed.
+                    let source = cur.string()?.name()?;
+                    let mut found = None;
+                    for (index, name) in sources.iter().enumerate() {
+                        if *name.as_bytes() == *source {
+                            found = Some(index);
+                            break;
+                        }
+                    }
+                    found
                 } else {
                     cur.skip_value(depth)?;
                     None
                 };
             }
             b"uids" => {
-                tokens.truncate(first);
+                // Checked first: `truncate` calls the (empty) drop of the tail even when there is none.
+                if tokens.len() > first {
+                    tokens.truncate(first);
+                }
                 read_as = None;
                 uids_at = (cur.peek() == Some(b'[')).then_some(cur.pos);
                 match (source_index, uids_at) {
@@ -629,7 +679,9 @@ fn string_members<'a, const N: usize>(
         cur.skip_value(depth)?;
         return Ok(out);
     }
-    cur.object(depth, |cur, key, depth| {
+    // A local copy, written back once (see `parse_eids`).
+    let mut local = *cur;
+    local.object(depth, |cur, key, depth| {
         let key = key.name()?;
         match names
             .iter()
@@ -645,13 +697,15 @@ fn string_members<'a, const N: usize>(
         }
         Ok(())
     })?;
+    *cur = local;
     Ok(out)
 }
 
 /// A string's position: the bytes between its quotes, still escaped.
 #[derive(Clone, Copy)]
 struct RawStr<'a> {
-    input: &'a str,
+    /// The whole input, which is UTF-8.
+    input: &'a [u8],
     start: usize,
     end: usize,
     escaped: bool,
@@ -661,10 +715,13 @@ impl<'a> RawStr<'a> {
     /// The unescaped text; allocates only when the string contains escapes.
     #[inline(always)]
     fn text(self) -> Result<Cow<'a, str>, JsonError> {
-        // The quotes around the string are ASCII, so these offsets are char boundaries of valid UTF-8.
+        // The quotes around the string are ASCII, so these bytes are valid UTF-8 in a valid input: the
+        // check cannot fail (and costs a pass over a few short strings, where checking the whole input as
+        // a `str` would cost one over every byte of it).
         let raw = self
             .input
             .get(self.start..self.end)
+            .and_then(|raw| std::str::from_utf8(raw).ok())
             .ok_or(JsonError::Malformed {
                 offset: self.start,
                 reason: "invalid string",
@@ -682,9 +739,8 @@ impl<'a> RawStr<'a> {
         if self.escaped {
             return self.text().map(|t| Cow::Owned(t.into_owned().into_bytes()));
         }
-        let bytes = self.input.as_bytes();
         Ok(Cow::Borrowed(
-            bytes.get(self.start..self.end).unwrap_or_default(),
+            self.input.get(self.start..self.end).unwrap_or_default(),
         ))
     }
 }
@@ -876,6 +932,8 @@ mod sse2 {
     use std::arch::x86_64::{
         __m128i, _mm_cmpeq_epi8, _mm_movemask_epi8, _mm_or_si128, _mm_set_epi64x, _mm_set1_epi8,
     };
+    #[cfg(target_feature = "pclmulqdq")]
+    use std::arch::x86_64::{_mm_clmulepi64_si128, _mm_cvtsi128_si64};
 
     #[inline(always)]
     pub(super) fn classify(block: &[u8; 64]) -> BlockMasks {
@@ -890,6 +948,22 @@ mod sse2 {
         unsafe { quote_and_backslash_16_sse2(chunk) }
     }
 
+    #[cfg(target_feature = "pclmulqdq")]
+    #[inline(always)]
+    pub(super) fn prefix_xor(x: u64) -> u64 {
+        // SAFETY: only compiled when the target has PCLMULQDQ (and SSE2), as for `classify`.
+        unsafe { prefix_xor_clmul(x) }
+    }
+
+    /// A carry-less multiply by all ones: bit n of the product is the XOR of bits 0..=n of `x`.
+    #[cfg(target_feature = "pclmulqdq")]
+    #[target_feature(enable = "sse2,pclmulqdq")]
+    #[inline]
+    fn prefix_xor_clmul(x: u64) -> u64 {
+        let product = _mm_clmulepi64_si128::<0>(_mm_set_epi64x(0, x as i64), _mm_set1_epi8(-1));
+        _mm_cvtsi128_si64(product) as u64
+    }
+
     #[target_feature(enable = "sse2")]
     #[inline]
     fn quote_and_backslash_16_sse2(chunk: &[u8; 16]) -> (u32, u32) {
@@ -899,17 +973,13 @@ mod sse2 {
         (bits(b'"'), bits(b'\\'))
     }
 
-    /// Built from two 8-byte halves so that no raw pointer is needed; measured within 5% of an unaligned
-    /// vector load on the skip path.
+    /// Built from a `u128` so that no raw pointer is needed; compiles to one unaligned load (or a memory
+    /// operand of the compare).
     #[target_feature(enable = "sse2")]
     #[inline]
     fn load(chunk: &[u8; 16]) -> __m128i {
-        let (lo, hi) = chunk.split_at(8);
-        let word = |half: &[u8]| {
-            half.first_chunk::<8>()
-                .map_or(0, |b| i64::from_le_bytes(*b))
-        };
-        _mm_set_epi64x(word(hi), word(lo))
+        let v = u128::from_le_bytes(*chunk);
+        _mm_set_epi64x((v >> 64) as i64, v as i64)
     }
 
     #[target_feature(enable = "sse2")]
@@ -929,6 +999,98 @@ mod sse2 {
             let bits = |hits| u64::from(_mm_movemask_epi8(hits) as u16) << (16 * k);
             m.quote |= bits(_mm_cmpeq_epi8(v, quote));
             m.backslash |= bits(_mm_cmpeq_epi8(v, backslash));
+            m.bracket |= bits(bracket);
+        }
+        m
+    }
+}
+
+/// AVX2, when the CPU running the program has it (checked once per skipped container, a cached flag): 32
+/// bytes per compare for the skipper's block classification.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{BlockMasks, Classifier, JsonError};
+    use std::arch::x86_64::{
+        __m256i, _mm256_cmpeq_epi8, _mm256_movemask_epi8, _mm256_or_si256, _mm256_set_epi64x,
+        _mm256_set1_epi8,
+    };
+
+    /// Proof that the running CPU supports AVX2: only [`Avx2::detect`] makes one.
+    #[derive(Clone, Copy)]
+    pub(super) struct Avx2(());
+
+    impl Avx2 {
+        #[inline(always)]
+        pub(super) fn detect() -> Option<Avx2> {
+            std::arch::is_x86_feature_detected!("avx2").then_some(Avx2(()))
+        }
+
+        /// [`super::skip_blocks`] compiled for AVX2.
+        #[inline(always)]
+        pub(super) fn skip_blocks(
+            self,
+            bytes: &[u8],
+            start: usize,
+            depth: usize,
+        ) -> Result<usize, JsonError> {
+            // SAFETY: an `Avx2` exists only when the CPU supports AVX2 (see `detect`), which is all that
+            // `skip_blocks_avx2` requires. It touches no raw pointers.
+            unsafe { skip_blocks_avx2(self, bytes, start, depth) }
+        }
+    }
+
+    impl Classifier for Avx2 {
+        #[inline(always)]
+        fn classify(self, block: &[u8; 64]) -> BlockMasks {
+            // SAFETY: as for `skip_blocks`.
+            unsafe { classify_avx2(block) }
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn skip_blocks_avx2(
+        avx2: Avx2,
+        bytes: &[u8],
+        start: usize,
+        depth: usize,
+    ) -> Result<usize, JsonError> {
+        super::skip_blocks(avx2, bytes, start, depth)
+    }
+
+    /// Built from `u128`s so that no raw pointer is needed; compiles to one unaligned load (or a memory
+    /// operand of the compare).
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn load(chunk: &[u8; 32]) -> __m256i {
+        let (lo, hi) = chunk.split_at(16);
+        let word = |half: &[u8]| {
+            half.first_chunk::<16>()
+                .map_or(0, |b| u128::from_le_bytes(*b))
+        };
+        let (lo, hi) = (word(lo), word(hi));
+        _mm256_set_epi64x((hi >> 64) as i64, hi as i64, (lo >> 64) as i64, lo as i64)
+    }
+
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    pub(super) fn classify_avx2(block: &[u8; 64]) -> BlockMasks {
+        let quote = _mm256_set1_epi8(b'"' as i8);
+        let backslash = _mm256_set1_epi8(b'\\' as i8);
+        let open = _mm256_set1_epi8(b'{' as i8);
+        let close = _mm256_set1_epi8(b'}' as i8);
+        let fold = _mm256_set1_epi8(0x20);
+        let mut m = BlockMasks::default();
+        for (k, lane) in block.as_chunks::<32>().0.iter().enumerate() {
+            let v = load(lane);
+            // Setting bit 5 folds `[` onto `{` and `]` onto `}`, and no other byte onto either.
+            let folded = _mm256_or_si256(v, fold);
+            let bracket = _mm256_or_si256(
+                _mm256_cmpeq_epi8(folded, open),
+                _mm256_cmpeq_epi8(folded, close),
+            );
+            let bits = |hits| u64::from(_mm256_movemask_epi8(hits) as u32) << (32 * k);
+            m.quote |= bits(_mm256_cmpeq_epi8(v, quote));
+            m.backslash |= bits(_mm256_cmpeq_epi8(v, backslash));
             m.bracket |= bits(bracket);
         }
         m
@@ -959,7 +1121,23 @@ fn escaped_bytes(backslash: u64, carry: &mut bool) -> u64 {
 
 /// Bit n = XOR of bits 0..=n: between an opening quote (included) and its closing quote (excluded).
 #[inline(always)]
-fn prefix_xor(mut x: u64) -> u64 {
+fn prefix_xor(x: u64) -> u64 {
+    #[cfg(all(target_arch = "x86_64", target_feature = "pclmulqdq"))]
+    {
+        sse2::prefix_xor(x)
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "pclmulqdq")))]
+    {
+        prefix_xor_shifts(x)
+    }
+}
+
+#[cfg_attr(
+    all(target_arch = "x86_64", target_feature = "pclmulqdq"),
+    allow(dead_code)
+)]
+#[inline(always)]
+fn prefix_xor_shifts(mut x: u64) -> u64 {
     x ^= x << 1;
     x ^= x << 2;
     x ^= x << 4;
@@ -969,77 +1147,266 @@ fn prefix_xor(mut x: u64) -> u64 {
     x
 }
 
-/// State of [`Cursor::skip_container`] carried from one 64-byte block to the next.
-struct Skip {
-    /// Nesting depth of the container being skipped.
-    depth: usize,
-    /// Containers open inside the skipped value (the value itself included).
-    level: usize,
-    /// Bit n: the container open at level n (< 64) is an object, else an array. Kept in a register:
-    /// real requests never nest this deep, and a memory-held stack would serialise every bracket.
-    types: u64,
-    /// The same for levels 64 and up.
-    deep_types: [u64; MAX_DEPTH / 64 - 1],
-    /// All ones when the previous block ended inside a string.
+/// Levels of nesting inside a skipped value whose types [`skip_blocks`] holds in a register (one bit of
+/// the `u64` is the sentinel).
+const REGISTER_LEVELS: u32 = 63;
+
+/// The brackets of a 64-byte block that are outside strings. `in_string` (all ones when the previous block
+/// ended inside a string) and `escape_carry` (the previous block ended with a backslash that escapes this
+/// block's first byte) link the blocks.
+#[inline(always)]
+fn structural_brackets(masks: BlockMasks, in_string: &mut u64, escape_carry: &mut bool) -> u64 {
+    let escaped = escaped_bytes(masks.backslash, escape_carry);
+    let strings = prefix_xor(masks.quote & !escaped) ^ *in_string;
+    *in_string = ((strings as i64) >> 63) as u64;
+    masks.bracket & !strings
+}
+
+/// The last, short block of the input, padded with spaces, which are inert in every mask.
+fn padded_tail(bytes: &[u8], base: usize) -> [u8; 64] {
+    let rest = bytes.get(base..).unwrap_or_default();
+    let mut padded = [b' '; 64];
+    if let Some(head) = padded.get_mut(..rest.len()) {
+        head.copy_from_slice(rest);
+    }
+    padded
+}
+
+/// What [`skip_blocks`] carries from one block to the next.
+#[derive(Clone, Copy)]
+struct SkipState {
+    /// The types of the open containers inside the skipped value (the value itself included), as a shift
+    /// register under a sentinel bit: bit 0 is the innermost container, bit n the one n levels out (set: an
+    /// object, clear: an array), and the highest set bit marks the bottom, so `1` means none is open.
+    stack: u64,
     in_string: u64,
-    /// The previous block ended with a backslash that escapes this block's first byte.
     escape_carry: bool,
 }
 
-impl Skip {
-    /// Visits the brackets of the block at `base`; returns the offset after the closing bracket once the
-    /// skipped value ends.
+/// The loop of [`Cursor::skip_container`] from the `{` or `[` at `start`: the offset after the matching
+/// bracket, checking bracket types and depth (the value is at nesting `depth`). Inlined into each
+/// classifier's entry point, so that the classifier inlines into the loop.
+///
+/// Every local here lives in a register: the bracket loop is the hot part of skipping, and a memory-held
+/// stack would serialise every bracket on a store and a load.
+#[inline(always)]
+fn skip_blocks<C: Classifier>(
+    classifier: C,
+    bytes: &[u8],
+    start: usize,
+    depth: usize,
+) -> Result<usize, JsonError> {
+    // The most levels the depth limit allows inside the value, and the `stack` values from which the
+    // bracket loop leaves its fast path: past that limit, or past what the register holds.
+    let limit = MAX_DEPTH.saturating_sub(depth);
+    let stack_limit: u64 = 1 << (limit + 1).min(REGISTER_LEVELS as usize);
+    let mut state = SkipState {
+        stack: 1,
+        in_string: 0,
+        escape_carry: false,
+    };
+    let mut base = start;
+    while let Some(block) = bytes.get(base..).and_then(<[u8]>::first_chunk::<64>) {
+        if let Some(end) = skip_block(
+            classifier.classify(block),
+            block,
+            base,
+            &mut state,
+            stack_limit,
+        )? {
+            return end.finish(bytes, limit);
+        }
+        base += 64;
+    }
+    if base < bytes.len() {
+        let block = padded_tail(bytes, base);
+        if let Some(end) = skip_block(
+            classifier.classify(&block),
+            &block,
+            base,
+            &mut state,
+            stack_limit,
+        )? {
+            return end.finish(bytes, limit);
+        }
+    }
+    Err(JsonError::Truncated)
+}
+
+/// How [`skip_block`] left the fast path.
+enum BlockEnd {
+    /// The value ends before this offset.
+    End(usize),
+    /// Too deep for the register: go on from the brackets still to visit in the block at `base`.
+    Deep {
+        state: SkipState,
+        brackets: u64,
+        base: usize,
+    },
+}
+
+impl BlockEnd {
     #[inline(always)]
-    fn block(&mut self, block: &[u8; 64], base: usize) -> Result<Option<usize>, JsonError> {
-        let masks = BlockMasks::classify(block);
-        let escaped = escaped_bytes(masks.backslash, &mut self.escape_carry);
-        let strings = prefix_xor(masks.quote & !escaped) ^ self.in_string;
-        self.in_string = ((strings as i64) >> 63) as u64;
-        let mut brackets = masks.bracket & !strings;
-        while brackets != 0 {
-            let at = brackets.trailing_zeros() as usize;
-            brackets &= brackets - 1;
-            let byte = block.get(at).copied().unwrap_or_default();
-            // `{` 0x7B and `[` 0x5B have bit 1 set, `}` 0x7D and `]` 0x5D do not; bit 5 tells curly from
-            // square. Opening and closing are then handled arithmetically: which one comes next is data,
-            // and a branch on it would mispredict about half the time.
-            let open = usize::from((byte >> 1) & 1);
-            let curly = u64::from((byte >> 5) & 1);
-            // An opening bracket records its type at `level`; a closing one compares with `level - 1`.
-            // `level` is at least 1 here except for the first bracket, which is the opening one.
-            let slot = (self.level + open).saturating_sub(1);
-            let word = if slot < 64 {
-                &mut self.types
-            } else {
-                match self.deep_types.get_mut(slot / 64 - 1) {
-                    Some(word) => word,
-                    None => return Err(JsonError::TooDeep),
-                }
-            };
-            let bit = slot % 64;
-            if open == 0 && (*word >> bit) & 1 != curly {
+    fn finish(self, bytes: &[u8], limit: usize) -> Result<usize, JsonError> {
+        match self {
+            BlockEnd::End(end) => Ok(end),
+            BlockEnd::Deep {
+                state,
+                brackets,
+                base,
+            } => skip_deep(bytes, state, brackets, base, limit),
+        }
+    }
+}
+
+/// The brackets of one block; `Some` when the value ends in it or when the nesting outgrows the register.
+#[inline(always)]
+fn skip_block(
+    masks: BlockMasks,
+    block: &[u8; 64],
+    base: usize,
+    state: &mut SkipState,
+    stack_limit: u64,
+) -> Result<Option<BlockEnd>, JsonError> {
+    let mut brackets = structural_brackets(masks, &mut state.in_string, &mut state.escape_carry);
+    let mut stack = state.stack;
+    while brackets != 0 {
+        let at = brackets.trailing_zeros() as usize;
+        brackets &= brackets - 1;
+        let byte = block.get(at).copied().unwrap_or_default();
+        // `{` 0x7B and `[` 0x5B have bit 1 set, `}` 0x7D and `]` 0x5D do not; bit 5 tells curly from
+        // square. Opening and closing are then handled arithmetically: which one comes next is data, and
+        // a branch on it would mispredict about half the time.
+        let open = (byte >> 1) & 1 == 1;
+        let curly = u64::from((byte >> 5) & 1);
+        // A closing bracket must match the innermost type (bit 0); an opening one pushes its type.
+        let mismatch = !open & ((stack ^ curly) & 1 == 1);
+        stack = if open {
+            (stack << 1) | curly
+        } else {
+            stack >> 1
+        };
+        // One rarely taken branch for: the mismatch, the end of the value (`stack == 1`, which wraps
+        // below) and the depth limits (`stack >= stack_limit`).
+        if mismatch | (stack.wrapping_sub(2) >= stack_limit - 2) {
+            if mismatch {
                 return Err(JsonError::Malformed {
                     offset: base + at,
                     reason: "mismatched bracket",
                 });
             }
-            *word = (*word & !(1 << bit)) | (curly << bit);
-            self.level = slot + open;
-            if self.level == 0 {
-                return Ok(Some(base + at + 1));
+            if stack == 1 {
+                return Ok(Some(BlockEnd::End(base + at + 1)));
             }
-            if self.depth + self.level > MAX_DEPTH {
-                return Err(JsonError::TooDeep);
+            // Past the depth limit, or the register is full (`skip_deep` tells which).
+            state.stack = stack;
+            return Ok(Some(BlockEnd::Deep {
+                state: *state,
+                brackets,
+                base,
+            }));
+        }
+    }
+    state.stack = stack;
+    Ok(None)
+}
+
+/// [`skip_blocks`] once the nesting outgrows the register or the depth limit (nesting bombs and
+/// pathological requests only): the same walk with the types in memory, one bracket at a time, from the
+/// remaining `brackets` of the block at `base` to the end of the value.
+#[cold]
+#[inline(never)]
+fn skip_deep(
+    bytes: &[u8],
+    mut state: SkipState,
+    mut brackets: u64,
+    mut base: usize,
+    limit: usize,
+) -> Result<usize, JsonError> {
+    let mut level = (63 - state.stack.leading_zeros()) as usize;
+    if level > limit {
+        return Err(JsonError::TooDeep);
+    }
+    // Bit n: the type of the container at level n + 1 (set: an object).
+    let mut types = [0u64; MAX_DEPTH / 64];
+    for slot in 0..level {
+        if let Some(word) = types.get_mut(slot / 64) {
+            *word |= ((state.stack >> (level - 1 - slot)) & 1) << (slot % 64);
+        }
+    }
+    loop {
+        let block = match bytes.get(base..).and_then(<[u8]>::first_chunk::<64>) {
+            Some(block) => *block,
+            None => padded_tail(bytes, base),
+        };
+        while brackets != 0 {
+            let at = brackets.trailing_zeros() as usize;
+            brackets &= brackets - 1;
+            let byte = block.get(at).copied().unwrap_or_default();
+            let curly = u64::from((byte >> 5) & 1);
+            if (byte >> 1) & 1 == 1 {
+                if level + 1 > limit {
+                    return Err(JsonError::TooDeep);
+                }
+                let word = types.get_mut(level / 64).ok_or(JsonError::TooDeep)?;
+                *word = (*word & !(1 << (level % 64))) | (curly << (level % 64));
+                level += 1;
+            } else {
+                let slot = level - 1;
+                let word = types.get(slot / 64).copied().unwrap_or_default();
+                if (word >> (slot % 64)) & 1 != curly {
+                    return Err(JsonError::Malformed {
+                        offset: base + at,
+                        reason: "mismatched bracket",
+                    });
+                }
+                level = slot;
+                if level == 0 {
+                    return Ok(base + at + 1);
+                }
             }
         }
-        Ok(None)
+        base += 64;
+        if base >= bytes.len() {
+            return Err(JsonError::Truncated);
+        }
+        let next = match bytes.get(base..).and_then(<[u8]>::first_chunk::<64>) {
+            Some(block) => *block,
+            None => padded_tail(bytes, base),
+        };
+        brackets = structural_brackets(
+            BlockMasks::classify(&next),
+            &mut state.in_string,
+            &mut state.escape_carry,
+        );
     }
+}
+
+/// How a 64-byte block is classified: the target's baseline ([`BlockMasks::classify`]), or a wider
+/// instruction set found at run time.
+trait Classifier: Copy {
+    fn classify(self, block: &[u8; 64]) -> BlockMasks;
+}
+
+#[derive(Clone, Copy)]
+struct BaselineClassifier;
+
+impl Classifier for BaselineClassifier {
+    #[inline(always)]
+    fn classify(self, block: &[u8; 64]) -> BlockMasks {
+        BlockMasks::classify(block)
+    }
+}
+
+/// [`skip_blocks`] with the baseline classifier, out of line.
+#[inline(never)]
+fn skip_blocks_baseline(bytes: &[u8], start: usize, depth: usize) -> Result<usize, JsonError> {
+    skip_blocks(BaselineClassifier, bytes, start, depth)
 }
 
 /// A position in the input. `depth` arguments count the containers enclosing the value at hand.
 #[derive(Clone, Copy)]
 struct Cursor<'a> {
-    text: &'a str,
     bytes: &'a [u8],
     pos: usize,
 }
@@ -1057,8 +1424,15 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    #[inline]
+    /// The next byte that is not JSON whitespace, without consuming it.
+    #[inline(always)]
     fn next_non_ws(&mut self) -> Result<u8, JsonError> {
+        // Compact requests have no whitespace between tokens: one load and one compare.
+        if let Some(&b) = self.bytes.get(self.pos)
+            && b > b' '
+        {
+            return Ok(b);
+        }
         self.skip_ws();
         self.peek().ok_or(JsonError::Truncated)
     }
@@ -1077,14 +1451,16 @@ impl<'a> Cursor<'a> {
         let (end, escaped) = string_end(self.bytes, start)?;
         self.pos = end + 1;
         Ok(RawStr {
-            input: self.text,
+            input: self.bytes,
             start,
             end,
             escaped,
         })
     }
 
-    /// At the first byte of a value; leaves the cursor right after it.
+    /// At the first byte of a value; leaves the cursor right after it. Inlined: most skipped values are
+    /// strings and scalars, which should not pay for the container skipper's frame.
+    #[inline(always)]
     fn skip_value(&mut self, depth: usize) -> Result<(), JsonError> {
         match self.peek() {
             None => Err(JsonError::Truncated),
@@ -1130,37 +1506,15 @@ impl<'a> Cursor<'a> {
     /// brackets), string interiors are masked out with a prefix XOR over the unescaped quotes, and only the
     /// brackets that remain are visited. A byte-at-a-time loop would instead take a mispredicted branch at
     /// nearly every key and value, which dominates the cost of skipping a request.
+    #[inline(always)]
     fn skip_container(&mut self, depth: usize) -> Result<(), JsonError> {
-        let bytes = self.bytes;
-        let mut skip = Skip {
-            depth,
-            types: 0,
-            deep_types: [0; MAX_DEPTH / 64 - 1],
-            level: 0,
-            in_string: 0,
-            escape_carry: false,
-        };
-        let mut base = self.pos;
-        while let Some(block) = bytes.get(base..).and_then(<[u8]>::first_chunk::<64>) {
-            if let Some(end) = skip.block(block, base)? {
-                self.pos = end;
-                return Ok(());
-            }
-            base += 64;
+        #[cfg(target_arch = "x86_64")]
+        if let Some(avx2) = avx2::Avx2::detect() {
+            self.pos = avx2.skip_blocks(self.bytes, self.pos, depth)?;
+            return Ok(());
         }
-        let rest = bytes.get(base..).unwrap_or_default();
-        if !rest.is_empty() {
-            // The last, short block; spaces are inert in every mask.
-            let mut padded = [b' '; 64];
-            if let Some(head) = padded.get_mut(..rest.len()) {
-                head.copy_from_slice(rest);
-            }
-            if let Some(end) = skip.block(&padded, base)? {
-                self.pos = end;
-                return Ok(());
-            }
-        }
-        Err(JsonError::Truncated)
+        self.pos = skip_blocks_baseline(self.bytes, self.pos, depth)?;
+        Ok(())
     }
 
     /// At `{`: calls `member(cursor at the value, key, depth of the value)` for each member, which must
@@ -1893,14 +2247,85 @@ mod tests {
         Err(JsonError::Truncated)
     }
 
+    /// The skipper through the cursor (AVX2 where the CPU has it), after checking that every classifier
+    /// this CPU can run gives the same answer.
     fn block_skip(input: &[u8], depth: usize) -> Result<usize, JsonError> {
-        let text = std::str::from_utf8(input).unwrap();
         let mut cur = Cursor {
-            text,
             bytes: input,
             pos: 0,
         };
-        cur.skip_container(depth).map(|()| cur.pos)
+        let result = cur.skip_container(depth).map(|()| cur.pos);
+        assert_eq!(
+            skip_blocks(BaselineClassifier, input, 0, depth),
+            result,
+            "baseline classifier"
+        );
+        #[cfg(target_arch = "x86_64")]
+        if let Some(avx2) = avx2::Avx2::detect() {
+            assert_eq!(avx2.skip_blocks(input, 0, depth), result, "AVX2");
+        }
+        result
+    }
+
+    /// Skipping past the register's 63 levels and back, with the way down checked on both sides of the
+    /// boundary and across blocks, and a mismatch found after coming back into the register.
+    #[test]
+    fn register_and_deep_skipping_agree() {
+        for levels in [62, 63, 64, 65, 127, 128, 200] {
+            let opens: String = (0..levels)
+                .map(|k| if k % 3 == 0 { '[' } else { '{' })
+                .collect();
+            let closes: String = opens
+                .chars()
+                .rev()
+                .map(|c| if c == '[' { ']' } else { '}' })
+                .collect();
+            for filler in ["", " ", "\"a\\\"]\"", &" ".repeat(70)] {
+                let ok = format!("{opens}{filler}{closes}");
+                assert_eq!(
+                    block_skip(ok.as_bytes(), 0),
+                    Ok(ok.len()),
+                    "{levels} {filler:?}"
+                );
+                assert_eq!(reference_skip(ok.as_bytes(), 0), Ok(ok.len()));
+                // Swap the types of the outermost pair: found only after the walk is back down.
+                let swapped = if ok.ends_with(']') { "}" } else { "]" };
+                let bad = format!("{}{swapped}", &ok[..ok.len() - 1]);
+                assert_eq!(
+                    block_skip(bad.as_bytes(), 0),
+                    reference_skip(bad.as_bytes(), 0)
+                );
+                assert!(block_skip(bad.as_bytes(), 0).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn utf8_check_matches_std() {
+        let emoji = "\u{1F600}".repeat(40);
+        let cases: &[&[u8]] = &[
+            b"",
+            b"{}",
+            "{\"a\":\"\u{e9}\"}".as_bytes(),
+            b"{\"a\":\"\xff\"}",
+            &[b' '; 200],
+            &[0x80],
+            emoji.as_bytes(),
+        ];
+        for bytes in cases {
+            assert_eq!(
+                is_utf8(bytes),
+                std::str::from_utf8(bytes).is_ok(),
+                "{bytes:?}"
+            );
+        }
+        let mut long = vec![b'a'; 300];
+        for at in [0, 63, 64, 127, 255, 299] {
+            long[at] = 0xc3;
+            assert!(!is_utf8(&long), "{at}");
+            long[at] = b'a';
+        }
+        assert!(is_utf8(&long));
     }
 
     /// Every prefix of a request, cut anywhere before its closing brace, is an error (and never a panic).
@@ -2708,12 +3133,31 @@ mod tests {
             };
             prop_assert_eq!(BlockMasks::classify(&block), expected);
             prop_assert_eq!(BlockMasks::classify_swar(&block), expected);
+            #[cfg(target_arch = "x86_64")]
+            if let Some(avx2) = avx2::Avx2::detect() {
+                prop_assert_eq!(avx2.classify(&block), expected);
+            }
             for chunk in block.as_chunks::<16>().0 {
                 let q = chunk.iter().enumerate().fold(0u32, |m, (k, &b)| m | (u32::from(b == b'"') << k));
                 let b = chunk.iter().enumerate().fold(0u32, |m, (k, &b)| m | (u32::from(b == b'\\') << k));
                 prop_assert_eq!(quote_and_backslash_16(chunk), (q, b));
                 prop_assert_eq!(quote_and_backslash_16_swar(chunk), (q, b));
             }
+        }
+
+        /// The carry-less multiply and the shifts compute the same prefix XOR.
+        #[test]
+        fn prefix_xor_variants_agree(x in any::<u64>()) {
+            let naive = (0..64).fold(0u64, |m, k| m | (u64::from((x & ((2u128 << k) - 1) as u64).count_ones() % 2 == 1) << k));
+            prop_assert_eq!(prefix_xor(x), naive);
+            prop_assert_eq!(prefix_xor_shifts(x), naive);
+        }
+
+        /// The ASCII fast path of the UTF-8 check agrees with std on any bytes.
+        #[test]
+        fn utf8_check_agrees_with_std(bytes in prop::collection::vec(
+            prop_oneof![4 => 0x20u8..0x7f, 1 => any::<u8>()], 0..300)) {
+            prop_assert_eq!(is_utf8(&bytes), std::str::from_utf8(&bytes).is_ok());
         }
 
         /// Random bytes never panic, whatever scan decides.

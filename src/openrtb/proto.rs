@@ -437,12 +437,12 @@ fn read_user(
     let mut user = Cursor::new(input, payload);
     while let Some(field) = user.next_field(1)? {
         match field.number {
-            USER_EIDS => eids.push(field.len_payload()?),
+            USER_EIDS => push_range(eids, field.len_payload()?),
             USER_EXT => {
                 let mut ext = Cursor::new(input, field.len_payload()?);
                 while let Some(ext_field) = ext.next_field(2)? {
                     if ext_field.number == USER_EXT_EIDS {
-                        ext_eids.push(ext_field.len_payload()?);
+                        push_range(ext_eids, ext_field.len_payload()?);
                     }
                 }
             }
@@ -451,6 +451,15 @@ fn read_user(
         }
     }
     Ok(remove)
+}
+
+/// Requests carry up to a few dozen eids: one allocation for the usual number instead of a doubling series.
+#[inline(always)]
+fn push_range(ranges: &mut Vec<Range<usize>>, range: Range<usize>) {
+    if ranges.capacity() == 0 {
+        ranges.reserve(16);
+    }
+    ranges.push(range);
 }
 
 /// Walks one `Eid` at nesting `depth` and appends the ids of its uids if its source is wanted.
@@ -472,8 +481,16 @@ fn read_eid<'a>(
     }
     let source_index = match source {
         Some(range) => {
-            let source = utf8(input, range)?;
-            sources.iter().position(|wanted| *wanted == source)
+            // Compared as bytes; a source that is none of the wanted ones must still be UTF-8, and nearly
+            // always is ASCII, which is cheaper to confirm than running std's validation on it.
+            let source = input.get(range).ok_or(ProtoError::Truncated)?;
+            let index = sources
+                .iter()
+                .position(|wanted| wanted.as_bytes() == source);
+            if index.is_none() && !source.is_ascii() && std::str::from_utf8(source).is_err() {
+                return Err(ProtoError::InvalidUtf8);
+            }
+            index
         }
         None => None,
     };
@@ -550,7 +567,21 @@ impl<'a> Cursor<'a> {
         }
     }
 
+    /// Reads a varint. Tags and most lengths take one byte: that case is inlined, the rest is not.
+    #[inline(always)]
     fn varint(&mut self) -> Result<u64, ProtoError> {
+        if self.pos < self.end
+            && let Some(&byte) = self.buf.get(self.pos)
+            && byte < 0x80
+        {
+            self.pos += 1;
+            return Ok(u64::from(byte));
+        }
+        self.varint_slow()
+    }
+
+    #[inline(never)]
+    fn varint_slow(&mut self) -> Result<u64, ProtoError> {
         let mut value = 0u64;
         for shift in (0..70).step_by(7) {
             if self.pos >= self.end {
@@ -571,6 +602,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// Reads a tag: (field number, wire type).
+    #[inline(always)]
     fn key(&mut self) -> Result<(u32, u8), ProtoError> {
         let key = self.varint()?;
         let key = u32::try_from(key).map_err(|_| ProtoError::InvalidFieldNumber)?;
@@ -584,6 +616,7 @@ impl<'a> Cursor<'a> {
         Ok((number, wire_type))
     }
 
+    #[inline(always)]
     fn skip(&mut self, n: usize) -> Result<(), ProtoError> {
         if self.end - self.pos < n {
             return Err(ProtoError::Truncated);
@@ -593,6 +626,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// Skips the value of a non-group field; returns the payload of a length-delimited one.
+    #[inline(always)]
     fn skip_value(&mut self, wire_type: u8) -> Result<Range<usize>, ProtoError> {
         match wire_type {
             WIRE_VARINT => self.varint().map(|_| self.pos..self.pos),
@@ -654,11 +688,34 @@ impl<'a> Cursor<'a> {
     }
 
     /// The next field of the message at nesting `depth`, its value skipped; `None` at the end.
+    #[inline(always)]
     fn next_field(&mut self, depth: usize) -> Result<Option<Field>, ProtoError> {
         if self.pos >= self.end {
             return Ok(None);
         }
         let start = self.pos;
+        // The usual field of the messages the walker reads: a length-delimited one (string or message)
+        // with a one-byte tag and a one-byte length that fits. The general path gives the same field.
+        if let Some(&[tag, len]) = self
+            .buf
+            .get(start..self.end)
+            .and_then(<[u8]>::first_chunk::<2>)
+            && tag & 7 == WIRE_LEN
+            && (8..0x80).contains(&tag)
+            && len < 0x80
+            && usize::from(len) <= self.end - start - 2
+        {
+            let payload = start + 2..start + 2 + usize::from(len);
+            self.pos = payload.end;
+            return Ok(Some(Field {
+                number: u32::from(tag >> 3),
+                wire_type: WIRE_LEN,
+                start,
+                value_start: start + 1,
+                payload,
+                end: self.pos,
+            }));
+        }
         let (number, wire_type) = self.key()?;
         let value_start = self.pos;
         let payload = match wire_type {
@@ -1230,5 +1287,64 @@ mod tests {
         }));
         assert_eq!(ProtoError::Truncated.reason(), "truncated_protobuf");
         assert!(!ProtoError::TooDeep.to_string().is_empty());
+    }
+
+    /// `next_field` without its fast path: the general tag, value and group handling.
+    fn reference_next_field(
+        cur: &mut Cursor<'_>,
+        depth: usize,
+    ) -> Result<Option<Field>, ProtoError> {
+        if cur.pos >= cur.end {
+            return Ok(None);
+        }
+        let start = cur.pos;
+        let (number, wire_type) = cur.key()?;
+        let value_start = cur.pos;
+        let payload = match wire_type {
+            WIRE_START_GROUP => {
+                cur.skip_group(number, depth)?;
+                cur.pos..cur.pos
+            }
+            WIRE_END_GROUP => return Err(ProtoError::UnmatchedGroup),
+            _ => cur.skip_value(wire_type)?,
+        };
+        Ok(Some(Field {
+            number,
+            wire_type,
+            start,
+            value_start,
+            payload,
+            end: cur.pos,
+        }))
+    }
+
+    proptest::proptest! {
+        /// The fast paths (one-byte varints, one-byte tag and length) read every field exactly as the
+        /// general path does, on bytes biased towards short tags and lengths, inside a message that ends
+        /// before the buffer does.
+        #[test]
+        fn fast_paths_read_fields_like_the_general_path(
+            bytes in proptest::collection::vec(proptest::prop_oneof![
+                3 => 0u8..0x80, 1 => proptest::prelude::any::<u8>(), 1 => proptest::sample::select(vec![0x0a, 0x12, 0x1a, 0x5a, 0x08, 0x0b, 0x0c])
+            ], 0..64),
+            cut in 0usize..8,
+        ) {
+            let end = bytes.len().saturating_sub(cut);
+            let mut fast = Cursor::new(&bytes, 0..end);
+            let mut general = Cursor::new(&bytes, 0..end);
+            for _ in 0..=bytes.len() {
+                let a = fast.next_field(1);
+                let b = reference_next_field(&mut general, 1);
+                proptest::prop_assert_eq!(&a, &b);
+                proptest::prop_assert_eq!(fast.pos, general.pos);
+                if !matches!(a, Ok(Some(_))) {
+                    break;
+                }
+            }
+            let mut fast = Cursor::new(&bytes, 0..end);
+            let mut general = Cursor::new(&bytes, 0..end);
+            proptest::prop_assert_eq!(fast.varint(), general.varint_slow());
+            proptest::prop_assert_eq!(fast.pos, general.pos);
+        }
     }
 }
