@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::pipeline::wall_clock_ms;
 use crate::uid2::{ClientMode, Decryption, KeySet, Status, decrypt};
 
 #[derive(Debug, Parser)]
@@ -288,11 +289,6 @@ pub fn parse_time(text: &str) -> anyhow::Result<i64> {
             "--now {text:?}: expected milliseconds since the Unix epoch (1767225600000) or RFC 3339 (2026-01-01T00:00:00Z)"
         ),
     }
-}
-
-/// The wall clock in milliseconds: only the shell reads it.
-pub fn wall_clock_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 /// The `decrypt` output: the enrichment member's field names plus `site_key_site_id` and `scope`; fields
