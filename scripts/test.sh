@@ -50,7 +50,11 @@ for _ in $(seq 1 100); do
 done
 echo "tansu $(tansu --version 2>/dev/null | head -1) on 127.0.0.1:$tansu_port (log: target/tansu.log)"
 
-step "end to end through tansu: two instances, one group, 8 partitions, 200,000 requests"
-UID2_TEST_BROKER="127.0.0.1:$tansu_port" cargo test --quiet --test tansu_e2e -- --ignored --nocapture
+# Every tests/tansu_*.rs is a test binary whose tests are #[ignore]d unless a broker is given.
+for t in tests/tansu_*.rs; do
+  name=$(basename "$t" .rs)
+  step "through tansu: $name"
+  UID2_TEST_BROKER="127.0.0.1:$tansu_port" cargo test --quiet --test "$name" -- --ignored --nocapture --test-threads 1
+done
 
 step "all tests passed"
