@@ -4,143 +4,21 @@
 //! the output or the dead-letter topic; duplicates are counted and reported (at-least-once allows them).
 //! Both instances must stop cleanly on SIGTERM within 10 s.
 
+mod common;
+
 use std::collections::HashSet;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::broker::{
+    broker, create_topics, free_port, scratch, stage_counts, start_instance, terminate,
+};
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-use rdkafka::util::Timeout;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use uid2_enricher::traffic::{Generator, Mix};
 
 const PARTITIONS: i32 = 8;
-
-fn broker() -> String {
-    std::env::var("UID2_TEST_BROKER")
-        .expect("UID2_TEST_BROKER is not set: run scripts/test.sh, which starts tansu")
-}
-
-fn scratch() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("target")
-        .join("e2e");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .unwrap();
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
-        .collect();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let results = rt
-        .block_on(admin.create_topics(
-            &new,
-            &AdminOptions::new().operation_timeout(Some(Timeout::After(Duration::from_secs(10)))),
-        ))
-        .unwrap();
-    for r in results {
-        r.unwrap_or_else(|(topic, e)| panic!("creating {topic}: {e}"));
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// (records consumed, output + dead-letter deliveries acknowledged) from an instance's `/metrics`.
-fn stage_counts(port: u16) -> (u64, u64) {
-    use std::io::{Read, Write};
-    let mut conn =
-        std::net::TcpStream::connect(("127.0.0.1", port)).expect("connecting to /metrics");
-    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    conn.read_to_string(&mut body).unwrap();
-    let sum = |prefix: &str| -> u64 {
-        body.lines()
-            .filter(|l| l.starts_with(prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .map(|v| v as u64)
-            .sum()
-    };
-    let consumed = sum("uid2_enricher_records_in_total");
-    (
-        consumed,
-        sum("uid2_enricher_records_out_total") + sum("uid2_enricher_dead_lettered_total"),
-    )
-}
-
-/// A running instance; killed if the test fails before stopping it, so no process outlives the test.
-struct Instance(Option<Child>);
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn start_instance(config: &PathBuf, name: &str) -> Instance {
-    let log = std::fs::File::create(scratch().join(format!("{name}.log"))).unwrap();
-    Instance(Some(
-        Command::new(env!("CARGO_BIN_EXE_uid2-enricher"))
-            .args(["run", "--config"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting uid2-enricher run"),
-    ))
-}
-
-fn terminate(mut instance: Instance, name: &str) {
-    let Some(mut child) = instance.0.take() else {
-        return;
-    };
-    let started = Instant::now();
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(
-                status.success(),
-                "{name} exited with {status}; see target/e2e/{name}.log"
-            );
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "{name} took {:?} to stop",
-                started.elapsed()
-            );
-            return;
-        }
-        if started.elapsed() > Duration::from_secs(15) {
-            let _ = child.kill();
-            panic!("{name} did not stop within 15 s of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[test]
 #[ignore = "needs a tansu broker; run by scripts/test.sh"]

@@ -2,6 +2,8 @@
 //! `../shared/spec/uid2-tokens.md` §7 (master 164, site 165, site 9000).
 #![allow(dead_code)]
 
+pub mod broker;
+
 use uid2_enricher::uid2::cipher::Secret;
 use uid2_enricher::uid2::encrypt::{self, TokenSpec};
 use uid2_enricher::uid2::{IdentityScope, IdentityType, KeySet, TokenVersion};

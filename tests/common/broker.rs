@@ -1,0 +1,151 @@
+//! Helpers for tests against a real broker (`tansu`, started by `scripts/test.sh`, address in
+//! `UID2_TEST_BROKER`): topics, free ports, `uid2-enricher run` processes that never outlive a test, and
+//! reading an instance's `/metrics`.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::util::Timeout;
+
+pub fn broker() -> String {
+    std::env::var("UID2_TEST_BROKER")
+        .expect("UID2_TEST_BROKER is not set: run scripts/test.sh, which starts tansu")
+}
+
+pub fn scratch() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join("e2e");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let results = rt
+        .block_on(admin.create_topics(
+            &new,
+            &AdminOptions::new().operation_timeout(Some(Timeout::After(Duration::from_secs(10)))),
+        ))
+        .unwrap();
+    for r in results {
+        r.unwrap_or_else(|(topic, e)| panic!("creating {topic}: {e}"));
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A plain HTTP/1.0 GET against an instance's `[server]` listener: (status code, body).
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("connecting to 127.0.0.1:{port}{path}: {e}"));
+    conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).unwrap();
+    let code = response
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string());
+    (code, body)
+}
+
+/// The sum of every sample of the metrics whose line starts with `prefix` in a `/metrics` text.
+pub fn metric_sum(metrics: &str, prefix: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// (records consumed, output + dead-letter deliveries acknowledged) from an instance's `/metrics`.
+pub fn stage_counts(port: u16) -> (u64, u64) {
+    let (_, body) = http_get(port, "/metrics");
+    (
+        metric_sum(&body, "uid2_enricher_records_in_total"),
+        metric_sum(&body, "uid2_enricher_records_out_total")
+            + metric_sum(&body, "uid2_enricher_dead_lettered_total"),
+    )
+}
+
+/// A running instance; killed if the test fails before stopping it, so no process outlives the test.
+pub struct Instance(pub Option<Child>);
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn start_instance(config: &PathBuf, name: &str) -> Instance {
+    let log = std::fs::File::create(scratch().join(format!("{name}.log"))).unwrap();
+    Instance(Some(
+        Command::new(env!("CARGO_BIN_EXE_uid2-enricher"))
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting uid2-enricher run"),
+    ))
+}
+
+pub fn terminate(mut instance: Instance, name: &str) {
+    let Some(mut child) = instance.0.take() else {
+        return;
+    };
+    let started = Instant::now();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(
+                status.success(),
+                "{name} exited with {status}; see target/e2e/{name}.log"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{name} took {:?} to stop",
+                started.elapsed()
+            );
+            return;
+        }
+        if started.elapsed() > Duration::from_secs(15) {
+            let _ = child.kill();
+            panic!("{name} did not stop within 15 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
