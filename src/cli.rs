@@ -35,6 +35,10 @@ pub enum Command {
     /// Run the whole stage in-process against librdkafka's mock cluster with generated traffic, and print
     /// a summary (counts by status, records/s, latency, dead letters). Nothing to install or configure.
     Demo(DemoArgs),
+    /// Enrich a captured or generated stream offline (file → file), or send it to a topic (file → Kafka).
+    Replay(crate::replay::ReplayArgs),
+    /// Write a topic's records (exact values, keys, headers, offsets, timestamps) to a capture file.
+    Capture(crate::capture::CaptureArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -175,6 +179,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(crate::demo::run(options))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Replay(args) => Ok(if crate::replay::run(&args)? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        }),
+        Command::Capture(args) => {
+            crate::telemetry::init(crate::telemetry::LogFormat::Human, "warn");
+            runtime()?.block_on(crate::capture::run(&args))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -216,7 +230,6 @@ fn decrypt_command(args: &DecryptArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn gen_command(args: &GenArgs) -> anyhow::Result<()> {
-    use std::io::Write as _;
     let mix = match &args.mix {
         Some(text) => {
             crate::traffic::Mix::parse(text).map_err(|e| anyhow::anyhow!("--mix: {e}"))?
@@ -231,30 +244,24 @@ fn gen_command(args: &GenArgs) -> anyhow::Result<()> {
         crate::traffic::Generator::new(args.seed, mix, now_ms, args.users, args.size);
     std::fs::write(&args.keys_out, generator.keys_json())
         .with_context(|| format!("writing {}", args.keys_out.display()))?;
-    let sink: Box<dyn std::io::Write> = if args.output.as_os_str() == "-" {
-        Box::new(std::io::stdout().lock())
-    } else {
-        Box::new(
-            std::fs::File::create(&args.output)
-                .with_context(|| format!("creating {}", args.output.display()))?,
-        )
-    };
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, sink);
+    let mut out = crate::jsonl::Output::create(&args.output)?;
     let mut by_case: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    let mut line = Vec::with_capacity(16 * 1024);
     for _ in 0..args.count {
         let request = generator.next_request();
         *by_case.entry(request.case.name()).or_default() += 1;
+        line.clear();
         // A malformed case may not be one line of text; the JSON Lines file keeps one record per line, so
         // those records are written escaped as a JSON string instead.
         if request.bytes.contains(&b'\n') || std::str::from_utf8(&request.bytes).is_err() {
-            serde_json::to_writer(&mut out, &String::from_utf8_lossy(&request.bytes))?;
+            serde_json::to_writer(&mut line, &String::from_utf8_lossy(&request.bytes))?;
         } else {
-            out.write_all(&request.bytes)?;
+            line.extend_from_slice(&request.bytes);
         }
-        out.write_all(b"\n")?;
+        line.push(b'\n');
+        out.write_lines(&line, 1)?;
     }
-    out.flush()
-        .with_context(|| format!("writing {}", args.output.display()))?;
+    out.finish()?;
     eprintln!(
         "gen: {} requests to {}, keys to {}; cases: {by_case:?}",
         args.count,

@@ -17,16 +17,19 @@
 //! Shell — wiring and I/O only, depends on the core and never the reverse: [`cli`].
 
 pub mod cache;
+pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod enrich;
+pub mod jsonl;
 pub mod kafka;
 pub mod keysource;
 pub mod metrics;
 pub mod openrtb;
 pub mod optout;
 pub mod pipeline;
+pub mod replay;
 pub mod server;
 pub mod shutdown;
 pub mod stage;

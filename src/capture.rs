@@ -1,0 +1,284 @@
+//! `uid2-enricher capture`: a topic's records into a capture file (JSON Lines, `jsonl::CaptureRecord`)
+//! with the exact value bytes, key, headers, topic, partition, offset and timestamp, for `replay` later.
+//! Reads with no consumer group by default (it assigns every partition itself and commits nothing), or
+//! as a member of `--group` to continue where the last capture stopped. Depends on rdkafka, tokio and the
+//! file formats.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::jsonl::{CaptureRecord, Output};
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Stops at --max records, after --duration seconds, with --until-caught-up when every partition has been \
+read up to where it ended when the capture started, after --idle seconds without a record, or on Ctrl-C; it always ends with a summary and a \
+complete file.
+
+Example:
+  uid2-enricher capture --config config/enricher.toml --topic bid-requests --from end --duration 60 \\
+      --output capture.jsonl.zst")]
+pub struct CaptureArgs {
+    /// The stage configuration: [kafka] brokers and [kafka.consumer] settings (security, …).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// The topic to capture.
+    #[arg(long, value_name = "TOPIC")]
+    pub topic: String,
+    /// The capture file (`-` for standard output; .gz and .zst are compressed).
+    #[arg(long, value_name = "FILE|-")]
+    pub output: PathBuf,
+    /// Where to start: `beginning`, `end`, or a time (milliseconds since the epoch, or RFC 3339) — the
+    /// first record at or after it. With --group, only where the group has no committed offset.
+    #[arg(
+        long,
+        value_name = "beginning|end|MS|RFC3339",
+        default_value = "beginning"
+    )]
+    pub from: String,
+    /// Stop after this many records.
+    #[arg(long, value_name = "N")]
+    pub max: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "S")]
+    pub duration: Option<f64>,
+    /// Stop once every partition is read up to its end as of the start.
+    #[arg(long)]
+    pub until_caught_up: bool,
+    /// Stop once no record has arrived for this many seconds (for brokers whose end offsets cannot be
+    /// trusted, and for draining a topic that is no longer written).
+    #[arg(long, value_name = "S")]
+    pub idle: Option<f64>,
+    /// Consume as this consumer group and commit what was captured (default: no group, nothing committed).
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
+    /// No progress display.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// What a capture did.
+#[derive(Debug, Default)]
+pub struct CaptureSummary {
+    pub records: u64,
+    pub bytes: u64,
+    pub by_partition: BTreeMap<i32, u64>,
+    pub seconds: f64,
+}
+
+enum Start {
+    Beginning,
+    End,
+    Time(i64),
+}
+
+/// Runs `capture`.
+///
+/// # Errors
+/// Unreadable configuration, unknown topic, broker errors, or the output cannot be written.
+pub async fn run(args: &CaptureArgs) -> anyhow::Result<CaptureSummary> {
+    let settings = crate::config::load(&args.config)?;
+    let start = match args.from.as_str() {
+        "beginning" | "earliest" => Start::Beginning,
+        "end" | "latest" => Start::End,
+        other => Start::Time(
+            crate::cli::parse_time(other)
+                .with_context(|| format!("--from {other:?}: expected beginning, end, or a time"))?,
+        ),
+    };
+    let mut config = rdkafka::ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.kafka.brokers)
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", "100");
+    for (k, v) in settings.kafka.consumer.iter() {
+        config.set(k, v);
+    }
+    match &args.group {
+        Some(group) => {
+            config
+                .set("group.id", group)
+                .set("enable.auto.commit", "true")
+                .set(
+                    "auto.offset.reset",
+                    match start {
+                        Start::End => "latest",
+                        _ => "earliest",
+                    },
+                );
+        }
+        None => {
+            // A group id librdkafka requires for a consumer; never joined (assign only) nor committed.
+            config
+                .set(
+                    "group.id",
+                    format!("uid2-enricher-capture-{}", std::process::id()),
+                )
+                .set("enable.auto.commit", "false");
+        }
+    }
+    let consumer: StreamConsumer = config
+        .create()
+        .with_context(|| format!("creating a consumer for {}", settings.kafka.brokers))?;
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer
+        .fetch_metadata(Some(&args.topic), timeout)
+        .with_context(|| format!("reading the metadata of topic {}", args.topic))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == args.topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        bail!(
+            "topic {} does not exist on {} (or has no partitions)",
+            args.topic,
+            settings.kafka.brokers
+        );
+    }
+    // Where each partition ends now: --until-caught-up stops there.
+    let mut ends: HashMap<i32, i64> = HashMap::new();
+    for &p in &partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(&args.topic, p, timeout)
+            .with_context(|| format!("reading the offsets of {}[{p}]", args.topic))?;
+        let begin_at = match start {
+            Start::End => high,
+            _ => low,
+        };
+        if high > begin_at {
+            ends.insert(p, high);
+        }
+    }
+    if args.group.is_some() {
+        if matches!(start, Start::Time(_)) {
+            bail!(
+                "--from TIME cannot be combined with --group (the group's committed offsets decide)"
+            );
+        }
+        consumer
+            .subscribe(&[&args.topic])
+            .with_context(|| format!("subscribing to {}", args.topic))?;
+    } else {
+        let mut assignment = TopicPartitionList::new();
+        for &p in &partitions {
+            let offset = match start {
+                Start::Beginning => Offset::Beginning,
+                Start::End => Offset::End,
+                Start::Time(ms) => Offset::Offset(ms),
+            };
+            assignment.add_partition_offset(&args.topic, p, offset)?;
+        }
+        if matches!(start, Start::Time(_)) {
+            assignment = consumer
+                .offsets_for_times(assignment, timeout)
+                .context("finding the offsets of --from")?;
+        }
+        consumer
+            .assign(&assignment)
+            .context("assigning the partitions")?;
+    }
+
+    let mut output = Output::create(&args.output)?;
+    let progress = if args.quiet || crate::jsonl::is_stdio(&args.output) {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new_spinner()
+    };
+    let started = Instant::now();
+    let deadline = args
+        .duration
+        .map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s.max(0.0)));
+    let mut summary = CaptureSummary::default();
+    let mut line = Vec::with_capacity(4096);
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    loop {
+        if args.max.is_some_and(|max| summary.records >= max)
+            || (args.until_caught_up && ends.is_empty())
+        {
+            break;
+        }
+        let idle_deadline = args
+            .idle
+            .map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s.max(0.0)));
+        let message = tokio::select! {
+            m = consumer.recv() => m,
+            () = sleep_until(deadline) => break,
+            () = sleep_until(idle_deadline) => break,
+            _ = &mut interrupted => break,
+        };
+        let message = match message {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "Consumer error while capturing; retrying.");
+                continue;
+            }
+        };
+        let mut record = CaptureRecord {
+            ts: message.timestamp().to_millis(),
+            topic: Some(message.topic().to_string()),
+            partition: Some(message.partition()),
+            offset: Some(message.offset()),
+            ..CaptureRecord::default()
+        };
+        record.set_key(message.key());
+        // A tombstone (no value) is written with an empty value.
+        record.set_value(message.payload().unwrap_or_default());
+        if let Some(headers) = message.headers() {
+            for h in headers.iter() {
+                record.push_header(h.key, h.value);
+            }
+        }
+        line.clear();
+        record.write_line(&mut line);
+        output.write_lines(&line, 1)?;
+        summary.records += 1;
+        summary.bytes += message.payload_len() as u64;
+        *summary.by_partition.entry(message.partition()).or_default() += 1;
+        if let Some(&end) = ends.get(&message.partition())
+            && message.offset() + 1 >= end
+        {
+            ends.remove(&message.partition());
+        }
+        if summary.records % 1000 == 0 {
+            progress.set_message(format!("{} records", summary.records));
+            progress.tick();
+        }
+    }
+    progress.finish_and_clear();
+    let name = output.path().display().to_string();
+    output.finish()?;
+    if args.group.is_some() {
+        let _ = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
+    }
+    summary.seconds = started.elapsed().as_secs_f64();
+    let parts: Vec<String> = summary
+        .by_partition
+        .iter()
+        .map(|(p, n)| format!("{p}:{n}"))
+        .collect();
+    eprintln!(
+        "capture: {} records ({} value bytes) from {} in {:.2} s → {name}; by partition {}",
+        summary.records,
+        summary.bytes,
+        args.topic,
+        summary.seconds,
+        parts.join(" ")
+    );
+    Ok(summary)
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,341 @@
+//! `gen` and `replay` (file → file) through the binary, as a DSP engineer runs them: the statuses gen
+//! intended come back for every case of the mix; `--now capture` decrypts old captures as they were seen;
+//! compressed files; bad input files give the line number and lose nothing already written.
+
+mod common;
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use uid2_enricher::jsonl::{self, CaptureRecord};
+use uid2_enricher::traffic::{Case, Generator, Mix};
+use uid2_enricher::uid2::TokenVersion;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join("replay-tests")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn bin(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_uid2-enricher"))
+        .args(args)
+        .output()
+        .expect("running uid2-enricher")
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn lines(p: &Path) -> Vec<String> {
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut jsonl::open_input(p).unwrap(), &mut text).unwrap();
+    text.lines().map(str::to_string).collect()
+}
+
+/// The status a replayed request carries: the member's, or `no_token` when nothing was added.
+fn member_status(line: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    v.pointer("/user/ext/uid2_enrichment/status")
+        .and_then(|s| s.as_str())
+        .unwrap_or("no_token")
+        .to_string()
+}
+
+#[test]
+fn gen_then_replay_gives_every_case_its_intended_status() {
+    let dir = scratch("gen");
+    let (requests, keys, out, dlq, summary) = (
+        dir.join("requests.jsonl.zst"),
+        dir.join("keys.json"),
+        dir.join("out.jsonl.gz"),
+        dir.join("dlq.jsonl"),
+        dir.join("summary.json"),
+    );
+    let now = "2026-01-01T00:00:00Z";
+    let mix = Case::ALL.map(|c| format!("{}=1", c.name())).join(",");
+    let count = 3000;
+    let generated = bin(&[
+        "gen",
+        "--count",
+        &count.to_string(),
+        "--output",
+        path(&requests),
+        "--keys-out",
+        path(&keys),
+        "--mix",
+        &mix,
+        "--seed",
+        "11",
+        "--users",
+        "500",
+        "--now",
+        now,
+    ]);
+    assert!(
+        generated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
+    let replay = bin(&[
+        "replay",
+        "--input",
+        path(&requests),
+        "--output",
+        path(&out),
+        "--keys",
+        path(&keys),
+        "--now",
+        now,
+        "--dlq",
+        path(&dlq),
+        "--summary-json",
+        path(&summary),
+        "--threads",
+        "3",
+    ]);
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+
+    // The same seed and parameters in-process give the intended case of every line.
+    let mix = Mix::parse(&mix).unwrap();
+    let mut generator = Generator::new(11, mix, 1_767_225_600_000, 500, 2000);
+    let intended: Vec<Case> = (0..count).map(|_| generator.next_request().case).collect();
+    let out_lines = lines(&out);
+    let mut out_iter = out_lines.iter();
+    let mut seen = std::collections::HashSet::new();
+    for (n, case) in intended.iter().enumerate() {
+        seen.insert(*case);
+        if let Some(expected) = case.expected_status() {
+            let line = out_iter
+                .next()
+                .expect("an output line per well-formed request");
+            assert_eq!(member_status(line), expected, "line {} ({case:?})", n + 1);
+        }
+    }
+    assert!(out_iter.next().is_none(), "no extra output lines");
+    assert_eq!(seen.len(), Case::ALL.len(), "every case was generated");
+    let malformed = intended.iter().filter(|c| **c == Case::Malformed).count();
+    let dead = lines(&dlq);
+    assert_eq!(dead.len(), malformed);
+    for d in &dead {
+        let r = CaptureRecord::parse(d.as_bytes()).unwrap();
+        assert!(r.headers.iter().any(|(k, _)| k == "uid2-error"));
+        assert!(r.headers.iter().any(|(k, _)| k == "uid2-source-line"));
+    }
+    let s: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
+    assert_eq!(s["records"], count);
+    assert_eq!(s["dead_lettered"], malformed as u64);
+    let success = intended
+        .iter()
+        .filter(|c| c.expected_status() == Some("success"))
+        .count() as u64;
+    assert_eq!(s["statuses"]["success"], success);
+}
+
+#[test]
+fn now_capture_decrypts_old_captures_as_they_were_seen_and_keeps_the_shape() {
+    let dir = scratch("now-capture");
+    let keys = dir.join("keys.json");
+    std::fs::write(
+        &keys,
+        common::bidstream_keys_json("UID2", common::MAX_LIFETIME_S),
+    )
+    .unwrap();
+    // Valid from an hour before NOW (2026-01-01) for a day: long expired by the wall clock.
+    let token = common::Token::new(TokenVersion::V4).build();
+    let request = format!(
+        r#"{{"id":"r1","site":{{"domain":"example.com"}},"user":{{"eids":[{{"source":"uidapi.com","uids":[{{"id":"{token}"}}]}}]}}}}"#
+    );
+    let mut record = CaptureRecord {
+        ts: Some(common::NOW),
+        topic: Some("bid-requests".into()),
+        partition: Some(2),
+        offset: Some(7),
+        ..CaptureRecord::default()
+    };
+    record.set_key(Some(b"k1"));
+    record.set_value(request.as_bytes());
+    record.push_header("x-trace", Some(b"abc"));
+    let input = dir.join("capture.jsonl");
+    let mut line = Vec::new();
+    record.write_line(&mut line);
+    line.extend_from_slice(format!("{request}\n").as_bytes());
+    std::fs::write(&input, &line).unwrap();
+
+    let as_seen = dir.join("as-seen.jsonl");
+    let run = bin(&[
+        "replay",
+        "--input",
+        path(&input),
+        "--output",
+        path(&as_seen),
+        "--keys",
+        path(&keys),
+        "--now",
+        "capture",
+    ]);
+    // The bare line has no captured time: reported with its line number, not guessed.
+    assert!(run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("line 2: no_capture_time"), "{stderr}");
+    let out = lines(&as_seen);
+    assert_eq!(out.len(), 1);
+    let replayed = CaptureRecord::parse(out[0].as_bytes()).unwrap();
+    let value = String::from_utf8(replayed.value_bytes().unwrap()).unwrap();
+    assert_eq!(member_status(&value), "success");
+    assert_eq!(replayed.ts, record.ts);
+    assert_eq!((replayed.partition, replayed.offset), (Some(2), Some(7)));
+    assert_eq!(replayed.key.as_deref(), Some("k1"));
+    let names: Vec<&str> = replayed.headers.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(names, ["x-trace", "uid2-status", "uid2-enrichment"]);
+
+    let today = dir.join("today.jsonl");
+    let run = bin(&[
+        "replay",
+        "--input",
+        path(&input),
+        "--output",
+        path(&today),
+        "--keys",
+        path(&keys),
+    ]);
+    assert!(run.status.success());
+    let out = lines(&today);
+    let replayed = CaptureRecord::parse(out[0].as_bytes()).unwrap();
+    let value = String::from_utf8(replayed.value_bytes().unwrap()).unwrap();
+    assert_eq!(member_status(&value), "expired_token");
+    assert_eq!(member_status(&out[1]), "expired_token");
+}
+
+#[test]
+fn bad_lines_are_reported_by_line_number_and_strict_makes_them_fatal() {
+    let dir = scratch("bad-lines");
+    let keys = dir.join("keys.json");
+    std::fs::write(
+        &keys,
+        common::bidstream_keys_json("UID2", common::MAX_LIFETIME_S),
+    )
+    .unwrap();
+    let input = dir.join("in.jsonl");
+    std::fs::write(
+        &input,
+        "{\"id\":\"a\"}\nthis is not json\n{\"ts\":1,\"topic\":\"t\",\"partition\":0,\"offset\":5}\n\n{\"id\":\"b\"}\n",
+    )
+    .unwrap();
+    let (out, dlq) = (dir.join("out.jsonl"), dir.join("dlq.jsonl"));
+    let run = bin(&[
+        "replay",
+        "--input",
+        path(&input),
+        "--output",
+        path(&out),
+        "--keys",
+        path(&keys),
+        "--dlq",
+        path(&dlq),
+    ]);
+    assert!(run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("line 2: not_a_json_object"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "line 3: bad_capture_record: the capture record has neither `value` nor `value_b64`"
+        ),
+        "{stderr}"
+    );
+    // Well-formed lines byte-identical (no tokens), the blank line kept, bad lines out.
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "{\"id\":\"a\"}\n\n{\"id\":\"b\"}\n"
+    );
+    let dead = lines(&dlq);
+    assert_eq!(dead.len(), 2);
+    let first = CaptureRecord::parse(dead[0].as_bytes()).unwrap();
+    assert_eq!(first.value.as_deref(), Some("this is not json"));
+    let second = CaptureRecord::parse(dead[1].as_bytes()).unwrap();
+    assert_eq!(
+        second.value.as_deref(),
+        Some(r#"{"ts":1,"topic":"t","partition":0,"offset":5}"#),
+        "a record that cannot be read is kept whole as the value"
+    );
+
+    let strict = bin(&[
+        "replay",
+        "--input",
+        path(&input),
+        "--output",
+        path(&out),
+        "--keys",
+        path(&keys),
+        "--strict",
+    ]);
+    assert_eq!(strict.status.code(), Some(1));
+}
+
+#[test]
+fn a_truncated_gzip_input_stops_with_the_line_and_keeps_what_was_written() {
+    let dir = scratch("truncated");
+    let keys = dir.join("keys.json");
+    std::fs::write(
+        &keys,
+        common::bidstream_keys_json("UID2", common::MAX_LIFETIME_S),
+    )
+    .unwrap();
+    let full = dir.join("full.jsonl.gz");
+    {
+        let mut gz = flate2::write::GzEncoder::new(
+            std::fs::File::create(&full).unwrap(),
+            flate2::Compression::default(),
+        );
+        for i in 0..20_000 {
+            writeln!(
+                gz,
+                r#"{{"id":"req-{i}","imp":[{{"id":"1","tagid":"{:x}"}}]}}"#,
+                i * 7919
+            )
+            .unwrap();
+        }
+        gz.finish().unwrap();
+    }
+    let bytes = std::fs::read(&full).unwrap();
+    let truncated = dir.join("truncated.jsonl.gz");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let out = dir.join("out.jsonl.zst");
+    let run = bin(&[
+        "replay",
+        "--input",
+        path(&truncated),
+        "--output",
+        path(&out),
+        "--keys",
+        path(&keys),
+    ]);
+    assert_eq!(run.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("truncated"), "{stderr}");
+    assert!(stderr.contains("at line "), "{stderr}");
+    // Everything written before the error is complete and in order (the zstd frame was finished).
+    let written = lines(&out);
+    assert!(written.len() > 1000, "{} lines kept", written.len());
+    for (i, l) in written.iter().enumerate() {
+        assert!(
+            l.starts_with(&format!(r#"{{"id":"req-{i}","#)),
+            "line {}: {l}",
+            i + 1
+        );
+    }
+    assert!(
+        stderr.contains(&format!("the {} lines written", written.len())),
+        "{stderr}"
+    );
+}
