@@ -59,9 +59,10 @@ pub struct GenArgs {
     /// Where to write the key set, in the key-endpoint JSON shape (`{"body":…,"status":"success"}`).
     #[arg(long, value_name = "KEYS.json")]
     pub keys_out: PathBuf,
-    /// Approximate request size in bytes.
-    #[arg(long, default_value_t = 2000)]
-    pub size: usize,
+    /// Approximate request size in bytes, or a range `MIN-MAX` to draw each request's size from (real
+    /// traffic: about 1000-10000).
+    #[arg(long, default_value = "2000", value_name = "BYTES|MIN-MAX")]
+    pub size: String,
     /// Token mix as case=weight pairs (see `demo --help`).
     #[arg(long)]
     pub mix: Option<String>,
@@ -240,14 +241,20 @@ fn gen_command(args: &GenArgs) -> anyhow::Result<()> {
         Some(text) => parse_time(text)?,
         None => wall_clock_ms(),
     };
+    let (min_size, max_size) = parse_size_range(&args.size)?;
     let mut generator =
-        crate::traffic::Generator::new(args.seed, mix, now_ms, args.users, args.size);
+        crate::traffic::Generator::new(args.seed, mix, now_ms, args.users, min_size);
+    // Its own stream, so a fixed size gives the same requests as before sizes could vary.
+    let mut sizes = fastrand::Rng::with_seed(args.seed ^ 0x51ce);
     std::fs::write(&args.keys_out, generator.keys_json())
         .with_context(|| format!("writing {}", args.keys_out.display()))?;
     let mut out = crate::jsonl::Output::create(&args.output)?;
     let mut by_case: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
     let mut line = Vec::with_capacity(16 * 1024);
     for _ in 0..args.count {
+        if max_size > min_size {
+            generator.target_size = sizes.usize(min_size..=max_size);
+        }
         let request = generator.next_request();
         *by_case.entry(request.case.name()).or_default() += 1;
         line.clear();
@@ -269,6 +276,25 @@ fn gen_command(args: &GenArgs) -> anyhow::Result<()> {
         args.keys_out.display()
     );
     Ok(())
+}
+
+/// `--size`: `BYTES` or `MIN-MAX`.
+fn parse_size_range(text: &str) -> anyhow::Result<(usize, usize)> {
+    let parse = |t: &str| {
+        t.trim().parse::<usize>().map_err(|_| {
+            anyhow::anyhow!(
+                "--size {text:?}: expected a size in bytes (2000) or a range (1000-10000)"
+            )
+        })
+    };
+    let (min, max) = match text.split_once('-') {
+        Some((a, b)) => (parse(a)?, parse(b)?),
+        None => (parse(text)?, parse(text)?),
+    };
+    if min > max || max > 1 << 20 {
+        bail!("--size {text:?}: the range must be MIN-MAX with MIN ≤ MAX ≤ 1 MiB");
+    }
+    Ok((min, max))
 }
 
 /// Reads and parses a keys file, naming the file and the fix in the error.

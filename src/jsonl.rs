@@ -320,9 +320,13 @@ impl CaptureRecord {
 /// `value_b64`, or with all of `topic`, `partition` and `offset` (so a record that lost its value is
 /// reported as such). Bid requests and events have none of these at the top level.
 pub fn is_capture_record(line: &[u8]) -> bool {
-    // Most lines are bare requests: skip the parse unless one of the names occurs at all.
-    let finder = |needle: &[u8]| memchr::memmem::find(line, needle).is_some();
-    if !(finder(b"\"value") || finder(b"\"offset\"")) {
+    // Most lines are bare requests: skip the parse unless one of the names occurs at all. The finders are
+    // built once; building one per line cost more than the search.
+    static VALUE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"value"));
+    static OFFSET: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"offset\""));
+    if VALUE.find(line).is_none() && OFFSET.find(line).is_none() {
         return false;
     }
     #[derive(Deserialize)]

@@ -426,6 +426,9 @@ fn to_file(args: &ReplayArgs, output_path: &Path, now: Now) -> anyhow::Result<Su
     for w in workers {
         let _ = w.join();
     }
+    // The decrypt cache can hold hundreds of thousands of entries; freeing them one by one costs a few
+    // percent of a run, and the process ends right after.
+    std::mem::forget(job);
     progress.finish_and_clear();
     let written = output.lines;
     let output_name = output.path().display().to_string();

@@ -420,7 +420,21 @@ impl Generator {
             ),
             _ => r#","ext":{"consent":"CPXxRfAPXxRfAAfKABENB-CgAAAAAAAAAAYgAAAAAAAA"}"#.to_string(),
         };
-        let _ = write!(s, r#""user":{{"id":"u-{user}"{eids26}{ext}}},"#);
+        // Larger requests carry data segments (DMP audiences), as real traffic does: they fill what the
+        // impressions and eids leave of the target size (the tail written below is ~330 bytes).
+        let mut data = String::new();
+        let so_far = s.len() + eids26.len() + ext.len() + 40 + 330;
+        if let Some(deficit) = self.target_size.checked_sub(so_far).filter(|d| *d > 80) {
+            data.push_str(r#","data":[{"id":"dmp.example","name":"Example DMP","segment":["#);
+            for n in 0..(deficit - 60) / 16 {
+                if n > 0 {
+                    data.push(',');
+                }
+                let _ = write!(data, r#"{{"id":"{:08x}"}}"#, self.rng.u32(..));
+            }
+            data.push_str("]}]");
+        }
+        let _ = write!(s, r#""user":{{"id":"u-{user}"{eids26}{data}{ext}}},"#);
         let _ = write!(
             s,
             r#""source":{{"tid":"{:016x}","schain":{{"ver":"1.0","complete":1,"nodes":[{{"asi":"ssp.example","sid":"{PUBLISHER_SITE_ID}","hp":1}}]}}}},"regs":{{"gpp":"DBABMA~CPXxRfAPXxRfAAfKABENB-CgAAAAAAAAAAYgAAAAAAAA","gpp_sid":[7],"ext":{{"us_privacy":"1YNN"}}}},"at":1,"tmax":250,"cur":["USD"],"bcat":["IAB25","IAB26"]}}"#,
