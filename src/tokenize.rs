@@ -22,6 +22,16 @@ use crate::uid2::encrypt::{self, EncryptError};
 /// The default place of the raw UID2 in an outbound event.
 pub const DEFAULT_POINTER: &str = "/uid2";
 
+/// What a stage does with its records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Direction {
+    /// Decrypt tokens and add the result (`enrich::enrich`).
+    #[default]
+    Enrich,
+    /// Replace raw UID2s by tokens ([`tokenize`]).
+    Tokenize,
+}
+
 /// Keys and time for one record.
 #[derive(Clone, Copy, Debug)]
 pub struct TokenizeContext<'a> {
