@@ -70,6 +70,14 @@ pub struct GenArgs {
     /// Token times are relative to this instant (ms or RFC 3339). Default: now.
     #[arg(long, value_name = "MS|RFC3339")]
     pub now: Option<String>,
+    /// What to write: OpenRTB bid requests, tracking-pixel URLs (token in `uid2_token`) or JSON events
+    /// (token at `/uid2_token`).
+    #[arg(long, default_value = "openrtb", value_parser = ["openrtb", "pixel", "json"])]
+    pub format: String,
+    /// With `--format json`: events carrying raw UID2s at `/uid2` instead of tokens, the input of a
+    /// `tokenize` stage (`none` and `malformed` cases: no raw UID2, or one that is invalid).
+    #[arg(long)]
+    pub raw_uid2: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -240,9 +248,19 @@ fn gen_command(args: &GenArgs) -> anyhow::Result<()> {
         )
     };
     let mut out = std::io::BufWriter::with_capacity(1 << 20, sink);
+    if args.raw_uid2 && args.format != "json" {
+        anyhow::bail!(
+            "--raw-uid2 needs --format json (raw UID2s never travel in pixels or bid requests)"
+        );
+    }
     let mut by_case: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
     for _ in 0..args.count {
-        let request = generator.next_request();
+        let request = match (args.format.as_str(), args.raw_uid2) {
+            ("json", true) => generator.next_raw_event().0,
+            ("json", false) => generator.next_event(),
+            ("pixel", _) => generator.next_pixel(),
+            _ => generator.next_request(),
+        };
         *by_case.entry(request.case.name()).or_default() += 1;
         // A malformed case may not be one line of text; the JSON Lines file keeps one record per line, so
         // those records are written escaped as a JSON string instead.
@@ -256,8 +274,13 @@ fn gen_command(args: &GenArgs) -> anyhow::Result<()> {
     out.flush()
         .with_context(|| format!("writing {}", args.output.display()))?;
     eprintln!(
-        "gen: {} requests to {}, keys to {}; cases: {by_case:?}",
+        "gen: {} {} records to {}, keys to {}; cases: {by_case:?}",
         args.count,
+        if args.raw_uid2 {
+            "raw-UID2 json"
+        } else {
+            args.format.as_str()
+        },
         args.output.display(),
         args.keys_out.display()
     );
