@@ -4,8 +4,9 @@
 //! byte as it was.
 //!
 //! Rules (WHATWG `application/x-www-form-urlencoded` parsing, which is what pixel servers and browsers do):
-//! - The query is what follows the first `?` up to the first `#`. Without a `?`, an input that looks like a
-//!   URL (it starts with `scheme://` or `/`) has no query; anything else is taken as a query string.
+//! - The query ends at the first `#`. In a URL (it starts with `scheme://` or `/`) or a path (no `=` or
+//!   `&` before the first `?`) it starts after the first `?`, and without a `?` there is none; anything
+//!   else is a bare query string, whose values may contain `?`.
 //! - Parameters are separated by `&`; a name is what precedes the first `=`. Names and values are
 //!   percent-decoded and `+` means a space. Invalid `%` sequences are kept literally.
 //! - Repeated token parameters: **the first one wins** (what most server frameworks return for a single
@@ -13,7 +14,8 @@
 //! - Tokens never contain spaces, so a decoded space in a token is turned back into `+`: senders that put
 //!   a standard-base64 (v2/v3) token in the query without encoding it would otherwise lose it.
 //! - Re-enrichment is idempotent: existing `uid2_raw` / `uid2_status` parameters are removed (each with
-//!   one `&`) before the new ones are appended.
+//!   one `&`) before the new ones are appended, each after a `&` (also when the query already ends in
+//!   `&`, so that removing them gives that query back).
 //! - Appended values are percent-encoded: everything but RFC 3986 unreserved characters, so the base64
 //!   `+`, `/` and `=` of a raw UID2 become `%2B`, `%2F`, `%3D`.
 //!
@@ -43,9 +45,11 @@ fn query_range(input: &str) -> Option<std::ops::Range<usize>> {
     let end = input.find('#').unwrap_or(input.len());
     let head = input.get(..end)?;
     match head.find('?') {
-        Some(q) => Some(q + 1..end),
+        // `?` may also appear inside a query's values: it starts the query only after a URL or a path
+        // (text with no `=` or `&` before it).
+        Some(q) if looks_like_url(head) || !head[..q].contains(['=', '&']) => Some(q + 1..end),
         None if looks_like_url(head) => None,
-        None => Some(0..end),
+        _ => Some(0..end),
     }
 }
 
@@ -123,7 +127,9 @@ pub fn append_result(
     }
     let kept = strip_results(query);
     out.push_str(&kept);
-    let mut sep = !kept.is_empty() && !kept.ends_with('&');
+    // Always a separator after a non-empty query, even one ending in `&`: removing a result parameter
+    // removes exactly one `&` with it, so this keeps re-enrichment idempotent.
+    let mut sep = !kept.is_empty();
     let mut param = |out: &mut String, name: &str, value: &str| {
         if sep {
             out.push('&');
@@ -232,6 +238,20 @@ mod tests {
         assert_eq!(find("https://a.example/px", "uid2_token").query, None);
         assert_eq!(find("/px#uid2_token=T", "uid2_token").token, None);
         assert_eq!(
+            find("a=?&uid2_token=T", "uid2_token").token.as_deref(),
+            Some("T")
+        );
+        assert_eq!(
+            find("px?uid2_token=T", "uid2_token").token.as_deref(),
+            Some("T")
+        );
+        assert_eq!(
+            find("https://x/a=b?uid2_token=T", "uid2_token")
+                .token
+                .as_deref(),
+            Some("T")
+        );
+        assert_eq!(
             find("/px?uid2_token=&uid2_token=T3", "uid2_token")
                 .token
                 .as_deref(),
@@ -273,7 +293,7 @@ mod tests {
         );
         assert_eq!(
             append_result("/px?a=1&", &find("/px?a=1&", "t"), None, "x"),
-            "/px?a=1&uid2_status=x"
+            "/px?a=1&&uid2_status=x"
         );
     }
 }
