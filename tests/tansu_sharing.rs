@@ -24,12 +24,11 @@ use uid2_enricher::traffic::{Case, Generator, Mix};
 
 const PARTITIONS: i32 = 2;
 
+/// A stage's configuration; `topics` are (input, output, dead-letter).
 fn stage_config(
     brokers: &str,
     group: &str,
-    input: &str,
-    output: &str,
-    dlq: &str,
+    (input, output, dlq): (&str, &str, &str),
     keys: &std::path::Path,
     port: u16,
     pipeline: &str,
@@ -118,9 +117,7 @@ fn tokenize_then_decrypt_with_sharing_keys_gives_every_raw_uid2_back() {
         stage_config(
             &brokers,
             &t("tokenize"),
-            &raw_topic,
-            &tokenized,
-            &dlq1,
+            (&raw_topic, &tokenized, &dlq1),
             &keys,
             port1,
             "direction = \"tokenize\"\nformat = \"json\"\ntokenize_pointers = [\"/uid2\"]",
@@ -133,9 +130,7 @@ fn tokenize_then_decrypt_with_sharing_keys_gives_every_raw_uid2_back() {
         stage_config(
             &brokers,
             &t("decrypt"),
-            &tokenized,
-            &enriched,
-            &dlq2,
+            (&tokenized, &enriched, &dlq2),
             &keys,
             port2,
             &format!(
@@ -150,9 +145,7 @@ fn tokenize_then_decrypt_with_sharing_keys_gives_every_raw_uid2_back() {
         stage_config(
             &brokers,
             &t("idle"),
-            &raw_topic,
-            &idle_out,
-            &dlq1,
+            (&raw_topic, &idle_out, &dlq1),
             &keys_no_default,
             port_idle,
             "direction = \"tokenize\"\nformat = \"json\"",
