@@ -214,7 +214,7 @@ pub async fn run(
             .create()
             .context("creating the Kafka producer")?;
     let shared = Arc::new(Shared {
-        cache: (config.enrich && config.cache_entries > 0)
+        cache: (config.enrich && config.direction == Direction::Enrich && config.cache_entries > 0)
             .then(|| DecryptCache::new(config.cache_entries)),
         config: config.clone(),
         producer,

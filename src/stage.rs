@@ -98,9 +98,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             consuming.store(true, Ordering::Relaxed);
             // Tokenize: ready only while the keys can encrypt (the pipeline holds records meanwhile).
             let watch_stop = CancellationToken::new();
-            if settings.pipeline.direction == Direction::Tokenize {
-                tokio::spawn(watch_encryption(keys.clone(), consuming.clone(), watch_stop.clone()));
-            }
+            let watcher = (settings.pipeline.direction == Direction::Tokenize).then(|| {
+                tokio::spawn(watch_encryption(keys.clone(), consuming.clone(), watch_stop.clone()))
+            });
             let deps = StageDeps {
                 keys: Arc::new(keys.clone()),
                 optouts: Arc::new(NoOptOuts),
@@ -109,6 +109,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             };
             let outcome = pipeline::run(stage_config(&settings), deps, shutdown.clone()).await;
             watch_stop.cancel();
+            if let Some(watcher) = watcher {
+                // Stopped before the flag is cleared, so it cannot set it again.
+                let _ = watcher.await;
+            }
             consuming.store(false, Ordering::Relaxed);
             if outcome.is_err() {
                 failed.store(true, Ordering::Relaxed);
