@@ -11,6 +11,9 @@
 //! Group `enrich_2KB` puts a ~2 KB JSON request next to its DOM baseline and a ~2 KB protobuf request
 //! (prost-encoded `pb::BidRequest`), all without cache.
 //!
+//! Group `sharing` covers tokens outside the bid stream: pixel hits, JSON events and the tokenize
+//! direction (see `bench_sharing`).
+//!
 //!   cargo bench --bench enrich -- --warm-up-time 1 --measurement-time 3
 
 use std::hint::black_box;
@@ -271,5 +274,81 @@ fn bench_enrich(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_enrich);
+/// Tokens outside the bid stream (group `sharing`), sharing mode, no cache: a ~370-byte pixel URL and a
+/// ~450-byte JSON event carrying one v4 token (from `traffic::Generator`), the event next to its DOM
+/// baseline (serde_json parse, decrypt, insert the member, serialise); and `tokenize` of a JSON event with
+/// one raw UID2 (2 × GCM seal).
+fn bench_sharing(c: &mut Criterion) {
+    use uid2_enricher::tokenize::{self, TokenizeContext, TokenizePolicy};
+    use uid2_enricher::traffic::{Case, Generator, Mix};
+    let now = 1_767_225_600_000;
+    let mut generator = Generator::new(5, Mix(vec![(Case::ValidV4, 1)]), now, 1, 0);
+    let keys = generator.key_set();
+    let pixel = generator.next_pixel().bytes;
+    let event = generator.next_event().bytes;
+    let (raw_event, _) = generator.next_raw_event();
+    let mut policy = Policy::default();
+    policy.mode = ClientMode::Sharing;
+    let ctx = Context {
+        keys: Keys::single(Some(&keys)),
+        optouts: &NoOptOuts,
+        cache: None,
+        now_ms: now,
+    };
+    for (name, payload, format) in [
+        ("pixel", &pixel, PayloadFormat::Pixel),
+        ("event", &event, PayloadFormat::Event),
+    ] {
+        let out = enrich::enrich(payload, format, &ctx, &policy).unwrap();
+        assert_eq!(out.status_header(), "success", "{name}");
+    }
+    let mut group = c.benchmark_group("sharing");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("pixel_enrich", |b| {
+        b.iter(|| {
+            enrich::enrich(black_box(&pixel), PayloadFormat::Pixel, &ctx, &policy)
+                .unwrap()
+                .output
+                .len()
+        })
+    });
+    group.bench_function("event_enrich", |b| {
+        b.iter(|| {
+            enrich::enrich(black_box(&event), PayloadFormat::Event, &ctx, &policy)
+                .unwrap()
+                .output
+                .len()
+        })
+    });
+    group.bench_function("event_dom_serde_json", |b| {
+        b.iter(|| {
+            let mut doc: Value = serde_json::from_slice(black_box(&event)).unwrap();
+            let token = doc["uid2_token"].as_str().unwrap().to_string();
+            let d = uid2::decrypt(&token, Some(&keys), ClientMode::Sharing, None, now);
+            doc["uid2_enrichment"] = member_value(&d, "uidapi.com", 1);
+            serde_json::to_vec(&doc).unwrap().len()
+        })
+    });
+    let tctx = TokenizeContext {
+        keys: Some(&keys),
+        now_ms: now,
+    };
+    let tpolicy = TokenizePolicy::default();
+    let mut n = 0u8;
+    let mut nonces = move || {
+        n = n.wrapping_add(1);
+        [n; 24]
+    };
+    group.bench_function("tokenize_event", |b| {
+        b.iter(|| {
+            tokenize::tokenize(black_box(&raw_event.bytes), &tctx, &tpolicy, &mut nonces)
+                .unwrap()
+                .output
+                .len()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_enrich, bench_sharing);
 criterion_main!(benches);

@@ -18,7 +18,7 @@ step "clippy (all targets, warnings are errors)"
 cargo clippy --all-targets --quiet -- -D warnings
 
 step "the pure core does no I/O, reads no clock and no environment"
-core=(src/uid2 src/openrtb src/enrich.rs src/optout.rs)
+core=(src/uid2 src/openrtb src/enrich.rs src/optout.rs src/formats src/tokenize.rs)
 if grep -rnE 'tokio::|rdkafka::|reqwest::|std::fs|SystemTime::now|Instant::now|std::env::var|tracing::|chrono::' "${core[@]}" | grep -vE '^\S+:\s*//'; then
   echo "error: the lines above reach for I/O, the clock or the environment from the pure core; pass them in" >&2
   exit 1
@@ -31,6 +31,7 @@ step "interop with the official UID2 SDK (uid2-client from PyPI, in a throwaway 
 # shellcheck source=scripts/lib/python-venv.sh
 source scripts/lib/python-venv.sh
 UID2_PYTHON="$UID2_PYTHON" cargo test --quiet --test interop -- --ignored --nocapture
+UID2_PYTHON="$UID2_PYTHON" cargo test --quiet --test interop_sharing -- --ignored --nocapture
 
 step "tansu: a Kafka-compatible broker for the end-to-end test"
 export PATH="$HOME/.cargo/bin:$PATH"

@@ -75,6 +75,14 @@ pub struct GenArgs {
     /// Token times are relative to this instant (ms or RFC 3339). Default: now.
     #[arg(long, value_name = "MS|RFC3339")]
     pub now: Option<String>,
+    /// What to write: OpenRTB bid requests, tracking-pixel URLs (token in `uid2_token`) or JSON events
+    /// (token at `/uid2_token`).
+    #[arg(long, default_value = "openrtb", value_parser = ["openrtb", "pixel", "json"])]
+    pub format: String,
+    /// With `--format json`: events carrying raw UID2s at `/uid2` instead of tokens, the input of a
+    /// `tokenize` stage (`none` and `malformed` cases: no raw UID2, or one that is invalid).
+    #[arg(long)]
+    pub raw_uid2: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -248,6 +256,11 @@ fn gen_command(args: &GenArgs) -> anyhow::Result<()> {
     let mut sizes = fastrand::Rng::with_seed(args.seed ^ 0x51ce);
     std::fs::write(&args.keys_out, generator.keys_json())
         .with_context(|| format!("writing {}", args.keys_out.display()))?;
+    if args.raw_uid2 && args.format != "json" {
+        anyhow::bail!(
+            "--raw-uid2 needs --format json (raw UID2s never travel in pixels or bid requests)"
+        );
+    }
     let mut out = crate::jsonl::Output::create(&args.output)?;
     let mut by_case: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
     let mut line = Vec::with_capacity(16 * 1024);
@@ -255,12 +268,17 @@ fn gen_command(args: &GenArgs) -> anyhow::Result<()> {
         if max_size > min_size {
             generator.target_size = sizes.usize(min_size..=max_size);
         }
-        let request = generator.next_request();
+        let request = match (args.format.as_str(), args.raw_uid2) {
+            ("json", true) => generator.next_raw_event().0,
+            ("json", false) => generator.next_event(),
+            ("pixel", _) => generator.next_pixel(),
+            _ => generator.next_request(),
+        };
         *by_case.entry(request.case.name()).or_default() += 1;
         line.clear();
-        // A malformed case may not be one line of text; the JSON Lines file keeps one record per line, so
-        // those records are written escaped as a JSON string instead.
-        if request.bytes.contains(&b'\n') || std::str::from_utf8(&request.bytes).is_err() {
+        // A record with a newline cannot be one line; it is written escaped as a JSON string instead
+        // (still malformed as a request). Other bytes, invalid UTF-8 included, are written as they are.
+        if request.bytes.contains(&b'\n') {
             serde_json::to_writer(&mut line, &String::from_utf8_lossy(&request.bytes))?;
         } else {
             line.extend_from_slice(&request.bytes);
@@ -270,8 +288,13 @@ fn gen_command(args: &GenArgs) -> anyhow::Result<()> {
     }
     out.finish()?;
     eprintln!(
-        "gen: {} requests to {}, keys to {}; cases: {by_case:?}",
+        "gen: {} {} records to {}, keys to {}; cases: {by_case:?}",
         args.count,
+        if args.raw_uid2 {
+            "raw-UID2 json"
+        } else {
+            args.format.as_str()
+        },
         args.output.display(),
         args.keys_out.display()
     );

@@ -34,6 +34,8 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::enrich::{PayloadFormat, Policy, TokenSource};
+use crate::formats::event::JsonPointer;
+use crate::tokenize::{Direction, TokenizePolicy};
 use crate::uid2::cipher::Secret;
 use crate::uid2::{ClientMode, IdentityScope, wire};
 
@@ -222,7 +224,14 @@ pub struct ServerSettings {
 /// `[pipeline]`.
 #[derive(Clone, Debug)]
 pub struct PipelineSettings {
+    /// The format of input topics not named in `[pipeline.formats]`.
     pub format: PayloadFormat,
+    /// `[pipeline.formats]`: input topic → format, overriding `format` (only topics in `input_topics`).
+    pub topic_formats: Vec<(String, PayloadFormat)>,
+    /// `enrich` (decrypt tokens) or `tokenize` (the sharing sender: raw UID2s become tokens).
+    pub direction: Direction,
+    /// Where `tokenize` looks for raw UID2s.
+    pub tokenize: TokenizePolicy,
     /// Mode, eid sources, member name and `strict_json`.
     pub policy: Policy,
     /// Records consumed but not yet acknowledged, across partitions (≥ 1).
@@ -302,7 +311,11 @@ pub mod defaults {
     pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
     pub const OPTOUT_TOPIC: &str = "uid2-optouts";
     pub const LISTEN: &str = "127.0.0.1:9898";
-    pub const FORMAT: &str = "json";
+    pub const FORMAT: &str = "openrtb";
+    pub const PIXEL_TOKEN_PARAM: &str = crate::enrich::DEFAULT_PIXEL_TOKEN_PARAM;
+    pub const EVENT_TOKEN_POINTERS: [&str; 1] = [crate::enrich::DEFAULT_EVENT_TOKEN_POINTER];
+    pub const DIRECTION: &str = "enrich";
+    pub const TOKENIZE_POINTERS: [&str; 1] = [crate::tokenize::DEFAULT_POINTER];
     /// eid source → identity scope.
     pub const SOURCES: [(&str, &str); 2] = [("uidapi.com", "UID2"), ("euid.eu", "EUID")];
     pub const MEMBER_NAME: &str = "uid2_enrichment";
@@ -360,6 +373,11 @@ pub const KNOWN_KEYS: &[(&str, &[&str])] = &[
         "pipeline",
         &[
             "format",
+            "formats",
+            "pixel_token_param",
+            "event_token_pointers",
+            "direction",
+            "tokenize_pointers",
             "sources",
             "member_name",
             "strict_json",
@@ -526,6 +544,12 @@ struct RawServer {
 #[serde(deny_unknown_fields)]
 struct RawPipeline {
     format: Field<String>,
+    /// Input topic → format: any keys (topic names), checked against `input_topics`.
+    formats: Option<std::collections::BTreeMap<String, Spanned<String>>>,
+    pixel_token_param: Field<String>,
+    event_token_pointers: Field<Vec<Spanned<String>>>,
+    direction: Field<String>,
+    tokenize_pointers: Field<Vec<Spanned<String>>>,
     sources: Field<Vec<Spanned<RawSource>>>,
     member_name: Field<String>,
     strict_json: Field<bool>,
@@ -565,7 +589,12 @@ fn build(
     let uid2 = build_uid2(cx, raw.uid2, env)?;
     let optout = build_optout(cx, raw.optout.unwrap_or_default(), &kafka, env)?;
     let server = build_server(cx, raw.server.unwrap_or_default())?;
-    let pipeline = build_pipeline(cx, raw.pipeline.unwrap_or_default(), uid2.mode)?;
+    let pipeline = build_pipeline(
+        cx,
+        raw.pipeline.unwrap_or_default(),
+        uid2.mode,
+        &kafka.input_topics,
+    )?;
     let log = build_log(cx, raw.log.unwrap_or_default())?;
     Ok(Settings {
         origin: cx.origin.to_string(),
@@ -1108,25 +1137,160 @@ fn build_server(cx: &Cx<'_>, raw: RawServer) -> Result<ServerSettings, ConfigErr
     Ok(ServerSettings { listen })
 }
 
+fn payload_format(
+    cx: &Cx<'_>,
+    f: &Spanned<String>,
+    what: &str,
+) -> Result<PayloadFormat, ConfigError> {
+    PayloadFormat::from_name(f.get_ref()).ok_or_else(|| {
+        let names: Vec<&str> = PayloadFormat::NAMES.iter().map(|(n, _)| *n).collect();
+        cx.at(
+            f.span(),
+            &format!(
+                "{what} is `{}`, which is not a payload format",
+                f.get_ref()
+            ),
+            &format!(
+                "{} (\"openrtb\": OpenRTB JSON bid requests, \"protobuf\": OpenRTB protobuf, \"pixel\": tracking-pixel URLs, \"json\": any JSON event)",
+                choice_hint(f.get_ref(), &names)
+            ),
+        )
+    })
+}
+
+fn pointer_list(
+    cx: &Cx<'_>,
+    field: &Field<Vec<Spanned<String>>>,
+    defaults: &[&str],
+    key: &str,
+) -> Result<Vec<JsonPointer>, ConfigError> {
+    let Some(list) = field else {
+        return Ok(defaults
+            .iter()
+            .filter_map(|p| JsonPointer::parse(p).ok())
+            .collect());
+    };
+    if list.get_ref().is_empty() {
+        return Err(cx.at(
+            list.span(),
+            &format!("`{key}` in [pipeline] is empty"),
+            &format!(
+                "list at least one JSON pointer, e.g. {key} = [\"{}\"]",
+                defaults.first().copied().unwrap_or("/uid2")
+            ),
+        ));
+    }
+    list.get_ref()
+        .iter()
+        .map(|p| {
+            JsonPointer::parse(p.get_ref()).map_err(|e| {
+                cx.at(
+                    p.span(),
+                    &format!(
+                        "`{}` in `{key}` in [pipeline] is not a JSON pointer: {e}",
+                        p.get_ref()
+                    ),
+                    "write RFC 6901 pointers: \"/member/0/id\", with ~1 for '/' and ~0 for '~' inside a name",
+                )
+            })
+        })
+        .collect()
+}
+
 fn build_pipeline(
     cx: &Cx<'_>,
     raw: RawPipeline,
     mode: ClientMode,
+    input_topics: &[String],
 ) -> Result<PipelineSettings, ConfigError> {
     let format = match &raw.format {
         None => PayloadFormat::Json,
-        Some(f) => match f.get_ref().as_str() {
-            "json" => PayloadFormat::Json,
-            "protobuf" => PayloadFormat::Protobuf,
+        Some(f) => payload_format(cx, f, "`format` in [pipeline]")?,
+    };
+    let mut topic_formats = Vec::new();
+    for (topic, f) in raw.formats.iter().flatten() {
+        if !input_topics.contains(topic) {
+            return Err(cx.at(
+                f.span(),
+                &format!("[pipeline.formats] names topic `{topic}`, which is not in `input_topics` of [kafka]"),
+                &format!(
+                    "add it to input_topics or use one of {input_topics:?}{}",
+                    closest(
+                        topic,
+                        &input_topics.iter().map(String::as_str).collect::<Vec<_>>()
+                    )
+                    .map(|c| format!(" (did you mean `{c}`?)"))
+                    .unwrap_or_default()
+                ),
+            ));
+        }
+        topic_formats.push((
+            topic.clone(),
+            payload_format(
+                cx,
+                f,
+                &format!("the format of topic `{topic}` in [pipeline.formats]"),
+            )?,
+        ));
+    }
+    let direction = match &raw.direction {
+        None => Direction::Enrich,
+        Some(d) => match d.get_ref().as_str() {
+            "enrich" => Direction::Enrich,
+            "tokenize" => Direction::Tokenize,
             other => {
                 return Err(cx.at(
-                    f.span(),
-                    &format!("`format` in [pipeline] is `{other}`, which is not a payload format"),
-                    &choice_hint(other, &["json", "protobuf"]),
+                    d.span(),
+                    &format!("`direction` in [pipeline] is `{other}`"),
+                    &format!(
+                        "{} (enrich: decrypt tokens; tokenize: replace raw UID2s by tokens, the sharing sender)",
+                        choice_hint(other, &["enrich", "tokenize"])
+                    ),
                 ));
             }
         },
     };
+    if direction == Direction::Tokenize {
+        if mode != ClientMode::Sharing {
+            return Err(cx.at_opt(
+                raw.direction.as_ref().map(Spanned::span),
+                "`direction = \"tokenize\"` in [pipeline] needs sharing keys, but [uid2] mode is not \"sharing\"",
+                "set mode = \"sharing\" in [uid2]: tokens are made with the default keyset of /v2/key/sharing",
+            ));
+        }
+        let json_only = |f: PayloadFormat| matches!(f, PayloadFormat::Json | PayloadFormat::Event);
+        if !json_only(format) || topic_formats.iter().any(|(_, f)| !json_only(*f)) {
+            return Err(cx.at_opt(
+                raw.direction.as_ref().map(Spanned::span),
+                "`direction = \"tokenize\"` in [pipeline] works on JSON inputs only, but a format is \"protobuf\" or \"pixel\"",
+                "use format \"json\" (or \"openrtb\") for the topics this stage tokenizes; raw UID2s never travel in pixels",
+            ));
+        }
+    }
+    let tokenize = TokenizePolicy {
+        pointers: pointer_list(
+            cx,
+            &raw.tokenize_pointers,
+            &defaults::TOKENIZE_POINTERS,
+            "tokenize_pointers",
+        )?,
+    };
+    let event_token_pointers = pointer_list(
+        cx,
+        &raw.event_token_pointers,
+        &defaults::EVENT_TOKEN_POINTERS,
+        "event_token_pointers",
+    )?;
+    let pixel_token_param = string_or(&raw.pixel_token_param, defaults::PIXEL_TOKEN_PARAM);
+    if let Some(p) = &raw.pixel_token_param
+        && (p.get_ref().is_empty() || p.get_ref().chars().any(|c| c.is_control()))
+    {
+        return Err(cx.at(
+            p.span(),
+            &format!("`pixel_token_param` in [pipeline] is `{}`", p.get_ref()),
+            "give the query parameter name as it is after URL-decoding, e.g. pixel_token_param = \"uid2_token\"",
+        ));
+    }
 
     let sources = match &raw.sources {
         None => defaults::SOURCES
@@ -1209,6 +1373,8 @@ fn build_pipeline(
     }
     let mut policy = Policy::new(mode, sources, member_name);
     policy.strict_json = bool_or(&raw.strict_json, defaults::STRICT_JSON);
+    policy.pixel_token_param = pixel_token_param;
+    policy.event_token_pointers = event_token_pointers;
 
     let max_in_flight = raw
         .max_in_flight
@@ -1258,6 +1424,9 @@ fn build_pipeline(
     )?;
     Ok(PipelineSettings {
         format,
+        topic_formats,
+        direction,
+        tokenize,
         policy,
         max_in_flight: max_in_flight as usize,
         workers,
@@ -1683,7 +1852,11 @@ fn example_for(key: &str) -> Option<&'static str> {
         "request_timeout_ms" => "request_timeout_ms = 10000",
         "topic" => "topic = \"uid2-optouts\"",
         "listen" => "listen = \"127.0.0.1:9898\"",
-        "format" => "format = \"json\"",
+        "format" => "format = \"openrtb\"",
+        "pixel_token_param" => "pixel_token_param = \"uid2_token\"",
+        "event_token_pointers" => "event_token_pointers = [\"/uid2_token\"]",
+        "direction" => "direction = \"enrich\"",
+        "tokenize_pointers" => "tokenize_pointers = [\"/uid2\"]",
         "sources" => "[[pipeline.sources]] name = \"uidapi.com\" scope = \"UID2\"",
         "member_name" => "member_name = \"uid2_enrichment\"",
         "strict_json" => "strict_json = false",
@@ -1807,6 +1980,71 @@ mod tests {
     }
 
     #[test]
+    fn formats_directions_and_pointers() {
+        let s = parse_with_env(
+            &minimal(
+                "[kafka]\ninput_topics = [\"bids\", \"px\", \"ev\"]\n[pipeline]\npixel_token_param = \"t\"\nevent_token_pointers = [\"/a~1b/0\", \"/c\"]\n[pipeline.formats]\npx = \"pixel\"\nev = \"json\"\n",
+            ),
+            "x.toml",
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(s.pipeline.format, PayloadFormat::Json);
+        let mut formats = s.pipeline.topic_formats.clone();
+        formats.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            formats,
+            [
+                ("ev".to_string(), PayloadFormat::Event),
+                ("px".to_string(), PayloadFormat::Pixel)
+            ]
+        );
+        assert_eq!(s.pipeline.policy.pixel_token_param, "t");
+        assert_eq!(
+            s.pipeline.policy.event_token_pointers[0].tokens(),
+            ["a/b", "0"]
+        );
+        assert_eq!(s.pipeline.direction, Direction::Enrich);
+
+        let e = err(&minimal("[pipeline.formats]\nbid-request = \"pixel\"\n"));
+        assert!(
+            e.contains("not in `input_topics`") && e.contains("did you mean `bid-requests`?"),
+            "{e}"
+        );
+        let e = err(&minimal("[pipeline]\nformat = \"pixle\"\n"));
+        assert!(
+            e.contains("x.toml:4:10") && e.contains("did you mean \"pixel\"?"),
+            "{e}"
+        );
+        let e = err(&minimal(
+            "[pipeline]\nevent_token_pointers = [\"uid2_token\"]\n",
+        ));
+        assert!(
+            e.contains("is not a JSON pointer") && e.contains("x.toml:4:25"),
+            "{e}"
+        );
+        let e = err(&minimal("[pipeline]\ndirection = \"tokenise\"\n"));
+        assert!(e.contains("did you mean \"tokenize\"?"), "{e}");
+        let e = err(&minimal("[pipeline]\ndirection = \"tokenize\"\n"));
+        assert!(e.contains("mode = \"sharing\""), "{e}");
+        let sharing = |extra: &str| {
+            format!("[uid2]\nmode = \"sharing\"\nkeys_file = \"{KEYS_FILE}\"\n{extra}")
+        };
+        let e = err(&sharing(
+            "[pipeline]\ndirection = \"tokenize\"\nformat = \"pixel\"\n",
+        ));
+        assert!(e.contains("JSON inputs only"), "{e}");
+        let s = parse_with_env(
+            &sharing("[pipeline]\ndirection = \"tokenize\"\nformat = \"json\"\ntokenize_pointers = [\"/x/id\"]\n"),
+            "x.toml",
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(s.pipeline.direction, Direction::Tokenize);
+        assert_eq!(s.pipeline.tokenize.pointers[0].tokens(), ["x", "id"]);
+    }
+
+    #[test]
     fn known_keys_cover_the_raw_structs() {
         // Every key in KNOWN_KEYS must be accepted by stage 1.
         for (table, keys) in KNOWN_KEYS {
@@ -1815,8 +2053,10 @@ mod tests {
             }
             for key in *keys {
                 let value = match *key {
-                    "consumer" | "producer" => "{}".to_string(),
-                    "input_topics" | "sources" => "[]".to_string(),
+                    "consumer" | "producer" | "formats" => "{}".to_string(),
+                    "input_topics" | "sources" | "event_token_pointers" | "tokenize_pointers" => {
+                        "[]".to_string()
+                    }
                     "strict_json" | "enrich" => "true".to_string(),
                     k if k.ends_with("_ms")
                         || k.ends_with("_secs")

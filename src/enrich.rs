@@ -1,12 +1,18 @@
 //! The one function the pipeline, replay and the benchmarks call: a bid request's bytes in, the same bytes
-//! plus one enrichment member out (`../shared/ARCHITECTURE.md`, "The enriched JSON request").
+//! plus one enrichment member out (`../shared/ARCHITECTURE.md`, "The enriched JSON request"). The same
+//! function serves tokens outside the bid stream: tracking-pixel hits (the result appended as `uid2_raw`
+//! / `uid2_status` query parameters) and JSON events (tokens at JSON pointers, the same member inserted in
+//! the object holding the token); see [`PayloadFormat`].
 //!
 //! Pure: keys, opt-outs, the cache and `now` are arguments; no I/O, no clock. Depends on the token engine
-//! (`uid2`), the request readers/writers (`openrtb`), the opt-out rule (`optout`) and the decrypt cache.
+//! (`uid2`), the request readers/writers (`openrtb`, `formats`), the opt-out rule (`optout`) and the
+//! decrypt cache.
 
 use std::borrow::Cow;
 
 use crate::cache::DecryptCache;
+use crate::formats::event::{self, JsonPointer};
+use crate::formats::pixel;
 use crate::openrtb::proto::pb;
 use crate::openrtb::{domain, json, proto};
 use crate::optout::{self, OptOutLookup};
@@ -15,10 +21,48 @@ use crate::uid2::{ClientMode, Decryption, IdentityScope, KeySet, Status, decrypt
 /// How the payload is encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum PayloadFormat {
+    /// An OpenRTB bid request in JSON (`openrtb` in the configuration and on the command line).
     #[default]
     Json,
+    /// An OpenRTB bid request in protobuf.
     Protobuf,
+    /// A tracking-pixel hit: a URL or query string, token in [`Policy::pixel_token_param`].
+    Pixel,
+    /// Any JSON object, tokens at [`Policy::event_token_pointers`] (`json` in the configuration and on the
+    /// command line).
+    Event,
 }
+
+impl PayloadFormat {
+    /// Every format, with the name the configuration and the command line use.
+    pub const NAMES: [(&'static str, PayloadFormat); 4] = [
+        ("openrtb", PayloadFormat::Json),
+        ("protobuf", PayloadFormat::Protobuf),
+        ("pixel", PayloadFormat::Pixel),
+        ("json", PayloadFormat::Event),
+    ];
+
+    /// The format named `name` (see [`PayloadFormat::NAMES`]).
+    pub fn from_name(name: &str) -> Option<PayloadFormat> {
+        Self::NAMES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, f)| *f)
+    }
+
+    /// The name the configuration and the command line use.
+    pub fn name(self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(_, f)| *f == self)
+            .map_or("openrtb", |(n, _)| n)
+    }
+}
+
+/// The default token parameter of pixel hits.
+pub const DEFAULT_PIXEL_TOKEN_PARAM: &str = "uid2_token";
+/// The default token location in JSON events.
+pub const DEFAULT_EVENT_TOKEN_POINTER: &str = "/uid2_token";
 
 /// An eid `source` whose ids are UID2-family tokens, and which key set decrypts them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,6 +81,11 @@ pub struct Policy {
     pub member_name: String,
     /// Validate the whole JSON grammar, not just the structure the scanner walks (costs a full parse).
     pub strict_json: bool,
+    /// [`PayloadFormat::Pixel`]: the query parameter that carries the token (decoded name).
+    pub pixel_token_param: String,
+    /// [`PayloadFormat::Event`]: where tokens are, in priority order for where the member goes (it goes
+    /// into the object holding the first token found).
+    pub event_token_pointers: Vec<JsonPointer>,
     source_names: Vec<String>,
 }
 
@@ -52,8 +101,25 @@ impl Policy {
             sources,
             member_name: member_name.into(),
             strict_json: false,
+            pixel_token_param: DEFAULT_PIXEL_TOKEN_PARAM.to_string(),
+            event_token_pointers: JsonPointer::parse(DEFAULT_EVENT_TOKEN_POINTER)
+                .into_iter()
+                .collect(),
             source_names,
         }
+    }
+
+    /// The source reported for tokens that carry no eid source (pixels, events): the first configured
+    /// source of the scope of the key set in force, else the first source.
+    fn source_for(&self, keys: &Keys<'_>) -> usize {
+        let scope = match (keys.uid2, keys.euid) {
+            (None, Some(_)) => IdentityScope::Euid,
+            _ => IdentityScope::Uid2,
+        };
+        self.sources
+            .iter()
+            .position(|s| s.scope == scope)
+            .unwrap_or(0)
     }
 
     /// Calls `f` with the source names as `&[&str]` (what the scanners take), without allocating for the
@@ -192,8 +258,8 @@ pub struct Malformed {
 /// Enriches one request. See the module docs and ARCHITECTURE.md for the contract.
 ///
 /// # Errors
-/// [`Malformed`] when the payload is not a JSON object (not UTF-8, truncated, unbalanced, …) or not a
-/// well-formed protobuf message.
+/// [`Malformed`] when the payload is not a JSON object (not UTF-8, truncated, unbalanced, …; bid requests
+/// and events), not a well-formed protobuf message, or (pixels) not UTF-8.
 pub fn enrich<'a>(
     payload: &'a [u8],
     format: PayloadFormat,
@@ -203,7 +269,70 @@ pub fn enrich<'a>(
     match format {
         PayloadFormat::Json => enrich_json(payload, ctx, policy),
         PayloadFormat::Protobuf => enrich_proto(payload, ctx, policy),
+        PayloadFormat::Pixel => enrich_pixel(payload, ctx, policy),
+        PayloadFormat::Event => enrich_event(payload, ctx, policy),
     }
+}
+
+/// A pixel hit: one token (the first token parameter); the result appended as query parameters. No
+/// domain or app name is known, so a CSTG token fails the bidstream client's domain check; pixels are
+/// meant for the sharing client, which has none.
+fn enrich_pixel<'a>(
+    payload: &'a [u8],
+    ctx: &Context<'_>,
+    policy: &Policy,
+) -> Result<Enriched<'a>, Malformed> {
+    let text = std::str::from_utf8(payload).map_err(|e| Malformed {
+        reason: "not_utf8",
+        detail: format!("pixel hit is not valid UTF-8: {e}"),
+    })?;
+    let found = pixel::find(text, &policy.pixel_token_param);
+    let Some(token) = found.token.as_deref() else {
+        return Ok(unchanged(payload));
+    };
+    let source = policy.source_for(&ctx.keys);
+    let found_tokens = std::iter::repeat_n((token, source), found.token_count.max(1));
+    let mut enriched = decide(found_tokens, None, ctx, policy);
+    let (raw, status) = match enriched.selected.and_then(|i| enriched.tokens.get(i)) {
+        Some(t) => (
+            t.decryption.raw_uid2.as_deref(),
+            t.decryption.status.as_str(),
+        ),
+        None => return Ok(unchanged(payload)),
+    };
+    enriched.output = Cow::Owned(pixel::append_result(text, &found, raw, status).into_bytes());
+    enriched.body_enriched = true;
+    Ok(enriched)
+}
+
+/// A JSON event: tokens at the configured pointers (pointer order), the member in the object holding the
+/// first one.
+fn enrich_event<'a>(
+    payload: &'a [u8],
+    ctx: &Context<'_>,
+    policy: &Policy,
+) -> Result<Enriched<'a>, Malformed> {
+    let malformed = |e: json::JsonError| Malformed {
+        reason: e.reason(),
+        detail: e.to_string(),
+    };
+    if policy.strict_json {
+        json::validate_strict(payload).map_err(malformed)?;
+    }
+    let scan = event::scan(payload, &policy.event_token_pointers, &policy.member_name)
+        .map_err(malformed)?;
+    if scan.found.is_empty() {
+        return Ok(unchanged(payload));
+    }
+    let source = policy.source_for(&ctx.keys);
+    let found = scan.found.iter().map(|f| (f.text.as_ref(), source));
+    let mut enriched = decide(found, None, ctx, policy);
+    let member = enriched.member_json.as_deref().unwrap_or_default();
+    if let Some(bytes) = event::insert_member(payload, &scan, &policy.member_name, member) {
+        enriched.output = Cow::Owned(bytes);
+        enriched.body_enriched = true;
+    }
+    Ok(enriched)
 }
 
 fn enrich_json<'a>(

@@ -10,7 +10,11 @@
 //! - [`openrtb`]: finding tokens in a bid request and splicing a result into it, for JSON (`json`, no DOM of
 //!   the whole request) and protobuf (`proto`, a wire-level walk, never a decode/re-encode), plus the
 //!   domain-or-app name used by the CSTG check (`domain`).
-//! - [`enrich`]: the one function the pipeline, replay and benchmarks call: bytes in, bytes out.
+//! - [`formats`]: tokens outside the bid stream — tracking-pixel hits (`pixel`) and JSON events at JSON
+//!   pointers (`event`) — found and written back as losslessly as bid requests.
+//! - [`enrich`]: the one function the pipeline, replay and benchmarks call: bytes in, bytes out, for every
+//!   payload format.
+//! - [`tokenize`]: the sharing sender's direction: raw UID2s at JSON pointers become v4 tokens.
 //! - [`optout`]: the opt-out rule and the lookup interface it needs.
 //! - [`cache`]: a bounded decrypt-result cache shared across threads (moka); it reads no clock either.
 //!
@@ -22,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod enrich;
+pub mod formats;
 pub mod jsonl;
 pub mod kafka;
 pub mod keysource;
@@ -34,5 +39,6 @@ pub mod server;
 pub mod shutdown;
 pub mod stage;
 pub mod telemetry;
+pub mod tokenize;
 pub mod traffic;
 pub mod uid2;

@@ -8,7 +8,12 @@
 //! applies backpressure to the consumer when the output is slow. A failed delivery stops the stage with an
 //! error and its offset is never stored; a restart resumes from the last committed offset.
 //!
-//! Depends on the enrichment core, the Kafka clients, the metrics and tokio.
+//! Each input topic has its payload format (OpenRTB JSON or protobuf, pixel hits, JSON events). In the
+//! `tokenize` direction the stage is the sharing sender instead: raw UID2s become tokens, records whose
+//! raw UID2 is invalid are dead-lettered, and while the keys cannot encrypt a record is held (never
+//! emitted raw) until they can.
+//!
+//! Depends on the enrichment and tokenization core, the Kafka clients, the metrics and tokio.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +37,7 @@ use crate::enrich::{self, PayloadFormat, Policy};
 use crate::kafka::{self, PartitionRegistry, PartitionSlot, StageContext, TopicPartition};
 use crate::metrics::{Metrics, ReasonLabel, StatusLabel};
 use crate::optout::OptOutLookup;
+use crate::tokenize::{self, Direction, TokenizeContext, TokenizeError, TokenizePolicy};
 use crate::uid2::KeySet;
 
 /// Where the stage gets the key set in force (a refreshed operator key set, a file, or a fixed set).
@@ -66,7 +72,14 @@ pub struct StageConfig {
     pub consumer_overrides: Vec<(String, String)>,
     pub producer_overrides: Vec<(String, String)>,
     pub policy: Policy,
+    /// The format of input topics not in `topic_formats`.
     pub format: PayloadFormat,
+    /// Input topic → format, overriding `format`.
+    pub topic_formats: Vec<(String, PayloadFormat)>,
+    /// Decrypt tokens (`Enrich`) or replace raw UID2s by tokens (`Tokenize`, JSON formats only).
+    pub direction: Direction,
+    /// Where `Tokenize` finds raw UID2s.
+    pub tokenize: TokenizePolicy,
     /// Enrich (true) or pass records through untouched (false: measures the Kafka overhead alone).
     pub enrich: bool,
     pub max_in_flight: usize,
@@ -76,8 +89,19 @@ pub struct StageConfig {
     pub output_partitioning: OutputPartitioning,
 }
 
-/// The `uid2-status` values, in the order of [`RunCounters::statuses`].
-pub const STATUS_NAMES: [&str; 13] = [
+impl StageConfig {
+    /// The payload format of records from `topic`.
+    pub fn format_for(&self, topic: &str) -> PayloadFormat {
+        self.topic_formats
+            .iter()
+            .find(|(t, _)| t == topic)
+            .map_or(self.format, |(_, f)| *f)
+    }
+}
+
+/// The `uid2-status` values, in the order of [`RunCounters::statuses`]: the decryption statuses and
+/// `no_token` (enrich direction), then `tokenized` and `no_raw_uid2` (tokenize direction).
+pub const STATUS_NAMES: [&str; 15] = [
     "success",
     "not_authorized_for_master_key",
     "not_authorized_for_key",
@@ -91,6 +115,8 @@ pub const STATUS_NAMES: [&str; 13] = [
     "domain_or_app_name_check_failed",
     "opted_out",
     "no_token",
+    "tokenized",
+    "no_raw_uid2",
 ];
 
 /// Counters of one run, for the summary of `demo` and for tests.
@@ -100,7 +126,7 @@ pub struct RunCounters {
     pub produced: AtomicU64,
     pub dead_lettered: AtomicU64,
     /// Output records by `uid2-status`, indexed like [`STATUS_NAMES`].
-    pub statuses: [AtomicU64; 13],
+    pub statuses: [AtomicU64; 15],
     /// When set, the consume-to-acknowledge time of every record in microseconds (demo and tests only).
     pub latencies_us: Option<Mutex<Vec<u32>>>,
 }
@@ -142,6 +168,8 @@ struct Shared {
     /// The first fatal error, which stops the stage.
     fatal: CancellationToken,
     fatal_reason: Mutex<Option<String>>,
+    /// Tokenize direction: set while records wait for keys that can encrypt (logged once per episode).
+    waiting_for_keys: std::sync::atomic::AtomicBool,
 }
 
 /// The inputs of a run that are not configuration.
@@ -186,7 +214,7 @@ pub async fn run(
             .create()
             .context("creating the Kafka producer")?;
     let shared = Arc::new(Shared {
-        cache: (config.enrich && config.cache_entries > 0)
+        cache: (config.enrich && config.direction == Direction::Enrich && config.cache_entries > 0)
             .then(|| DecryptCache::new(config.cache_entries)),
         config: config.clone(),
         producer,
@@ -197,6 +225,7 @@ pub async fn run(
         counters: deps.counters,
         fatal: CancellationToken::new(),
         fatal_reason: Mutex::new(None),
+        waiting_for_keys: std::sync::atomic::AtomicBool::new(false),
     });
     tracing::info!(topics = ?config.input_topics, output = %config.output_topic, dlq = %config.dlq_topic, group = %config.group_id, "Stage started.");
 
@@ -341,6 +370,10 @@ enum Outcome<'m> {
     DeadLetter {
         reason: &'static str,
     },
+    /// Tokenize direction: the keys cannot encrypt now; the record must wait (never go out raw).
+    WaitForKeys {
+        reason: String,
+    },
 }
 
 /// Processes one partition's records in order until its queue closes and every delivery is acknowledged.
@@ -435,11 +468,28 @@ async fn process(shared: &Arc<Shared>, job: Job) -> Result<PendingDelivery, Stri
         _permit: permit,
     } = job;
     let offset = message.offset();
-    let outcome = if shared.config.enrich {
-        enrich_record(shared, &message)
-    } else {
-        Outcome::Passthrough
-    };
+    let mut outcome = handle_record(shared, &message);
+    // Hold the record (and with it its partition; the in-flight bound then stops the consumer) until the
+    // keys can encrypt; the stage reports itself not ready meanwhile (see `stage`).
+    while let Outcome::WaitForKeys { reason } = &outcome {
+        if !shared
+            .waiting_for_keys
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(reason = %reason, "Tokenize: the keys cannot encrypt; holding records until they can.");
+        }
+        tokio::select! {
+            () = shared.fatal.cancelled() => return Err(fatal_reason(shared)),
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        outcome = handle_record(shared, &message);
+    }
+    if shared
+        .waiting_for_keys
+        .swap(false, std::sync::atomic::Ordering::Relaxed)
+    {
+        tracing::info!("Tokenize: the keys can encrypt again; resuming.");
+    }
     let config = &shared.config;
     let (topic, payload, extra): (&str, &[u8], ExtraHeaders) = match &outcome {
         Outcome::Output {
@@ -471,6 +521,9 @@ async fn process(shared: &Arc<Shared>, job: Job) -> Result<PendingDelivery, Stri
                 ("uid2-source-offset", offset.to_string().into_bytes()),
             ],
         ),
+        Outcome::WaitForKeys { .. } => {
+            return Err("internal: a held record reached the producer".into());
+        }
     };
     let extra_refs: Vec<(&str, &[u8])> = extra.iter().map(|(k, v)| (*k, v.as_slice())).collect();
     let headers = kafka::headers_with(message.headers(), &extra_refs);
@@ -533,6 +586,69 @@ async fn process(shared: &Arc<Shared>, job: Job) -> Result<PendingDelivery, Stri
     }))
 }
 
+/// What to do with one record, by the stage's direction.
+fn handle_record<'m>(shared: &Shared, message: &'m OwnedMessage) -> Outcome<'m> {
+    if !shared.config.enrich {
+        return Outcome::Passthrough;
+    }
+    match shared.config.direction {
+        Direction::Enrich => enrich_record(shared, message),
+        Direction::Tokenize => tokenize_record(shared, message),
+    }
+}
+
+fn dead_letter(shared: &Shared, reason: &'static str) -> Outcome<'static> {
+    shared
+        .metrics
+        .dead_lettered
+        .get_or_create(&ReasonLabel { reason })
+        .inc();
+    Outcome::DeadLetter { reason }
+}
+
+/// The sharing sender: raw UID2s at the configured pointers become tokens with fresh random nonces.
+fn tokenize_record<'m>(shared: &Shared, message: &'m OwnedMessage) -> Outcome<'m> {
+    let Some(payload) = message.payload() else {
+        return dead_letter(shared, "no_payload");
+    };
+    let keys = shared.keys.current();
+    let ctx = TokenizeContext {
+        keys: keys.as_deref(),
+        now_ms: wall_clock_ms(),
+    };
+    let mut nonces = || {
+        let mut n = [0u8; 24];
+        // GCM nonces must never repeat under a key: the operating system's generator, never a seeded one.
+        getrandom::fill(&mut n).expect("the operating system's random number generator failed");
+        n
+    };
+    let started = Instant::now();
+    let result = tokenize::tokenize(payload, &ctx, &shared.config.tokenize, &mut nonces);
+    shared
+        .metrics
+        .enrich_seconds
+        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(tokenized) => {
+            let status = tokenized.status.as_str();
+            shared
+                .metrics
+                .request_status
+                .get_or_create(&StatusLabel { status })
+                .inc();
+            Outcome::Output {
+                payload: tokenized.output,
+                status,
+                member: None,
+            }
+        }
+        Err(TokenizeError::Malformed(malformed)) => dead_letter(shared, malformed.reason),
+        Err(TokenizeError::Keys(e)) => Outcome::WaitForKeys {
+            reason: e.to_string(),
+        },
+    }
+}
+
 fn enrich_record<'m>(shared: &Shared, message: &'m OwnedMessage) -> Outcome<'m> {
     let Some(payload) = message.payload() else {
         shared
@@ -554,7 +670,8 @@ fn enrich_record<'m>(shared: &Shared, message: &'m OwnedMessage) -> Outcome<'m> 
         now_ms: wall_clock_ms(),
     };
     let started = Instant::now();
-    let result = enrich::enrich(payload, shared.config.format, &ctx, &shared.config.policy);
+    let format = shared.config.format_for(message.topic());
+    let result = enrich::enrich(payload, format, &ctx, &shared.config.policy);
     shared
         .metrics
         .enrich_seconds

@@ -24,9 +24,11 @@ use clap::ValueEnum;
 use crate::cache::DecryptCache;
 use crate::cli::ModeArg;
 use crate::enrich::{self, Malformed, PayloadFormat, Policy};
+use crate::formats::event::JsonPointer;
 use crate::jsonl::{self, CaptureRecord, Output};
 use crate::optout::{NoOptOuts, OptOutLookup};
 use crate::pipeline::{STATUS_NAMES, wall_clock_ms};
+use crate::tokenize::{Direction, TokenizeContext, TokenizeError, TokenizePolicy};
 use crate::uid2::{ClientMode, KeySet};
 
 /// Lines per batch handed to a worker: large enough to amortise the hand-offs, small enough to keep every
@@ -93,9 +95,21 @@ pub struct ReplayArgs {
     /// counted and reported only.
     #[arg(long, value_name = "FILE")]
     pub dlq: Option<PathBuf>,
-    /// Payload format of the requests.
+    /// Payload format: OpenRTB JSON, OpenRTB protobuf (capture records with `value_b64`), tracking-pixel
+    /// URLs, or any JSON event.
     #[arg(long, value_enum, default_value_t = FormatArg::Openrtb)]
     pub format: FormatArg,
+    /// `enrich` decrypts tokens; `tokenize` replaces raw UID2s by v4 tokens made with the sharing keys'
+    /// default keyset (the sharing sender; JSON formats only).
+    #[arg(long, value_enum, default_value_t = DirectionArg::Enrich)]
+    pub direction: DirectionArg,
+    /// `--format pixel`: the query parameter that carries the token.
+    #[arg(long, value_name = "NAME")]
+    pub pixel_param: Option<String>,
+    /// `--format json`: where tokens are (JSON pointers, repeatable); `--direction tokenize`: where raw
+    /// UID2s are. Defaults: `/uid2_token`, `/uid2` (or --config's [pipeline] settings).
+    #[arg(long = "pointer", value_name = "JSON-POINTER")]
+    pub pointers: Vec<String>,
     /// Exit with status 1 if any line was malformed.
     #[arg(long)]
     pub strict: bool,
@@ -123,6 +137,28 @@ pub enum FormatArg {
     Openrtb,
     /// OpenRTB protobuf bid requests (capture records with `value_b64`).
     Protobuf,
+    /// Tracking-pixel hits: a URL or query string per line.
+    Pixel,
+    /// Any JSON event.
+    Json,
+}
+
+impl From<FormatArg> for PayloadFormat {
+    fn from(f: FormatArg) -> PayloadFormat {
+        match f {
+            FormatArg::Openrtb => PayloadFormat::Json,
+            FormatArg::Protobuf => PayloadFormat::Protobuf,
+            FormatArg::Pixel => PayloadFormat::Pixel,
+            FormatArg::Json => PayloadFormat::Event,
+        }
+    }
+}
+
+/// `--direction`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DirectionArg {
+    Enrich,
+    Tokenize,
 }
 
 /// `--shape`.
@@ -277,6 +313,8 @@ struct Job {
     cache: Option<DecryptCache>,
     policy: Policy,
     format: PayloadFormat,
+    direction: Direction,
+    tokenize: TokenizePolicy,
     now: Now,
     shape: Shape,
     write_dlq: bool,
@@ -333,6 +371,45 @@ fn to_file(args: &ReplayArgs, output_path: &Path, now: Now) -> anyhow::Result<Su
         .as_ref()
         .map_or_else(Policy::default, |s| s.pipeline.policy.clone());
     policy.mode = ClientMode::from(args.mode);
+    let mut tokenize = settings
+        .as_ref()
+        .map_or_else(TokenizePolicy::default, |s| s.pipeline.tokenize.clone());
+    if let Some(param) = &args.pixel_param {
+        policy.pixel_token_param.clone_from(param);
+    }
+    if !args.pointers.is_empty() {
+        let pointers = args
+            .pointers
+            .iter()
+            .map(|p| JsonPointer::parse(p).map_err(|e| anyhow::anyhow!("--pointer {p:?}: {e}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        match args.direction {
+            DirectionArg::Enrich => policy.event_token_pointers = pointers,
+            DirectionArg::Tokenize => tokenize.pointers = pointers,
+        }
+    }
+    let format = PayloadFormat::from(args.format);
+    let direction = match args.direction {
+        DirectionArg::Enrich => Direction::Enrich,
+        DirectionArg::Tokenize => {
+            if !matches!(args.format, FormatArg::Json | FormatArg::Openrtb) {
+                bail!(
+                    "--direction tokenize works on JSON (--format json or openrtb); raw UID2s never travel in pixels or protobuf bid requests"
+                );
+            }
+            let probe_ms = match now {
+                Now::At(ms) => ms,
+                Now::Captured => wall_clock_ms(),
+            };
+            if let Err(e) = crate::tokenize::can_encrypt(Some(&keys), probe_ms) {
+                bail!(
+                    "--direction tokenize: the keys in {} cannot make tokens ({e}); they must be sharing keys (/v2/key/sharing) with an active master key, an active key in the default keyset and a caller site id",
+                    keys_path.display()
+                );
+            }
+            Direction::Tokenize
+        }
+    };
     let optouts: Arc<dyn OptOutLookup + Send + Sync> = match &args.optouts {
         Some(path) => bail!("--optouts {}: OPTOUT_MERGE", path.display()),
         None => Arc::new(NoOptOuts),
@@ -342,10 +419,9 @@ fn to_file(args: &ReplayArgs, output_path: &Path, now: Now) -> anyhow::Result<Su
         optouts,
         cache: (args.cache_entries > 0).then(|| DecryptCache::new(args.cache_entries)),
         policy,
-        format: match args.format {
-            FormatArg::Openrtb => PayloadFormat::Json,
-            FormatArg::Protobuf => PayloadFormat::Protobuf,
-        },
+        format,
+        direction,
+        tokenize,
         now,
         shape: args.shape,
         write_dlq: args.dlq.is_some(),
@@ -613,10 +689,10 @@ fn replay_bare_line(job: &Job, line: &[u8], out: &mut Vec<u8>) -> Result<&'stati
                     .into(),
         });
     };
-    let enriched = enrich_payload(job, line, now_ms)?;
-    out.extend_from_slice(&enriched.output);
+    let transformed = transform(job, line, now_ms)?;
+    out.extend_from_slice(&transformed.output);
     out.push(b'\n');
-    Ok(enriched.status_header())
+    Ok(transformed.status)
 }
 
 fn replay_capture_line(
@@ -637,32 +713,73 @@ fn replay_capture_line(
             detail: "the capture record has no `ts`, which --now capture needs".into(),
         })?,
     };
-    let enriched = enrich_payload(job, &value, now_ms)?;
-    let status = enriched.status_header();
+    let transformed = transform(job, &value, now_ms)?;
+    let status = transformed.status;
     // The headers the stage adds to an output record (pipeline::process).
     record.push_header("uid2-status", Some(status.as_bytes()));
-    if let Some(member) = &enriched.member_json {
+    if let Some(member) = &transformed.member {
         record.push_header("uid2-enrichment", Some(member.as_bytes()));
     }
-    if let Cow::Owned(bytes) = &enriched.output {
+    if let Cow::Owned(bytes) = &transformed.output {
         record.set_value(bytes);
     }
     record.write_line(out);
     Ok(status)
 }
 
-fn enrich_payload<'a>(
-    job: &Job,
-    payload: &'a [u8],
-    now_ms: i64,
-) -> Result<enrich::Enriched<'a>, Malformed> {
-    let ctx = enrich::Context {
-        keys: enrich::Keys::single(job.keys.as_ref()),
-        optouts: job.optouts.as_ref(),
-        cache: job.cache.as_ref(),
-        now_ms,
-    };
-    enrich::enrich(payload, job.format, &ctx, &job.policy)
+/// A record as the stage would produce it.
+struct Transformed<'a> {
+    output: Cow<'a, [u8]>,
+    /// The `uid2-status` header.
+    status: &'static str,
+    /// The `uid2-enrichment` header.
+    member: Option<String>,
+}
+
+/// The stage's work on one payload, in the replay's direction.
+fn transform<'a>(job: &Job, payload: &'a [u8], now_ms: i64) -> Result<Transformed<'a>, Malformed> {
+    match job.direction {
+        Direction::Enrich => {
+            let ctx = enrich::Context {
+                keys: enrich::Keys::single(job.keys.as_ref()),
+                optouts: job.optouts.as_ref(),
+                cache: job.cache.as_ref(),
+                now_ms,
+            };
+            let enriched = enrich::enrich(payload, job.format, &ctx, &job.policy)?;
+            Ok(Transformed {
+                status: enriched.status_header(),
+                member: enriched.member_json,
+                output: enriched.output,
+            })
+        }
+        Direction::Tokenize => {
+            let ctx = TokenizeContext {
+                keys: job.keys.as_ref(),
+                now_ms,
+            };
+            let mut nonces = || {
+                let mut n = [0u8; 24];
+                // GCM nonces must never repeat under a key: the operating system's generator.
+                getrandom::fill(&mut n)
+                    .expect("the operating system's random number generator failed");
+                n
+            };
+            match crate::tokenize::tokenize(payload, &ctx, &job.tokenize, &mut nonces) {
+                Ok(t) => Ok(Transformed {
+                    output: t.output,
+                    status: t.status.as_str(),
+                    member: None,
+                }),
+                Err(TokenizeError::Malformed(m)) => Err(m),
+                // Never emit a raw UID2: the record is held back as a dead letter.
+                Err(TokenizeError::Keys(e)) => Err(Malformed {
+                    reason: "keys_cannot_encrypt",
+                    detail: e.to_string(),
+                }),
+            }
+        }
+    }
 }
 
 /// A dead letter as a capture record: the original value (or, for a record that could not be read, the

@@ -14,6 +14,7 @@ use crate::metrics::Metrics;
 use crate::optout::NoOptOuts;
 use crate::pipeline::{self, KeyProvider, OutputPartitioning, RunCounters, StageConfig, StageDeps};
 use crate::server::{self, ServerState};
+use crate::tokenize::{self, Direction};
 use crate::uid2::KeySet;
 
 impl KeyProvider for KeyHandle {
@@ -39,6 +40,9 @@ pub fn stage_config(s: &Settings) -> StageConfig {
         producer_overrides: props(&s.kafka.producer),
         policy: s.pipeline.policy.clone(),
         format: s.pipeline.format,
+        topic_formats: s.pipeline.topic_formats.clone(),
+        direction: s.pipeline.direction,
+        tokenize: s.pipeline.tokenize.clone(),
         enrich: s.pipeline.enrich,
         max_in_flight: s.pipeline.max_in_flight,
         cache_entries: s.pipeline.cache_entries,
@@ -49,7 +53,8 @@ pub fn stage_config(s: &Settings) -> StageConfig {
 }
 
 /// Runs the stage until a signal (or `shutdown`) stops it. Consuming starts only once the first key set
-/// is loaded: before that `/readyz` answers 503 and no record is touched.
+/// is loaded (in the tokenize direction: once the keys can encrypt): before that `/readyz` answers 503 and
+/// no record is touched.
 ///
 /// # Errors
 /// The HTTP listener cannot bind, the Kafka clients cannot be created, or the stage stopped on a fatal
@@ -89,8 +94,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             Ok(Err(e)) => Err(e),
             _ => Err(anyhow::anyhow!("the HTTP server stopped")),
         },
-        _ = keys.wait_ready() => {
+        () = wait_until_usable(&keys, settings.pipeline.direction) => {
             consuming.store(true, Ordering::Relaxed);
+            // Tokenize: ready only while the keys can encrypt (the pipeline holds records meanwhile).
+            let watch_stop = CancellationToken::new();
+            let watcher = (settings.pipeline.direction == Direction::Tokenize).then(|| {
+                tokio::spawn(watch_encryption(keys.clone(), consuming.clone(), watch_stop.clone()))
+            });
             let deps = StageDeps {
                 keys: Arc::new(keys.clone()),
                 optouts: Arc::new(NoOptOuts),
@@ -98,6 +108,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
                 counters: Arc::new(RunCounters::default()),
             };
             let outcome = pipeline::run(stage_config(&settings), deps, shutdown.clone()).await;
+            watch_stop.cancel();
+            if let Some(watcher) = watcher {
+                // Stopped before the flag is cleared, so it cannot set it again.
+                let _ = watcher.await;
+            }
             consuming.store(false, Ordering::Relaxed);
             if outcome.is_err() {
                 failed.store(true, Ordering::Relaxed);
@@ -108,6 +123,43 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     server_stop.cancel();
     keys.stop();
     result
+}
+
+/// Waits for the first key set and, in the tokenize direction, for keys that can encrypt (an active master
+/// key and default-keyset key): until then nothing is consumed and `/readyz` answers 503.
+async fn wait_until_usable(keys: &KeyHandle, direction: Direction) {
+    keys.wait_ready().await;
+    if direction != Direction::Tokenize {
+        return;
+    }
+    let mut logged = false;
+    loop {
+        match tokenize::can_encrypt(keys.current().as_deref(), pipeline::wall_clock_ms()) {
+            Ok(()) => return,
+            Err(e) if !logged => {
+                tracing::warn!(reason = %e, "Tokenize: the key set cannot encrypt; not consuming until it can.");
+                logged = true;
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Tokenize direction: `/readyz` follows whether the keys can encrypt right now.
+async fn watch_encryption(keys: KeyHandle, ready: Arc<AtomicBool>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let ok =
+            tokenize::can_encrypt(keys.current().as_deref(), pipeline::wall_clock_ms()).is_ok();
+        if !stop.is_cancelled() {
+            ready.store(ok, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Keeps the key-set gauges current for `/metrics`.

@@ -1,7 +1,10 @@
 //! Synthetic bid traffic for `demo` and `gen` (the module is `traffic`: `gen` is reserved in Rust 2024): a key set in the key-endpoint JSON shape, and realistic
 //! OpenRTB requests whose tokens follow a chosen mix of cases, so every status the enricher can give shows
 //! up. Users are drawn from a skewed population, so tokens repeat as they do in real traffic. Everything
-//! is deterministic for a seed. Depends on the token engine and fastrand.
+//! is deterministic for a seed. Beside bid requests it writes the same tokens into tracking-pixel URLs
+//! and JSON events, and JSON events carrying raw UID2s for the tokenize direction. The key set works in
+//! both client modes (it has the `/v2/key/sharing` fields too). Depends on the token engine, the pixel
+//! encoder and fastrand.
 
 use std::fmt::Write as _;
 
@@ -16,6 +19,10 @@ const SITE_KEY_ID: u32 = 2001;
 /// A key the generated key set does not hold: tokens under it get `not_authorized_for_key`.
 const FOREIGN_SITE_KEY_ID: u32 = 2999;
 const PUBLISHER_SITE_ID: i32 = 1234;
+/// The sharing fields of the generated key set: the SDKs' constant master keyset id, and the caller's
+/// default keyset (which holds the site key).
+const MASTER_KEYSET_ID: i64 = 9_999_999;
+const DEFAULT_KEYSET_ID: i64 = 99_999;
 const DAY_MS: i64 = 86_400_000;
 
 /// One kind of token a request can carry, with the status the enricher should give it.
@@ -64,6 +71,25 @@ impl Case {
             Case::CstgOtherDomain => "cstg-mismatch",
             Case::NoToken => "none",
             Case::Malformed => "malformed",
+        }
+    }
+
+    /// What `uid2-status` a pixel hit or JSON event of this case gets in `mode`: as for a bid request,
+    /// except that CSTG tokens pass in sharing mode (no domain check) and fail in bidstream mode (a pixel
+    /// or event names no site).
+    pub fn expected_status_outside_bids(
+        self,
+        mode: crate::uid2::ClientMode,
+    ) -> Option<&'static str> {
+        match (self, mode) {
+            (
+                Case::CstgMatchingDomain | Case::CstgOtherDomain,
+                crate::uid2::ClientMode::Sharing,
+            ) => Some(Status::Success.as_str()),
+            (Case::CstgMatchingDomain | Case::CstgOtherDomain, _) => {
+                Some(Status::DomainOrAppNameCheckFailed.as_str())
+            }
+            _ => self.expected_status(),
         }
     }
 
@@ -188,7 +214,7 @@ impl Generator {
         let created_s = now_ms / 1000 - 30 * 86_400;
         let expires_s = now_ms / 1000 + 365 * 86_400;
         let keys_json = format!(
-            r#"{{"body":{{"max_bidstream_lifetime_seconds":{lifetime},"identity_scope":"UID2","allow_clock_skew_seconds":1800,"keys":[{{"id":{MASTER_KEY_ID},"created":{created_s},"activates":{created_s},"expires":{expires_s},"secret":"{m}"}},{{"id":{SITE_KEY_ID},"created":{created_s},"activates":{created_s},"expires":{expires_s},"secret":"{s}"}}],"site_data":[{{"id":{PUBLISHER_SITE_ID},"domain_names":["example.com","com.example.news"]}}]}},"status":"success"}}"#,
+            r#"{{"body":{{"max_bidstream_lifetime_seconds":{lifetime},"max_sharing_lifetime_seconds":{lifetime},"caller_site_id":{PUBLISHER_SITE_ID},"master_keyset_id":{MASTER_KEYSET_ID},"default_keyset_id":{DEFAULT_KEYSET_ID},"token_expiry_seconds":"86400","identity_scope":"UID2","allow_clock_skew_seconds":1800,"keys":[{{"id":{MASTER_KEY_ID},"created":{created_s},"activates":{created_s},"expires":{expires_s},"secret":"{m}","keyset_id":{MASTER_KEYSET_ID}}},{{"id":{SITE_KEY_ID},"created":{created_s},"activates":{created_s},"expires":{expires_s},"secret":"{s}","keyset_id":{DEFAULT_KEYSET_ID}}}],"site_data":[{{"id":{PUBLISHER_SITE_ID},"domain_names":["example.com","com.example.news"]}}]}},"status":"success"}}"#,
             lifetime = 3 * 86_400 + 10,
             m = b64(&master),
             s = b64(&site),
@@ -334,6 +360,95 @@ impl Generator {
             .request_json(&id, user, token.as_deref(), source, placement, app, domain)
             .into_bytes();
         GenRequest { case, id, bytes }
+    }
+
+    /// The next tracking-pixel hit (a URL, sometimes with a fragment or URL-encoded extras). The token
+    /// parameter is `uid2_token`; `Malformed` hits are not UTF-8.
+    pub fn next_pixel(&mut self) -> GenRequest {
+        let case = self.mix.pick(&mut self.rng);
+        let id = format!("{:016x}", self.rng.u64(..));
+        if case == Case::Malformed {
+            let mut bytes = format!("https://adv.example/px?oid={id}&q=").into_bytes();
+            bytes.extend_from_slice(b"\xff\xfe");
+            return GenRequest { case, id, bytes };
+        }
+        let user = self.user();
+        let token = self.token(case, user);
+        let ev = ["purchase", "view", "add_to_cart", "signup"][usize::from(self.rng.u8(0..4))];
+        let mut url = format!(
+            "https://adv.example/px?ev={ev}&oid={id}&v={}.{:02}&cur=USD",
+            self.rng.u16(1..500),
+            self.rng.u8(0..100)
+        );
+        if let Some(t) = &token {
+            url.push_str("&uid2_token=");
+            crate::formats::pixel::encode_into(&mut url, t);
+        }
+        let _ = write!(
+            url,
+            "&ref=https%3A%2F%2Fwww.example.com%2Fcart%3Fitems%3D{}&cb={}",
+            self.rng.u8(1..9),
+            self.rng.u32(..)
+        );
+        if self.rng.u8(0..5) == 0 {
+            url.push_str("#confirmation");
+        }
+        GenRequest {
+            case,
+            id,
+            bytes: url.into_bytes(),
+        }
+    }
+
+    /// The next JSON event (`{"event":…,"uid2_token":…,…}`; token at `/uid2_token`). `Malformed` events
+    /// are truncated JSON.
+    pub fn next_event(&mut self) -> GenRequest {
+        let case = self.mix.pick(&mut self.rng);
+        let id = format!("{:016x}", self.rng.u64(..));
+        if case == Case::Malformed {
+            let bytes = format!(r#"{{"event":"purchase","id":"{id}","props":{{"#).into_bytes();
+            return GenRequest { case, id, bytes };
+        }
+        let user = self.user();
+        let token = self.token(case, user);
+        let token_member = token
+            .map(|t| format!(r#","uid2_token":"{t}""#))
+            .unwrap_or_default();
+        let bytes = format!(
+            r#"{{"event":"purchase","id":"{id}","ts":{}{token_member},"props":{{"value":{}.{:02},"currency":"USD","items":[{{"sku":"sku-{}","qty":1}}]}},"context":{{"page":"https:\/\/www.example.com\/checkout","ua":"Mozilla/5.0"}}}}"#,
+            self.now_ms,
+            self.rng.u16(1..500),
+            self.rng.u8(0..100),
+            self.rng.u16(..)
+        )
+        .into_bytes();
+        GenRequest { case, id, bytes }
+    }
+
+    /// The next JSON event for the tokenize direction: a raw UID2 at `/uid2` (any token case), none
+    /// (`NoToken`), or a string that is not a raw UID2 (`Malformed`, dead-lettered as
+    /// `invalid_raw_uid2`). The raw UID2 is returned too, to check a round trip.
+    pub fn next_raw_event(&mut self) -> (GenRequest, Option<String>) {
+        let case = match self.mix.pick(&mut self.rng) {
+            c @ (Case::NoToken | Case::Malformed) => c,
+            _ => Case::ValidV4,
+        };
+        let id = format!("{:016x}", self.rng.u64(..));
+        let user = self.user();
+        let raw = (case == Case::ValidV4).then(|| Self::raw_uid2(user, IdentityScope::Uid2));
+        let uid2 = match (&raw, case) {
+            (Some(r), _) => format!(r#","uid2":"{r}""#),
+            (None, Case::Malformed) => r#","uid2":"not-a-raw-uid2""#.to_string(),
+            _ => String::new(),
+        };
+        let bytes = format!(
+            r#"{{"event":"segment","id":"{id}"{uid2},"segments":[{},{}],"ts":{}}}"#,
+            self.rng.u16(..),
+            self.rng.u16(..),
+            self.now_ms
+        )
+        .into_bytes();
+        (GenRequest { case, id, bytes }, raw)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -483,6 +598,58 @@ mod tests {
             }
         }
         assert_eq!(seen.len(), Case::ALL.len());
+    }
+
+    /// Pixel hits and events get their intended status in both modes; raw events tokenize.
+    #[test]
+    fn pixels_and_events_get_their_intended_status() {
+        use crate::uid2::ClientMode;
+        let now = 1_767_225_600_000;
+        let mix = Mix(Case::ALL.iter().map(|c| (*c, 1)).collect());
+        let mut generator = Generator::new(9, mix, now, 500, 2000);
+        let keys = generator.key_set();
+        let ctx = Context {
+            keys: Keys::single(Some(&keys)),
+            optouts: &NoOptOuts,
+            cache: None,
+            now_ms: now,
+        };
+        for mode in [ClientMode::Sharing, ClientMode::Bidstream] {
+            let mut policy = Policy::default();
+            policy.mode = mode;
+            for _ in 0..300 {
+                for (r, format) in [
+                    (generator.next_pixel(), PayloadFormat::Pixel),
+                    (generator.next_event(), PayloadFormat::Event),
+                ] {
+                    let got = enrich(&r.bytes, format, &ctx, &policy).map(|o| o.status_header());
+                    assert_eq!(
+                        got.ok(),
+                        r.case.expected_status_outside_bids(mode),
+                        "{:?} {format:?} {mode:?}",
+                        r.case
+                    );
+                }
+            }
+        }
+        let tctx = crate::tokenize::TokenizeContext {
+            keys: Some(&keys),
+            now_ms: now,
+        };
+        let policy = crate::tokenize::TokenizePolicy::default();
+        for _ in 0..200 {
+            let (r, raw) = generator.next_raw_event();
+            let got = crate::tokenize::tokenize(&r.bytes, &tctx, &policy, &mut || [7; 24])
+                .map(|t| t.status);
+            match (r.case, got) {
+                (Case::ValidV4, Ok(crate::tokenize::TokenizeStatus::Tokenized)) => {
+                    assert!(raw.is_some())
+                }
+                (Case::NoToken, Ok(crate::tokenize::TokenizeStatus::NoRawUid2)) => {}
+                (Case::Malformed, Err(_)) => {}
+                (case, other) => panic!("{case:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]

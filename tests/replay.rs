@@ -33,10 +33,14 @@ fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// The lines of a (possibly compressed) file; bytes that are not UTF-8 show as U+FFFD.
 fn lines(p: &Path) -> Vec<String> {
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut jsonl::open_input(p).unwrap(), &mut text).unwrap();
-    text.lines().map(str::to_string).collect()
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut jsonl::open_input(p).unwrap(), &mut bytes).unwrap();
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// The status a replayed request carries: the member's, or `no_token` when nothing was added.
@@ -338,4 +342,197 @@ fn a_truncated_gzip_input_stops_with_the_line_and_keeps_what_was_written() {
         stderr.contains(&format!("the {} lines written", written.len())),
         "{stderr}"
     );
+}
+
+/// `uid2_status` of a replayed pixel URL, or `no_token` when nothing was appended.
+fn pixel_status(line: &str) -> String {
+    line.split(['?', '&', '#'])
+        .find_map(|p| p.strip_prefix("uid2_status="))
+        .unwrap_or("no_token")
+        .to_string()
+}
+
+#[test]
+fn pixel_streams_replay_with_the_statuses_gen_intended() {
+    let dir = scratch("pixel");
+    let (pixels, keys, out) = (
+        dir.join("pixels.txt"),
+        dir.join("keys.json"),
+        dir.join("out.txt"),
+    );
+    let now = "2026-01-01T00:00:00Z";
+    let mix = "v2=1,v3=1,v4=2,expired=1,unknown-site-key=1,tampered=1,euid=1,none=1,malformed=1";
+    let generated = bin(&[
+        "gen",
+        "--count",
+        "1500",
+        "--format",
+        "pixel",
+        "--output",
+        path(&pixels),
+        "--keys-out",
+        path(&keys),
+        "--mix",
+        mix,
+        "--seed",
+        "5",
+        "--now",
+        now,
+    ]);
+    assert!(
+        generated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
+    let run = bin(&[
+        "replay",
+        "--input",
+        path(&pixels),
+        "--output",
+        path(&out),
+        "--keys",
+        path(&keys),
+        "--now",
+        now,
+        "--format",
+        "pixel",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let mut generator = Generator::new(
+        5,
+        Mix::parse(mix).unwrap(),
+        1_767_225_600_000,
+        100_000,
+        2000,
+    );
+    let input = lines(&pixels);
+    let mut output = lines(&out).into_iter();
+    for (n, url) in input.iter().enumerate() {
+        let case = generator.next_pixel().case;
+        let Some(expected) = case.expected_status() else {
+            continue;
+        };
+        let line = output.next().expect("an output line per well-formed pixel");
+        assert_eq!(pixel_status(&line), expected, "line {} ({case:?})", n + 1);
+        // Only parameters were appended (before any fragment).
+        let base = url.split('#').next().unwrap();
+        assert!(line.starts_with(base), "line {}: {line}", n + 1);
+    }
+    assert!(output.next().is_none());
+}
+
+#[test]
+fn tokenize_then_decrypt_in_sharing_mode_gives_the_raw_uid2s_back() {
+    let dir = scratch("tokenize");
+    let (events, keys, tokenized, decrypted, dlq) = (
+        dir.join("events.jsonl"),
+        dir.join("keys.json"),
+        dir.join("tokenized.jsonl"),
+        dir.join("decrypted.jsonl"),
+        dir.join("dlq.jsonl"),
+    );
+    let generated = bin(&[
+        "gen",
+        "--count",
+        "800",
+        "--format",
+        "json",
+        "--raw-uid2",
+        "--output",
+        path(&events),
+        "--keys-out",
+        path(&keys),
+        "--mix",
+        "v4=8,none=1,malformed=1",
+        "--seed",
+        "9",
+    ]);
+    assert!(
+        generated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
+    let run = bin(&[
+        "replay",
+        "--input",
+        path(&events),
+        "--output",
+        path(&tokenized),
+        "--keys",
+        path(&keys),
+        "--mode",
+        "sharing",
+        "--format",
+        "json",
+        "--direction",
+        "tokenize",
+        "--dlq",
+        path(&dlq),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let run = bin(&[
+        "replay",
+        "--input",
+        path(&tokenized),
+        "--output",
+        path(&decrypted),
+        "--keys",
+        path(&keys),
+        "--mode",
+        "sharing",
+        "--format",
+        "json",
+        "--pointer",
+        "/uid2",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+
+    let originals: Vec<serde_json::Value> = lines(&events)
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| {
+            v.get("uid2")
+                .and_then(|u| u.as_str())
+                .is_none_or(|u| u.len() == 44)
+        })
+        .collect();
+    let tokenized = lines(&tokenized);
+    let decrypted = lines(&decrypted);
+    assert_eq!(tokenized.len(), originals.len());
+    assert_eq!(decrypted.len(), originals.len());
+    let mut round_trips = 0;
+    for ((original, token_line), back) in originals.iter().zip(&tokenized).zip(&decrypted) {
+        let back: serde_json::Value = serde_json::from_str(back).unwrap();
+        match original.get("uid2").and_then(|u| u.as_str()) {
+            Some(raw) => {
+                assert!(
+                    !token_line.contains(raw),
+                    "a raw UID2 left the tokenize direction"
+                );
+                assert_eq!(back["uid2_enrichment"]["status"], "success", "{back}");
+                assert_eq!(back["uid2_enrichment"]["raw_uid2"], raw);
+                round_trips += 1;
+            }
+            None => assert_eq!(
+                &serde_json::from_str::<serde_json::Value>(token_line).unwrap(),
+                original
+            ),
+        }
+    }
+    assert!(round_trips > 500, "{round_trips}");
+    let dead = lines(&dlq);
+    assert!(!dead.is_empty());
+    assert!(dead.iter().all(|d| d.contains("invalid_raw_uid2")));
 }

@@ -324,6 +324,38 @@ pub fn validate_strict(input: &[u8]) -> Result<(), JsonError> {
     }
 }
 
+/// The scanner's building blocks, for the crate's other JSON readers (`formats::event`, `tokenize`), so
+/// that every JSON input is checked and skipped the same way.
+pub(crate) mod parts {
+    use super::{Cursor, JsonError};
+
+    /// Whether `input` is UTF-8 (ASCII fast path).
+    pub(crate) fn is_utf8(input: &[u8]) -> bool {
+        super::is_utf8(input)
+    }
+
+    /// The closing quote of the string whose content starts at `from`, and whether it has escapes.
+    pub(crate) fn string_end(bytes: &[u8], from: usize) -> Result<(usize, bool), JsonError> {
+        super::string_end(bytes, from)
+    }
+
+    /// `raw` (the bytes between a string's quotes, at `offset` in the input) with its escapes resolved.
+    pub(crate) fn unescape(raw: &str, offset: usize) -> Result<String, JsonError> {
+        super::unescape(raw, offset)
+    }
+
+    /// The offset right after the value starting at `pos` (nested `depth` containers deep), checking what
+    /// the scanner checks in values it skips.
+    pub(crate) fn skip_value(bytes: &[u8], pos: usize, depth: usize) -> Result<usize, JsonError> {
+        if depth >= super::MAX_DEPTH {
+            return Err(JsonError::TooDeep);
+        }
+        let mut cursor = Cursor { bytes, pos };
+        cursor.skip_value(depth)?;
+        Ok(cursor.pos)
+    }
+}
+
 /// Whether `input` is UTF-8. Requests are nearly always ASCII, which one pass of 64-byte ORs (vectorised)
 /// confirms at a fraction of the cost of std's validation; anything else gets std's validation.
 #[inline]
