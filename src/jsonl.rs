@@ -316,23 +316,36 @@ impl CaptureRecord {
     }
 }
 
-/// Whether a line is a capture record rather than a bare request: a JSON object with a top-level `value` or
-/// `value_b64`, or with all of `topic`, `partition` and `offset` (so a record that lost its value is
-/// reported as such). Bid requests and events have none of these at the top level.
+/// Whether a line is a capture record rather than a bare request: a JSON object with a top-level string
+/// `value` or a `value_b64`, or one that starts with `ts`, `topic`, `partition` or `offset` and has all of
+/// `topic`, `partition` and `offset` (so a record that lost its value is reported as such). Bid requests
+/// have none of these at the top level; an event's numeric `value` does not count.
 pub fn is_capture_record(line: &[u8]) -> bool {
-    // Most lines are bare requests: skip the parse unless one of the names occurs at all. The finders are
-    // built once; building one per line cost more than the search.
+    // Most lines are bare requests: skip the parse unless the line has a `"value…` name somewhere, or
+    // starts like a capture record (one that lost its value). One pass over the line, with a finder built
+    // once: building one per line cost more than the search.
     static VALUE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
         std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"value"));
-    static OFFSET: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"offset\""));
-    if VALUE.find(line).is_none() && OFFSET.find(line).is_none() {
+    let start = line.trim_ascii_start();
+    let capture_like_start = [
+        &b"\"ts\""[..],
+        b"\"topic\"",
+        b"\"partition\"",
+        b"\"offset\"",
+    ]
+    .iter()
+    .any(|name| {
+        start
+            .strip_prefix(b"{")
+            .is_some_and(|rest| rest.trim_ascii_start().starts_with(name))
+    });
+    if !capture_like_start && VALUE.find(line).is_none() {
         return false;
     }
     #[derive(Deserialize)]
     struct Probe {
         #[serde(default)]
-        value: Option<serde::de::IgnoredAny>,
+        value: Option<serde_json::Value>,
         #[serde(default)]
         value_b64: Option<serde::de::IgnoredAny>,
         #[serde(default)]
@@ -344,7 +357,7 @@ pub fn is_capture_record(line: &[u8]) -> bool {
     }
     match serde_json::from_slice::<Probe>(line) {
         Ok(p) => {
-            p.value.is_some()
+            p.value.as_ref().is_some_and(serde_json::Value::is_string)
                 || p.value_b64.is_some()
                 || (p.topic.is_some() && p.partition.is_some() && p.offset.is_some())
         }
@@ -398,6 +411,9 @@ mod tests {
             br#"{"id":"1","user":{"data":[{"segment":[{"id":"s","value":"v"}]}]}}"#
         ));
         assert!(!is_capture_record(b"https://x/px?value=1"));
+        assert!(!is_capture_record(
+            br#"{"ev":"purchase","value":19.99,"uid2_token":"A4"}"#
+        ));
         let lost = br#"{"ts":1,"topic":"t","partition":0,"offset":7,"headers":[]}"#;
         assert!(is_capture_record(lost));
         assert_eq!(CaptureRecord::parse(lost), Err(RecordError::NoValue));
