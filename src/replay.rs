@@ -13,7 +13,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::io::BufRead;
+use std::io::{BufRead, Read as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,9 +31,11 @@ use crate::pipeline::{STATUS_NAMES, wall_clock_ms};
 use crate::tokenize::{Direction, TokenizeContext, TokenizeError, TokenizePolicy};
 use crate::uid2::{ClientMode, KeySet};
 
-/// Lines per batch handed to a worker: large enough to amortise the hand-offs, small enough to keep every
-/// core busy and memory bounded (a few MB per batch).
-const BATCH_LINES: usize = 2048;
+/// Bytes per batch handed to a worker (about 2,000 requests of 2 KB): large enough to amortise the
+/// hand-offs, small enough to keep every core busy and memory bounded.
+const BATCH_BYTES: usize = 4 << 20;
+/// Bytes per read: at least the input buffer's size, so reads bypass it and land in the batch directly.
+const READ_CHUNK: usize = 1 << 20;
 /// Batches in flight between the reader, the workers and the writer.
 const BATCHES_IN_FLIGHT: usize = 16;
 /// Malformed lines quoted in the summary (all are counted).
@@ -320,7 +322,8 @@ struct Job {
     write_dlq: bool,
 }
 
-/// A batch of whole lines, `\n` stripped.
+/// A batch of whole lines: `ends` are the offsets of each line's end (its newline, or the end of the data
+/// for a last line without one).
 struct Batch {
     seq: u64,
     first_line: u64,
@@ -545,6 +548,9 @@ fn progress_bar(total_bytes: Option<u64>, hidden: bool) -> indicatif::ProgressBa
     bar
 }
 
+/// Reads the input in large blocks and hands out batches of whole lines. Reading blocks straight into the
+/// batch buffer (rather than line by line) saves a copy of every byte; a line longer than a block simply
+/// makes its batch larger.
 fn read_batches(
     mut input: Box<dyn BufRead + Send>,
     input_name: &str,
@@ -552,54 +558,65 @@ fn read_batches(
 ) {
     let mut seq = 0;
     let mut line_no = 0u64;
+    let mut carry: Vec<u8> = Vec::new();
     loop {
-        let mut batch = Batch {
-            seq,
-            first_line: line_no + 1,
-            data: Vec::with_capacity(BATCH_LINES * 2200),
-            ends: Vec::with_capacity(BATCH_LINES),
-        };
+        let mut data = Vec::with_capacity(BATCH_BYTES + carry.len() + READ_CHUNK);
+        data.append(&mut carry);
         let mut eof = false;
-        while batch.ends.len() < BATCH_LINES {
-            match input.read_until(b'\n', &mut batch.data) {
+        let mut failure = None;
+        // Fill to the target size, then on until the block holds at least one newline.
+        while !eof && (data.len() < BATCH_BYTES || memchr::memchr(b'\n', &data).is_none()) {
+            let filled = data.len();
+            data.resize(filled + READ_CHUNK, 0);
+            match input.read(data.get_mut(filled..).unwrap_or_default()) {
                 Ok(0) => {
+                    data.truncate(filled);
                     eof = true;
-                    break;
                 }
-                Ok(_) => {
-                    line_no += 1;
-                    if batch.data.last() == Some(&b'\n') {
-                        batch.data.pop();
-                    }
-                    batch.ends.push(batch.data.len());
-                }
+                Ok(n) => data.truncate(filled + n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => data.truncate(filled),
                 Err(e) => {
-                    if !batch.ends.is_empty() {
-                        // Keep the complete lines read before the error; drop the partial one.
-                        let complete = batch.ends.last().copied().unwrap_or(0);
-                        batch.data.truncate(complete);
-                        if work.send(Work::Lines(batch)).is_err() {
-                            return;
-                        }
-                        seq += 1;
-                    }
-                    let hint = if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                        " (the compressed stream ends early: is the file truncated?)"
-                    } else {
-                        ""
-                    };
-                    let error =
-                        anyhow::anyhow!("reading {input_name} at line {}: {e}{hint}", line_no + 1);
-                    let _ = work.send(Work::Failed { seq, error });
-                    return;
+                    data.truncate(filled);
+                    failure = Some(e);
+                    break;
                 }
             }
         }
-        if !batch.ends.is_empty() {
+        // Whole lines go now; a partial last line waits for the next block (or is the last line at EOF).
+        let whole = if eof {
+            data.len()
+        } else {
+            memchr::memrchr(b'\n', &data).map_or(0, |i| i + 1)
+        };
+        carry.extend_from_slice(data.get(whole..).unwrap_or_default());
+        data.truncate(whole);
+        let mut ends: Vec<usize> = memchr::memchr_iter(b'\n', &data).collect();
+        if data.last().is_some_and(|b| *b != b'\n') {
+            ends.push(data.len());
+        }
+        if !ends.is_empty() {
+            let lines = ends.len() as u64;
+            let batch = Batch {
+                seq,
+                first_line: line_no + 1,
+                data,
+                ends,
+            };
             if work.send(Work::Lines(batch)).is_err() {
                 return;
             }
             seq += 1;
+            line_no += lines;
+        }
+        if let Some(e) = failure {
+            let hint = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                " (the compressed stream ends early: is the file truncated?)"
+            } else {
+                ""
+            };
+            let error = anyhow::anyhow!("reading {input_name} at line {}: {e}{hint}", line_no + 1);
+            let _ = work.send(Work::Failed { seq, error });
+            return;
         }
         if eof {
             return;
@@ -614,14 +631,15 @@ fn process_batch(job: &Job, batch: &Batch) -> Done {
         output_lines: 0,
         dlq: Vec::new(),
         summary: Summary::default(),
-        input_bytes: (batch.data.len() + batch.ends.len()) as u64,
+        input_bytes: batch.data.len() as u64,
         failed: None,
     };
     let mut counts = [0u64; STATUS_NAMES.len() + 1];
     let mut start = 0;
     for (i, &end) in batch.ends.iter().enumerate() {
         let line = batch.data.get(start..end).unwrap_or_default();
-        start = end;
+        // Past the newline (the last line of a file may have none).
+        start = end + 1;
         let line_no = batch.first_line + i as u64;
         done.summary.lines += 1;
         done.output_lines += 1;
