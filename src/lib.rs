@@ -33,3 +33,4 @@ pub mod stage;
 pub mod telemetry;
 pub mod traffic;
 pub mod uid2;
+pub mod verify;
