@@ -98,6 +98,9 @@ pub struct Report {
     pub unexpected: u64,
     /// Input records sharing an id with an earlier input record (they are verified as one).
     pub input_id_collisions: u64,
+    /// Records of the output and dead-letter topics below their low watermark (deleted by retention),
+    /// which the verifier cannot see: when not 0, losses and reorderings may be the broker's deletions.
+    pub unreadable: i64,
     pub lost_examples: Vec<String>,
     pub out_of_order_examples: Vec<String>,
 }
@@ -151,6 +154,13 @@ impl Report {
             self.unexpected,
             self.input_id_collisions
         );
+        if self.unreadable > 0 {
+            let _ = writeln!(
+                s,
+                "warning: {} output/dead-letter records were already deleted by the broker (low watermark > 0); losses and reorderings may be those deletions",
+                self.unreadable
+            );
+        }
         if !self.lost_examples.is_empty() {
             let _ = writeln!(s, "lost, e.g.: {}", self.lost_examples.join(", "));
         }
@@ -387,6 +397,17 @@ impl VerifyOptions {
 /// # Errors
 /// The consumer cannot be created, the topic does not exist, or a fetch fails.
 pub fn read_topic(options: &VerifyOptions, topic: &str) -> Result<Vec<Seen>, VerifyError> {
+    read_topic_counting(options, topic).map(|(records, _)| records)
+}
+
+/// [`read_topic`], plus how many records lie below the partitions' low watermarks (already deleted).
+///
+/// # Errors
+/// As [`read_topic`].
+pub fn read_topic_counting(
+    options: &VerifyOptions,
+    topic: &str,
+) -> Result<(Vec<Seen>, i64), VerifyError> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &options.brokers)
         // A group id librdkafka wants for its fetcher; nothing joins the group or commits to it.
@@ -419,6 +440,7 @@ pub fn read_topic(options: &VerifyOptions, topic: &str) -> Result<Vec<Seen>, Ver
     let mut tpl = TopicPartitionList::new();
     // partition → the end to reach (the high watermark when reading started)
     let mut ends: HashMap<i32, i64> = HashMap::new();
+    let mut deleted = 0;
     for &p in &partitions {
         let (low, high) = consumer
             .fetch_watermarks(topic, p, Duration::from_secs(10))
@@ -429,6 +451,7 @@ pub fn read_topic(options: &VerifyOptions, topic: &str) -> Result<Vec<Seen>, Ver
         if high > low {
             ends.insert(p, high);
         }
+        deleted += low.max(0);
         tpl.add_partition_offset(topic, p, Offset::Beginning)
             .map_err(|source| VerifyError::Read {
                 topic: topic.to_string(),
@@ -468,7 +491,7 @@ pub fn read_topic(options: &VerifyOptions, topic: &str) -> Result<Vec<Seen>, Ver
             offset,
         });
     }
-    Ok(by_partition
+    let records = by_partition
         .into_values()
         .flat_map(|mut records| {
             // A fetch never goes backwards; sorting guards a re-fetch after a broker error.
@@ -476,7 +499,8 @@ pub fn read_topic(options: &VerifyOptions, topic: &str) -> Result<Vec<Seen>, Ver
             records.dedup_by_key(|r| r.offset);
             records
         })
-        .collect())
+        .collect();
+    Ok((records, deleted))
 }
 
 /// `topic/partition@offset` from a dead letter's `uid2-source-*` headers.
@@ -509,9 +533,11 @@ pub fn verify(options: &VerifyOptions) -> Result<Report, VerifyError> {
                 .map(|r| (topic.clone(), r)),
         );
     }
-    let output = read_topic(options, &options.output)?;
-    let dlq = read_topic(options, &options.dlq)?;
-    Ok(analyze(&input, &output, &dlq))
+    let (output, deleted_output) = read_topic_counting(options, &options.output)?;
+    let (dlq, deleted_dlq) = read_topic_counting(options, &options.dlq)?;
+    let mut report = analyze(&input, &output, &dlq);
+    report.unreadable = deleted_output + deleted_dlq;
+    Ok(report)
 }
 
 /// [`verify`], read again from the start with a fresh consumer up to `passes` times while inputs are
@@ -601,10 +627,19 @@ mod tests {
         assert_eq!(r.max_multiplicity, 3);
         let p0 = &r.partitions[0];
         assert_eq!(
-            (p0.input, p0.output, p0.dead_lettered, p0.lost, p0.duplicated_ids),
+            (
+                p0.input,
+                p0.output,
+                p0.dead_lettered,
+                p0.lost,
+                p0.duplicated_ids
+            ),
             (3, 1, 1, 1, 1)
         );
-        assert_eq!((r.partitions[1].input, r.partitions[1].dead_lettered), (1, 1));
+        assert_eq!(
+            (r.partitions[1].input, r.partitions[1].dead_lettered),
+            (1, 1)
+        );
         assert!(!r.ok());
     }
 
