@@ -86,13 +86,7 @@ async fn key_service_down_at_start_down_mid_run_and_back() {
     }
     let brokers = cluster.bootstrap_servers();
     // Every request carries one valid v4 token; few users, so tokens repeat and the decrypt cache is hot.
-    let mut generator = Generator::new(
-        31,
-        Mix(vec![(Case::ValidV4, 1)]),
-        wall_clock_ms(),
-        20,
-        800,
-    );
+    let mut generator = Generator::new(31, Mix(vec![(Case::ValidV4, 1)]), wall_clock_ms(), 20, 800);
     let key_life = Duration::from_secs(8);
     let (fake, url) = operator::start(CLIENT_SECRET_B64, API_KEY, String::new(), false).await;
     let port = free_port();
@@ -140,7 +134,10 @@ listen = "127.0.0.1:{port}"
     assert!(!stage.is_finished(), "the stage must wait, not exit");
     assert_eq!(metric(port, "uid2_enricher_records_in_total").await, 0);
     let refused_at_start = fake.refused.load(Ordering::Relaxed);
-    assert!(refused_at_start >= 3, "retries with backoff: {refused_at_start}");
+    assert!(
+        refused_at_start >= 3,
+        "retries with backoff: {refused_at_start}"
+    );
 
     // 2. Up, with keys that expire soon: ready, and the waiting records come out enriched.
     let expires_at = wall_clock_ms() / 1000 + key_life.as_secs() as i64;
@@ -165,7 +162,11 @@ listen = "127.0.0.1:{port}"
     })
     .await;
     assert!(!stage.is_finished());
-    assert_eq!(get(port, "/readyz").await.0, 200, "still ready on last good keys");
+    assert_eq!(
+        get(port, "/readyz").await.0,
+        200,
+        "still ready on last good keys"
+    );
     // …and once they expired, tokens get keys_not_synced (not success from a stale cache).
     let wait = Duration::from_millis(
         u64::try_from(expires_at * 1000 - wall_clock_ms() + 500).unwrap_or(0),
@@ -183,10 +184,18 @@ listen = "127.0.0.1:{port}"
     fake.set_keys(operator::with_expiry(generator.keys_json(), fresh_expiry));
     fake.set_up(true);
     let refreshed_in = Instant::now();
-    wait_until("the refreshed key set", Duration::from_secs(5), async || {
-        metric(port, "uid2_enricher_key_set_latest_expiry_timestamp_seconds").await
-            == fresh_expiry as u64
-    })
+    wait_until(
+        "the refreshed key set",
+        Duration::from_secs(5),
+        async || {
+            metric(
+                port,
+                "uid2_enricher_key_set_latest_expiry_timestamp_seconds",
+            )
+            .await
+                == fresh_expiry as u64
+        },
+    )
     .await;
     let refreshed_in = refreshed_in.elapsed();
     produce(&brokers, &mut generator, 50).await;
