@@ -527,14 +527,15 @@ fn rss_kb() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocked_output_stalls_consumption_at_the_in_flight_bound_and_loses_nothing() {
-    let cluster = cluster(&[("blocked", 4), ("blocked-out", 4), ("blocked-dlq", 1)]);
+    // Small records over 16 partitions keep every partition below the mock cluster's retention.
+    let cluster = cluster(&[("blocked", 16), ("blocked-out", 16), ("blocked-dlq", 1)]);
     let brokers = cluster.bootstrap_servers();
     let (count, window, blocked_for) = if long() {
-        (50_000, 2_000, Duration::from_secs(20))
+        (30_000, 2_000, Duration::from_secs(20))
     } else {
         (6_000, 500, Duration::from_secs(3))
     };
-    let mut generator = Generator::new(9, Mix::default(), wall_clock_ms(), 1000, 1000);
+    let mut generator = Generator::new(9, Mix::default(), wall_clock_ms(), 1000, 400);
     let records: Vec<(String, Vec<u8>)> = (0..count)
         .map(|_| {
             let r = generator.next_request();
@@ -589,7 +590,7 @@ async fn a_blocked_output_stalls_consumption_at_the_in_flight_bound_and_loses_no
     assert!(report.ok(), "{}", report.render());
     assert_eq!(report.input, count as u64);
     let growth_mb = max_rss.saturating_sub(rss_before) / 1024;
-    // The window holds ~1 KB records; librdkafka's prefetch queue is bounded by its own settings.
+    // The window holds ~0.4 KB records; librdkafka's prefetch queue is bounded by its own settings.
     assert!(growth_mb < 256, "RSS grew by {growth_mb} MB while blocked");
     println!(
         "RESULT blocked-output: {count} records, window {window}, blocked {:.0} s: consumed stalled at {max_consumed}, max in flight {max_in_flight}, RSS +{growth_mb} MB; resumed and drained in {:.1} s; lost {}, duplicates {}, out of order {}",
@@ -605,9 +606,9 @@ async fn a_blocked_output_stalls_consumption_at_the_in_flight_bound_and_loses_no
 async fn repeated_broker_outages_mid_stream_lose_nothing_and_keep_order() {
     // tests/pipeline_mock.rs shows one 2 s outage loses nothing; this repeats it and counts duplicates
     // and order with the verifier.
-    // Small records over 8 partitions: the mock cluster deletes a partition's oldest records past a few
+    // Small records over 16 partitions: the mock cluster deletes a partition's oldest records past a few
     // MB, which the verifier would count as losses (it reports them as `unreadable`).
-    let cluster = cluster(&[("outage", 8), ("outage-out", 8), ("outage-dlq", 1)]);
+    let cluster = cluster(&[("outage", 16), ("outage-out", 16), ("outage-dlq", 1)]);
     let brokers = cluster.bootstrap_servers();
     let (outages, batches) = if long() { (5, 300) } else { (2, 80) };
     let generator = Generator::new(12, Mix::default(), wall_clock_ms(), 500, 300);
