@@ -17,7 +17,8 @@
 //! The id of a record is, in this order: the JSON value at `--id-field` (a JSON pointer, `/id` by
 //! default) when the payload is a JSON object; field 1 (`BidRequest.id`) when the payload is a protobuf
 //! message whose field 1 is UTF-8; the record key; and for a record with none of those, its coordinates
-//! `topic/partition@offset` (a dead letter names its source in `uid2-source-*` headers, so it maps back).
+//! `topic/partition@offset`. A dead letter names its source in `uid2-source-*` headers and is matched by
+//! those coordinates first.
 //! Enrichment keeps the id and dead-lettering keeps the payload and key, so input, output and dead
 //! letter agree on it.
 //!
@@ -59,6 +60,9 @@ pub struct Seen {
     pub id: String,
     pub partition: i32,
     pub offset: i64,
+    /// A dead letter's source, `topic/partition@offset` from its `uid2-source-*` headers: it names the
+    /// input record exactly, whatever the payload (a too-large record is dead-lettered without one).
+    pub source: Option<String>,
 }
 
 /// What the verifier found for one input partition.
@@ -191,6 +195,7 @@ pub fn analyze(input: &[(String, Seen)], output: &[Seen], dlq: &[Seen]) -> Repor
     let mut partitions: Vec<PartitionReport> = Vec::new();
     let mut partition_index: HashMap<(String, i32), usize> = HashMap::new();
     let mut inputs: HashMap<&str, (usize, i64)> = HashMap::with_capacity(input.len());
+    let mut by_coordinates: HashMap<String, &str> = HashMap::new();
     let mut report = Report::default();
     for (topic, r) in input {
         let index = *partition_index
@@ -203,6 +208,7 @@ pub fn analyze(input: &[(String, Seen)], output: &[Seen], dlq: &[Seen]) -> Repor
                 });
                 partitions.len() - 1
             });
+        by_coordinates.insert(format!("{topic}/{}@{}", r.partition, r.offset), &r.id);
         if inputs.insert(&r.id, (index, r.offset)).is_some() {
             report.input_id_collisions += 1;
         }
@@ -218,11 +224,16 @@ pub fn analyze(input: &[(String, Seen)], output: &[Seen], dlq: &[Seen]) -> Repor
         // (output partition, input partition index) → the largest input offset first-delivered so far.
         let mut high: HashMap<(i32, usize), i64> = HashMap::new();
         for r in records {
-            let Some(&(index, in_offset)) = inputs.get(r.id.as_str()) else {
+            let id: &str = r
+                .source
+                .as_ref()
+                .and_then(|c| by_coordinates.get(c).copied())
+                .unwrap_or(&r.id);
+            let Some(&(index, in_offset)) = inputs.get(id) else {
                 report.unexpected += 1;
                 continue;
             };
-            let count = deliveries.entry(r.id.as_str()).or_insert(0);
+            let count = deliveries.entry(id).or_insert(0);
             *count += 1;
             let Some(p) = partitions.get_mut(index) else {
                 continue;
@@ -241,7 +252,7 @@ pub fn analyze(input: &[(String, Seen)], output: &[Seen], dlq: &[Seen]) -> Repor
                 if examples.len() < 5 {
                     examples.push(format!(
                         "{} (input {}/{}@{in_offset} first delivered at partition {} offset {} after input offset {})",
-                        r.id, p.topic, p.partition, r.partition, r.offset, *last
+                        id, p.topic, p.partition, r.partition, r.offset, *last
                     ));
                 }
             } else {
@@ -486,12 +497,15 @@ pub fn read_topic_counting(
         }
         let source = source_coordinates(&m);
         let id = record_id(m.payload(), m.key(), &options.id_field, || {
-            source.unwrap_or_else(|| format!("{topic}/{partition}@{offset}"))
+            source
+                .clone()
+                .unwrap_or_else(|| format!("{topic}/{partition}@{offset}"))
         });
         by_partition.entry(partition).or_default().push(Seen {
             id,
             partition,
             offset,
+            source,
         });
     }
     let records = by_partition
@@ -608,6 +622,7 @@ mod tests {
             id: id.to_string(),
             partition,
             offset,
+            source: None,
         }
     }
 
@@ -674,6 +689,16 @@ mod tests {
         let input = input(&[("a", 0, 0), ("a", 0, 1)]);
         let r = analyze(&input, &[seen("a", 0, 0), seen("zz", 0, 1)], &[]);
         assert_eq!((r.unexpected, r.input_id_collisions, r.lost), (1, 1, 0));
+    }
+
+    #[test]
+    fn a_dead_letter_maps_to_its_input_by_source_coordinates() {
+        let input = input(&[("a", 0, 0), ("b", 0, 1)]);
+        let mut dead = seen("key-of-b", 0, 0);
+        dead.source = Some("in/0@1".into());
+        let r = analyze(&input, &[seen("a", 0, 0)], &[dead]);
+        assert_eq!((r.lost, r.unexpected), (0, 0), "{}", r.render());
+        assert_eq!(r.partitions[0].dead_lettered, 1);
     }
 
     #[test]
