@@ -373,6 +373,9 @@ fn varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
     None
 }
 
+/// No record for this long while some partition has not reached its end: the fetch stalled.
+const STALLED: Duration = Duration::from_secs(10);
+
 /// How to read the topics.
 #[derive(Clone, Debug)]
 pub struct VerifyOptions {
@@ -478,9 +481,9 @@ pub fn read_topic_counting(
     let mut last_record = Instant::now();
     while started.elapsed() < options.timeout {
         // Done once every partition reached its end and nothing more came for `idle`; or when nothing
-        // came for four times that (a fetch that stalls: [`verify_with_passes`] reads again).
+        // came for 10 s (a fetch that stalls: [`verify_with_passes`] reads again).
         let quiet = last_record.elapsed();
-        if (ends.is_empty() && quiet >= options.idle) || quiet >= options.idle * 4 {
+        if (ends.is_empty() && quiet >= options.idle) || quiet >= STALLED {
             break;
         }
         let Some(result) = consumer.poll(Duration::from_millis(100)) else {

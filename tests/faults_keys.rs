@@ -87,7 +87,8 @@ async fn key_service_down_at_start_down_mid_run_and_back() {
     let brokers = cluster.bootstrap_servers();
     // Every request carries one valid v4 token; few users, so tokens repeat and the decrypt cache is hot.
     let mut generator = Generator::new(31, Mix(vec![(Case::ValidV4, 1)]), wall_clock_ms(), 20, 800);
-    let key_life = Duration::from_secs(8);
+    // Long enough for phases 2 and 3 (the mock cluster delays a group's first join by 3 s) on a loaded machine.
+    let key_life = Duration::from_secs(15);
     let (fake, url) = operator::start(CLIENT_SECRET_B64, API_KEY, String::new(), false).await;
     let port = free_port();
     let settings = uid2_enricher::config::parse_with_env(
@@ -156,6 +157,10 @@ listen = "127.0.0.1:{port}"
     let failures = fake.refused.load(Ordering::Relaxed);
     produce(&brokers, &mut generator, 50).await;
     wait_out(port, 100).await;
+    assert!(
+        wall_clock_ms() < expires_at * 1000,
+        "this phase ran past the keys' expiry: raise key_life"
+    );
     assert_eq!(metric(port, success).await, 100, "last good keys in use");
     wait_until("failed refreshes", Duration::from_secs(5), async || {
         fake.refused.load(Ordering::Relaxed) > failures + 2
