@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The long forms of the fault suite (issue 7), with a results table at the end:
-#   - mock cluster: hostile input ×10, a blocked output for 20 s over 50,000 records, 5 broker outages
-#     over 30,000 records; the key service down/up scenario (tests/faults_mock.rs, tests/faults_keys.rs);
+#   - mock cluster: hostile input ×10, a blocked output for 20 s over 30,000 records, a slow output over
+#     12,000, 5 broker outages over 30,000 records, a too-large record; the key service down/up scenario
+#     (tests/faults_mock.rs, tests/faults_keys.rs);
 #   - tansu: 3 × kill -9 and restart over 30,000 records, scale out and in over 30,000 records
 #     (tests/tansu_faults.rs; tansu is started on a free loopback port and stopped at the end);
 #   - fuzz: every target of tests/fuzz.rs with FUZZ_CASES cases (default 1,000,000), release build.

@@ -1,8 +1,10 @@
 //! Fault scenarios against librdkafka's in-process mock cluster, each checked with the verifier
 //! (`uid2_enricher::verify`): hostile input through the running stage (every record dead-lettered or
-//! passed with the status the pure core gives it, the stage keeps going, counts exact), a blocked output
-//! topic (consumption stalls at the in-flight bound, memory stays bounded, nothing lost when it resumes),
-//! and every broker going down and back mid-stream (nothing lost, order kept, duplicates counted).
+//! passed with the status the pure core gives it, the stage keeps going, counts exact), a record too
+//! large for the producer (dead-lettered, not fatal), a blocked output topic (consumption stalls at the
+//! in-flight bound, memory stays bounded, nothing lost when it resumes), a slow output (the producer
+//! queue fills and the stage waits), and every broker going down and back mid-stream (nothing lost,
+//! order kept, duplicates counted).
 //! `UID2_LONG=1` runs the long forms (more records, more outages); results go to stdout as `RESULT` lines
 //! that `scripts/faults-long.sh` collects.
 //!
@@ -788,4 +790,67 @@ async fn a_record_too_large_for_the_output_is_dead_lettered_and_the_stage_keeps_
         .await
         .unwrap();
     assert_eq!(missing.status.code(), Some(2), "{missing:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_output_takes_the_queue_full_backpressure_path_and_loses_nothing() {
+    let cluster = cluster(&[("slow", 8), ("slow-out", 8), ("slow-dlq", 1)]);
+    let brokers = cluster.bootstrap_servers();
+    // The mock cluster slows down as its logs grow: the long form stays at 12,000 records.
+    let (count, window) = if long() {
+        (12_000, 2_000)
+    } else {
+        (5_000, 1_000)
+    };
+    let mut generator = Generator::new(14, Mix::default(), wall_clock_ms(), 1000, 400);
+    let records: Vec<(String, Vec<u8>)> = (0..count)
+        .map(|_| {
+            let r = generator.next_request();
+            (r.id, r.bytes)
+        })
+        .collect();
+    produce(&brokers, "slow", &records).await;
+    // Every request to every broker takes 50 ms more, and the producer queue holds 100 records: the
+    // stage fills the queue, waits on QueueFull and retries (the backpressure path), never dropping one.
+    for broker in 1..=3 {
+        cluster
+            .broker_round_trip_time(broker, Duration::from_millis(50))
+            .unwrap();
+    }
+    let mut config = config(&brokers, "g-slow", "slow", PayloadFormat::Json);
+    config.max_in_flight = window;
+    config
+        .producer_overrides
+        .push(("queue.buffering.max.messages".into(), "100".into()));
+    let stage = start(config, generator.key_set());
+    let started = Instant::now();
+    let mut max_in_flight = 0;
+    while stage.done() < count as u64 {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "only {} of {count} out",
+            stage.done()
+        );
+        assert!(!stage.task.is_finished(), "the stage stopped early");
+        max_in_flight = max_in_flight.max(stage.metrics.in_flight.get());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let elapsed = started.elapsed();
+    let retries = stage.metrics.produce_retries.get();
+    let metrics = stage.metrics.clone();
+    stage.stop().await;
+    assert!(retries > 0, "the producer queue never filled");
+    assert!(max_in_flight <= window as i64, "{max_in_flight} in flight");
+    let report = verify_topics(&brokers, "slow").await;
+    assert_eq!(report.unreadable, 0, "{}", report.render());
+    assert!(report.ok(), "{}", report.render());
+    assert_eq!((report.input, report.duplicates), (count as u64, 0));
+    assert_eq!(metrics.in_flight.get(), 0, "nothing left in flight");
+    println!(
+        "RESULT slow-output: {count} records, window {window}, +50 ms per broker request, producer queue 100: {retries} queue-full waits, max in flight {max_in_flight}, all out in {:.1} s; lost {}, duplicates {}, out of order {}",
+        elapsed.as_secs_f64(),
+        report.lost,
+        report.duplicates,
+        report.out_of_order
+    );
 }
