@@ -39,6 +39,39 @@ pub enum Command {
     Replay(crate::replay::ReplayArgs),
     /// Write a topic's records (exact values, keys, headers, offsets, timestamps) to a capture file.
     Capture(crate::capture::CaptureArgs),
+    /// Check what the stage did to a stream: read the input, output and dead-letter topics from the
+    /// beginning (no consumer group), match records by request id and report per input partition the
+    /// records lost, duplicated and delivered out of order.
+    ///
+    /// Exit status: 0 when nothing was lost and order was kept (duplicates are allowed), 1 otherwise,
+    /// 2 when the topics cannot be read.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// Bootstrap brokers, host:port, comma-separated.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// An input topic of the stage (repeat for several).
+    #[arg(long, required = true)]
+    pub input: Vec<String>,
+    /// The stage's output topic.
+    #[arg(long)]
+    pub output: String,
+    /// The stage's dead-letter topic.
+    #[arg(long)]
+    pub dlq: String,
+    /// JSON pointer of the request id in a JSON payload (protobuf payloads use field 1; otherwise the
+    /// record key).
+    #[arg(long, default_value = "/id")]
+    pub id_field: String,
+    /// Give up reading one topic after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -171,6 +204,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             gen_command(&args)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Verify(args) => crate::verify::command(&args),
         Command::Demo(args) => {
             crate::telemetry::init(crate::telemetry::LogFormat::Human, &args.log);
             let mix = match &args.mix {

@@ -42,3 +42,4 @@ pub mod telemetry;
 pub mod tokenize;
 pub mod traffic;
 pub mod uid2;
+pub mod verify;

@@ -538,6 +538,7 @@ async fn process(shared: &Arc<Shared>, job: Job) -> Result<PendingDelivery, Stri
     if config.output_partitioning == OutputPartitioning::Same && topic == config.output_topic {
         record = record.partition(message.partition());
     }
+    let mut too_large = false;
     let delivery: DeliveryFuture = loop {
         match shared.producer.send_result(record) {
             Ok(delivery) => break delivery,
@@ -547,14 +548,51 @@ async fn process(shared: &Arc<Shared>, job: Job) -> Result<PendingDelivery, Stri
                 record = returned;
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _))
+                if !too_large =>
+            {
+                // The record outgrew the producer's `message.max.bytes` (librdkafka's default,
+                // 1,000,000, is below Kafka's broker default, so an input near 1 MB that grows by its
+                // enrichment lands here). Failing would stop the stage on every restart; instead the
+                // record is dead-lettered without its payload, which would not fit either: the source
+                // headers point at the original in the input topic.
+                too_large = true;
+                shared
+                    .metrics
+                    .dead_lettered
+                    .get_or_create(&ReasonLabel {
+                        reason: "too_large",
+                    })
+                    .inc();
+                let headers = kafka::headers_with(
+                    message.headers(),
+                    &[
+                        ("uid2-error", b"too_large".as_slice()),
+                        ("uid2-source-topic", message.topic().as_bytes()),
+                        (
+                            "uid2-source-partition",
+                            message.partition().to_string().as_bytes(),
+                        ),
+                        ("uid2-source-offset", offset.to_string().as_bytes()),
+                    ],
+                );
+                record = FutureRecord::to(&config.dlq_topic)
+                    .payload(&[][..])
+                    .headers(headers);
+                if let Some(key) = message.key() {
+                    record = record.key(key);
+                }
+            }
             Err((e, _)) => return Err(format!("producing to {topic} failed: {e}")),
         }
     };
     let status_index = match &outcome {
-        Outcome::Output { status, .. } => STATUS_NAMES.iter().position(|s| s == status),
+        Outcome::Output { status, .. } if !too_large => {
+            STATUS_NAMES.iter().position(|s| s == status)
+        }
         _ => None,
     };
-    let is_dlq = matches!(outcome, Outcome::DeadLetter { .. });
+    let is_dlq = too_large || matches!(outcome, Outcome::DeadLetter { .. });
     let shared = shared.clone();
     Ok(Box::pin(async move {
         let result = match delivery.await {

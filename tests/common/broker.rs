@@ -149,3 +149,86 @@ pub fn terminate(mut instance: Instance, name: &str) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Stops an instance the hard way (SIGKILL): no drain, no commit, no flush.
+pub fn kill9(mut instance: Instance) {
+    if let Some(mut child) = instance.0.take() {
+        child.kill().expect("sending SIGKILL");
+        let _ = child.wait();
+    }
+}
+
+/// Produces `records` (key, payload) to `topic` one record per batch (see `tests/tansu_e2e.rs` on
+/// tansu's mid-batch fetch), at most `per_second` records a second; returns when all are acknowledged.
+pub fn produce_paced(brokers: &str, topic: &str, records: &[(String, Vec<u8>)], per_second: u64) {
+    use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+    let producer: ThreadedProducer<_> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("batch.num.messages", "1")
+        .set("linger.ms", "0")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap();
+    let started = Instant::now();
+    for (i, (key, payload)) in records.iter().enumerate() {
+        let due = Duration::from_secs_f64(i as f64 / per_second.max(1) as f64);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        let mut record = BaseRecord::to(topic)
+            .key(key.as_bytes())
+            .payload(payload.as_slice());
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    producer
+        .flush(Duration::from_secs(300))
+        .expect("the broker accepted the input within 300 s");
+}
+
+/// A `run` configuration for a test instance, written to `target/e2e/<name>.toml`; `extra` is appended
+/// as is (e.g. a `[pipeline]` table).
+#[allow(clippy::too_many_arguments)]
+pub fn write_config(
+    name: &str,
+    brokers: &str,
+    group: &str,
+    topics: (&str, &str, &str),
+    keys_file: &std::path::Path,
+    port: u16,
+    extra: &str,
+) -> PathBuf {
+    let (input, output, dlq) = topics;
+    let path = scratch().join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"[kafka]
+brokers = "{brokers}"
+group_id = "{group}"
+input_topics = ["{input}"]
+output_topic = "{output}"
+dlq_topic = "{dlq}"
+[kafka.consumer]
+"session.timeout.ms" = 6000
+[uid2]
+keys_file = "{keys}"
+[server]
+listen = "127.0.0.1:{port}"
+[log]
+level = "info"
+{extra}
+"#,
+            keys = keys_file.display()
+        ),
+    )
+    .unwrap();
+    path
+}

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod operator;
 
 use uid2_enricher::uid2::cipher::Secret;
 use uid2_enricher::uid2::encrypt::{self, TokenSpec};
