@@ -259,9 +259,7 @@ pub const MAX_BATCH: usize = 10_000;
 /// Why a webhook batch is refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum BatchError {
-    #[error(
-        "the body is not a JSON array of {{\"user\":…,\"optouttime\":…}} objects ({0})"
-    )]
+    #[error("the body is not a JSON array of {{\"user\":…,\"optouttime\":…}} objects ({0})")]
     NotAnArray(String),
     #[error("the batch is empty")]
     Empty,
@@ -783,10 +781,7 @@ mod tests {
             Err(RawUid2Error::Length(43))
         );
         let bad = UID_32.replace('/', "_");
-        assert_eq!(
-            RawUid2::parse_detailed(&bad),
-            Err(RawUid2Error::NotBase64)
-        );
+        assert_eq!(RawUid2::parse_detailed(&bad), Err(RawUid2Error::NotBase64));
         // 31 bytes in 44 characters does not exist; 30 bytes is 40 characters.
         assert!(RawUid2::from_bytes(&[0; 31]).is_none());
         assert!(RawUid2::from_bytes(&[0; 34]).is_none());
@@ -806,7 +801,14 @@ mod tests {
             parse_optout_secs("4102444800"),
             Err(OptOutTimeError::TooLate(4_102_444_800))
         );
-        for bad in ["", "-1", "1.5", "0x10", "17672256OO", "99999999999999999999"] {
+        for bad in [
+            "",
+            "-1",
+            "1.5",
+            "0x10",
+            "17672256OO",
+            "99999999999999999999",
+        ] {
             assert_eq!(
                 parse_optout_secs(bad),
                 Err(OptOutTimeError::NotANumber),
@@ -818,7 +820,10 @@ mod tests {
     #[test]
     fn set_keeps_the_latest_time_and_tells_keys_apart() {
         let mut set = OptOutSet::new();
-        let (a, b) = (RawUid2::parse(UID_32).unwrap(), RawUid2::parse(UID_33).unwrap());
+        let (a, b) = (
+            RawUid2::parse(UID_32).unwrap(),
+            RawUid2::parse(UID_33).unwrap(),
+        );
         assert_eq!(set.insert(&a, T), Applied::New);
         assert_eq!(set.insert(&a, T - 5), Applied::Unchanged);
         assert_eq!(set.get(&a), Some(T));
@@ -922,7 +927,9 @@ mod tests {
         assert_eq!(parse_line(f, "raw_uid2,unix_seconds", true), Ok(None));
         assert_eq!(parse_line(f, "user,optouttime\r", true), Ok(None));
         assert_eq!(parse_line(f, "   ", false), Ok(None));
-        let r = parse_line(f, &format!("{UID_32},{T}\r"), true).unwrap().unwrap();
+        let r = parse_line(f, &format!("{UID_32},{T}\r"), true)
+            .unwrap()
+            .unwrap();
         assert_eq!((r.raw_uid2.to_base64(), r.secs), (UID_32.to_string(), T));
         let r = parse_line(f, &format!("\"{UID_33}\", {T}"), false)
             .unwrap()
@@ -968,7 +975,11 @@ mod tests {
             Err(OptOutRecordError::Missing("user"))
         );
         assert_eq!(
-            parse_line(f, &format!(r#"{{"user":"{UID_32}","optouttime":1.5}}"#), false),
+            parse_line(
+                f,
+                &format!(r#"{{"user":"{UID_32}","optouttime":1.5}}"#),
+                false
+            ),
             Err(OptOutRecordError::Time(OptOutTimeError::NotANumber))
         );
         assert!(matches!(

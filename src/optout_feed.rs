@@ -52,8 +52,8 @@ use crate::optout::{
 /// The file cannot be read, is compressed, or a line is not an opt-out record; the message names the
 /// file and the line.
 pub fn load_file(path: &Path) -> anyhow::Result<OptOutSet> {
-    let file = File::open(path)
-        .with_context(|| format!("opening the opt-out file {}", path.display()))?;
+    let file =
+        File::open(path).with_context(|| format!("opening the opt-out file {}", path.display()))?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
     if reader
         .fill_buf()
@@ -78,9 +78,9 @@ pub fn load_lines(mut reader: impl BufRead, origin: &str) -> anyhow::Result<OptO
     let mut format = None;
     for number in 1.. {
         line.clear();
-        let n = reader
-            .read_line(&mut line)
-            .with_context(|| format!("{origin}:{number}: reading the opt-out file (is it UTF-8?)"))?;
+        let n = reader.read_line(&mut line).with_context(|| {
+            format!("{origin}:{number}: reading the opt-out file (is it UTF-8?)")
+        })?;
         if n == 0 {
             break;
         }
@@ -118,6 +118,9 @@ pub fn load_bytes(bytes: &[u8], origin: &str) -> anyhow::Result<OptOutSet> {
 #[derive(Clone, Debug)]
 pub struct FeedConfig {
     pub brokers: String,
+    /// `[kafka] group_id`: the follower names itself after it (librdkafka wants a group id even for a
+    /// consumer that only assigns); it never joins that group nor commits.
+    pub group_id: String,
     pub topic: String,
     /// `[kafka.consumer]` (security and tuning), applied before the follower's own keys.
     pub consumer_overrides: Vec<(String, String)>,
@@ -134,6 +137,7 @@ impl FeedConfig {
         };
         FeedConfig {
             brokers: s.kafka.brokers.clone(),
+            group_id: s.kafka.group_id.clone(),
             topic: s.optout.topic.clone(),
             consumer_overrides: props(&s.kafka.consumer),
             producer_overrides: props(&s.kafka.producer),
@@ -188,8 +192,9 @@ pub async fn ensure_topic(cfg: &FeedConfig) {
     tracing::warn!(topic = %cfg.topic, "The broker refused to create the opt-out topic; create it yourself (cleanup.policy=compact). Waiting for it to appear.");
 }
 
-/// The follower's consumer: no group (nothing is committed; every start reads from the beginning),
-/// end-of-partition events for the caught-up signal, short fetch waits so opt-outs arrive quickly.
+/// The follower's consumer: partitions assigned, never subscribed, so it joins no group and commits
+/// nothing (every start reads from the beginning); end-of-partition events for the caught-up signal;
+/// short fetch waits so opt-outs arrive quickly.
 pub fn follower_config(cfg: &FeedConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     for (k, v) in &cfg.consumer_overrides {
@@ -201,10 +206,29 @@ pub fn follower_config(cfg: &FeedConfig) -> ClientConfig {
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "50");
-    c.remove("group.id");
+    // librdkafka refuses assign() without a group id, although an assign-only consumer never uses it.
+    c.set("group.id", format!("{}-optout-follower", cfg.group_id));
     c.remove("partition.assignment.strategy");
     c
 }
+
+/// The follower's client context: end-of-partition is how it learns it caught up, not an error, so it
+/// stays out of the error log; other client errors are logged as warnings (librdkafka retries them).
+pub struct FollowerContext;
+
+impl rdkafka::client::ClientContext for FollowerContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let eof = matches!(error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF);
+        if !eof {
+            tracing::warn!(%error, reason, "Opt-out follower: Kafka client error (librdkafka retries).");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for FollowerContext {}
+
+type FollowerConsumer = BaseConsumer<FollowerContext>;
 
 /// A running follower.
 pub struct Follower {
@@ -213,9 +237,12 @@ pub struct Follower {
 }
 
 impl Follower {
-    /// Resolves once the set holds everything the topic held when the follower started.
+    /// Resolves once the set holds everything the topic held when the follower started; never, if the
+    /// follower stopped before that.
     pub async fn wait_caught_up(&mut self) {
-        let _ = self.caught_up.wait_for(|c| *c).await;
+        if self.caught_up.wait_for(|c| *c).await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 
     pub fn is_caught_up(&self) -> bool {
@@ -245,12 +272,14 @@ pub fn spawn_follower(
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) -> anyhow::Result<Follower> {
-    let consumer: BaseConsumer = follower_config(cfg).create().with_context(|| {
-        format!(
-            "creating the opt-out follower for topic {} (check [kafka.consumer])",
-            cfg.topic
-        )
-    })?;
+    let consumer: FollowerConsumer = follower_config(cfg)
+        .create_with_context(FollowerContext)
+        .with_context(|| {
+            format!(
+                "creating the opt-out follower for topic {} (check [kafka.consumer])",
+                cfg.topic
+            )
+        })?;
     let (tx, rx) = watch::channel(false);
     let topic = cfg.topic.clone();
     let thread = std::thread::Builder::new()
@@ -266,9 +295,14 @@ pub fn spawn_follower(
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(100);
 const REFRESH_PARTITIONS: Duration = Duration::from_secs(30);
+/// After the ends are reached, how long live records may keep the follower from announcing.
+const DRAIN_MAX: Duration = Duration::from_secs(2);
 
 /// The partitions of `topic` and their high watermarks, or why not yet.
-fn partitions_and_ends(consumer: &BaseConsumer, topic: &str) -> Result<Vec<(i32, i64, i64)>, String> {
+fn partitions_and_ends(
+    consumer: &FollowerConsumer,
+    topic: &str,
+) -> Result<Vec<(i32, i64, i64)>, String> {
     let metadata = consumer
         .fetch_metadata(Some(topic), METADATA_TIMEOUT)
         .map_err(|e| format!("metadata: {e}"))?;
@@ -295,7 +329,7 @@ fn partitions_and_ends(consumer: &BaseConsumer, topic: &str) -> Result<Vec<(i32,
 }
 
 fn follow(
-    consumer: &BaseConsumer,
+    consumer: &FollowerConsumer,
     topic: &str,
     store: &LiveOptOuts,
     metrics: &Metrics,
@@ -324,9 +358,12 @@ fn follow(
     for (p, _, _) in &ends {
         let _ = tpl.add_partition_offset(topic, *p, Offset::Beginning);
     }
-    if let Err(e) = consumer.assign(&tpl) {
-        tracing::error!(%topic, error = %e, "Cannot assign the opt-out topic's partitions; the instance stays not ready.");
-        return;
+    while let Err(e) = consumer.assign(&tpl) {
+        tracing::error!(%topic, error = %e, "Cannot assign the opt-out topic's partitions; not ready, retrying.");
+        std::thread::sleep(Duration::from_secs(1));
+        if stop.is_cancelled() {
+            return;
+        }
     }
     let mut assigned: Vec<i32> = ends.iter().map(|(p, _, _)| *p).collect();
     // Partitions still to read up to their end-at-start; empty ones are done already.
@@ -337,20 +374,29 @@ fn follow(
         .collect();
     let total: i64 = ends.iter().map(|(_, low, high)| high - low).sum();
     tracing::info!(%topic, partitions = ends.len(), records = total, "Loading the opt-out set.");
-    let announce = |pending: &HashMap<i32, i64>| {
-        if pending.is_empty() && !*caught_up.borrow() {
+    let announce = || {
+        if !*caught_up.borrow() {
             metrics.optout_caught_up.set(1);
             metrics.optout_set_size.set(store.len() as i64);
             tracing::info!(%topic, entries = store.len(), seconds = started.elapsed().as_secs_f64(), "Opt-out set loaded; following the topic live.");
             let _ = caught_up.send(true);
         }
     };
-    announce(&pending);
 
-    // 2. Read, and keep reading.
+    // 2. Read, and keep reading. Once every partition reached its end-at-start (or end-of-partition),
+    // what was already fetched is applied before announcing: a poll that comes back empty, or at most
+    // DRAIN_MAX of live records. (tansu 0.6.0 reports watermarks per batch, so the end found at start can
+    // lie inside the last batch; the rest of that batch is in the local queue by then.)
+    let mut drain_started: Option<Instant> = None;
     let mut last_refresh = Instant::now();
     let mut errors_logged = Instant::now() - Duration::from_secs(60);
     while !stop.is_cancelled() {
+        if pending.is_empty() {
+            let since = *drain_started.get_or_insert_with(Instant::now);
+            if since.elapsed() > DRAIN_MAX {
+                announce();
+            }
+        }
         match consumer.poll(POLL) {
             Some(Ok(msg)) => {
                 let outcome = apply(msg.key(), msg.payload(), store);
@@ -365,12 +411,14 @@ fn follow(
                     && msg.offset() + 1 >= *end
                 {
                     pending.remove(&msg.partition());
-                    announce(&pending);
                 }
             }
             Some(Err(KafkaError::PartitionEOF(p))) => {
-                if pending.remove(&p).is_some() {
-                    announce(&pending);
+                pending.remove(&p);
+            }
+            None => {
+                if pending.is_empty() {
+                    announce();
                 }
             }
             Some(Err(e)) => {
@@ -380,7 +428,6 @@ fn follow(
                     errors_logged = Instant::now();
                 }
             }
-            None => {}
         }
         if last_refresh.elapsed() > REFRESH_PARTITIONS {
             last_refresh = Instant::now();
@@ -391,7 +438,7 @@ fn follow(
 }
 
 /// Partitions added to the topic after start are followed from their beginning.
-fn add_new_partitions(consumer: &BaseConsumer, topic: &str, assigned: &mut Vec<i32>) {
+fn add_new_partitions(consumer: &FollowerConsumer, topic: &str, assigned: &mut Vec<i32>) {
     let Ok(metadata) = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT) else {
         return;
     };
@@ -534,18 +581,29 @@ mod tests {
 
     #[test]
     fn files_load_either_format_and_errors_name_the_line() {
-        let csv = format!("\nraw_uid2,unix_seconds\n{UID_32},1767225600\n\n{UID_33},1767225601\n{UID_32},1767225599\n");
+        let csv = format!(
+            "\nraw_uid2,unix_seconds\n{UID_32},1767225600\n\n{UID_33},1767225601\n{UID_32},1767225599\n"
+        );
         let set = load_bytes(csv.as_bytes(), "a.csv").unwrap();
         assert_eq!(set.len(), 2);
-        assert_eq!(set.get(&RawUid2::parse(UID_32).unwrap()), Some(1_767_225_600));
+        assert_eq!(
+            set.get(&RawUid2::parse(UID_32).unwrap()),
+            Some(1_767_225_600)
+        );
         let jsonl = format!(
             "{{\"user\":\"{UID_32}\",\"optouttime\":1767225600}}\n{{\"raw_uid2\":\"{UID_33}\",\"unix_seconds\":1767225601}}"
         );
         let set = load_bytes(jsonl.as_bytes(), "a.jsonl").unwrap();
-        assert_eq!(set.get(&RawUid2::parse(UID_33).unwrap()), Some(1_767_225_601));
+        assert_eq!(
+            set.get(&RawUid2::parse(UID_33).unwrap()),
+            Some(1_767_225_601)
+        );
         let bad = format!("{UID_32},1767225600\n{UID_33},17672256\n");
         let e = load_bytes(bad.as_bytes(), "b.csv").unwrap_err().to_string();
-        assert!(e.starts_with("b.csv:2: the opt-out time 17672256 is before 2020"), "{e}");
+        assert!(
+            e.starts_with("b.csv:2: the opt-out time 17672256 is before 2020"),
+            "{e}"
+        );
         assert!(!e.contains(UID_33), "raw UID2s are not echoed: {e}");
     }
 
@@ -568,10 +626,19 @@ mod tests {
         assert_eq!(apply(Some(k), Some(b"1767225500"), &store), "unchanged");
         assert_eq!(apply(Some(k), Some(b"1767225700"), &store), "later");
         assert_eq!(apply(Some(k), None, &store), "tombstone_ignored");
-        assert_eq!(store.get(&RawUid2::parse(UID_32).unwrap()), Some(1_767_225_700));
+        assert_eq!(
+            store.get(&RawUid2::parse(UID_32).unwrap()),
+            Some(1_767_225_700)
+        );
         let raw = RawUid2::parse(UID_33).unwrap();
-        assert_eq!(apply(Some(raw.as_bytes()), Some(b"1767225600"), &store), "new");
-        assert_eq!(apply(Some(b"short"), Some(b"1767225600"), &store), "invalid");
+        assert_eq!(
+            apply(Some(raw.as_bytes()), Some(b"1767225600"), &store),
+            "new"
+        );
+        assert_eq!(
+            apply(Some(b"short"), Some(b"1767225600"), &store),
+            "invalid"
+        );
         assert_eq!(apply(None, Some(b"1767225600"), &store), "invalid");
         assert_eq!(apply(Some(k), Some(b"soon"), &store), "invalid");
         assert_eq!(store.len(), 2);

@@ -314,7 +314,11 @@ async fn optout_get(
 }
 
 /// `POST /optout` with a JSON array of `{"user":…,"optouttime":…}`: taken whole or refused whole.
-async fn optout_post(State(state): State<ServerState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn optout_post(
+    State(state): State<ServerState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let publisher = match admit(&state, &headers) {
         Ok(p) => p,
         Err(refused) => return refused,

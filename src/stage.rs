@@ -65,7 +65,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let publisher: Option<Arc<dyn OptOutPublisher>> = match settings.optout.token {
         Some(_) => Some(Arc::new(Publisher::new(&feed)?)),
         None => {
-            tracing::warn!("UID2_OPTOUT_TOKEN is not set: the opt-out webhook answers 503 (disabled); opt-outs still arrive through the topic.");
+            tracing::warn!(
+                "UID2_OPTOUT_TOKEN is not set: the opt-out webhook answers 503 (disabled); opt-outs still arrive through the topic."
+            );
             None
         }
     };
@@ -145,7 +147,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     server_stop.cancel();
     keys.stop();
     follower_stop.cancel();
-    tokio::task::spawn_blocking(move || follower.join()).await.ok();
+    tokio::task::spawn_blocking(move || follower.join())
+        .await
+        .ok();
     result
 }
 

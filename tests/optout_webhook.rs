@@ -39,11 +39,10 @@ impl OptOutPublisher for Recorder {
             if self.fail.load(Ordering::Relaxed) {
                 return Err("broker down".to_string());
             }
-            self.written.lock().unwrap().extend(
-                records
-                    .iter()
-                    .map(|r| (r.raw_uid2.to_base64(), r.secs)),
-            );
+            self.written
+                .lock()
+                .unwrap()
+                .extend(records.iter().map(|r| (r.raw_uid2.to_base64(), r.secs)));
             Ok(())
         })
     }
@@ -119,7 +118,9 @@ fn post(s: &Server, body: &str, auth: Option<&str>) -> (u16, String) {
 }
 
 fn escape(uid: &str) -> String {
-    uid.replace('+', "%2B").replace('/', "%2F").replace('=', "%3D")
+    uid.replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D")
 }
 
 fn nothing_written(s: &Server) {
@@ -137,7 +138,11 @@ fn refused_calls_write_nothing() {
     assert_eq!(code, 401);
     let (code, _) = get(&s, &good, Some(&TOKEN[..TOKEN.len() - 1]));
     assert_eq!(code, 401);
-    let (code, _) = post(&s, &format!(r#"[{{"user":"{UID_32}","optouttime":{NOW_S}}}]"#), None);
+    let (code, _) = post(
+        &s,
+        &format!(r#"[{{"user":"{UID_32}","optouttime":{NOW_S}}}]"#),
+        None,
+    );
     assert_eq!(code, 401);
     nothing_written(&s);
 
@@ -145,12 +150,24 @@ fn refused_calls_write_nothing() {
         (format!("optouttime={NOW_S}"), "expected ?user="),
         (format!("user=abc&optouttime={NOW_S}"), "44 characters"),
         (
-            format!("user={}&optouttime={NOW_S}", escape(&UID_32.replace('/', "_"))),
+            format!(
+                "user={}&optouttime={NOW_S}",
+                escape(&UID_32.replace('/', "_"))
+            ),
             "base64",
         ),
-        (format!("user={}&optouttime={NOW_S}000", escape(UID_32)), "milliseconds"),
-        (format!("user={}&optouttime=12", escape(UID_32)), "before 2020"),
-        (format!("user={}&optouttime=soon", escape(UID_32)), "whole number"),
+        (
+            format!("user={}&optouttime={NOW_S}000", escape(UID_32)),
+            "milliseconds",
+        ),
+        (
+            format!("user={}&optouttime=12", escape(UID_32)),
+            "before 2020",
+        ),
+        (
+            format!("user={}&optouttime=soon", escape(UID_32)),
+            "whole number",
+        ),
         (
             format!("user={}&optouttime={}", escape(UID_32), NOW_S + 2 * 86_400),
             "more than a day after",
@@ -192,15 +209,24 @@ fn refused_calls_write_nothing() {
 
     let metrics = s.metrics.render();
     assert_eq!(
-        metric_sum(&metrics, "uid2_enricher_optout_webhook_requests_total{outcome=\"unauthorized\"}"),
+        metric_sum(
+            &metrics,
+            "uid2_enricher_optout_webhook_requests_total{outcome=\"unauthorized\"}"
+        ),
         4
     );
     assert_eq!(
-        metric_sum(&metrics, "uid2_enricher_optout_webhook_requests_total{outcome=\"invalid\"}"),
+        metric_sum(
+            &metrics,
+            "uid2_enricher_optout_webhook_requests_total{outcome=\"invalid\"}"
+        ),
         (cases.len() + batches.len()) as u64
     );
     assert_eq!(
-        metric_sum(&metrics, "uid2_enricher_optout_webhook_requests_total{outcome=\"unavailable\"}"),
+        metric_sum(
+            &metrics,
+            "uid2_enricher_optout_webhook_requests_total{outcome=\"unavailable\"}"
+        ),
         1
     );
 }
@@ -209,7 +235,11 @@ fn refused_calls_write_nothing() {
 fn accepted_calls_are_published_then_applied() {
     let s = start(Some(TOKEN));
     // The UID2 service's GET, with base64's `+` sent unescaped (it arrives as a space) and escaped.
-    let (code, body) = get(&s, &format!("user={UID_32}&optouttime={NOW_S}"), Some(TOKEN));
+    let (code, body) = get(
+        &s,
+        &format!("user={UID_32}&optouttime={NOW_S}"),
+        Some(TOKEN),
+    );
     assert_eq!(code, 200, "{body}");
     let (code, _) = get(
         &s,
@@ -240,7 +270,10 @@ fn accepted_calls_are_published_then_applied() {
     let (_, metrics) = http_get(s.port, "/metrics");
     assert_eq!(metric_sum(&metrics, "uid2_enricher_optout_set_entries"), 2);
     assert_eq!(
-        metric_sum(&metrics, "uid2_enricher_optout_webhook_requests_total{outcome=\"accepted\"}"),
+        metric_sum(
+            &metrics,
+            "uid2_enricher_optout_webhook_requests_total{outcome=\"accepted\"}"
+        ),
         3
     );
 }
@@ -248,9 +281,16 @@ fn accepted_calls_are_published_then_applied() {
 #[test]
 fn webhook_without_a_token_is_disabled() {
     let s = start(None);
-    let (code, body) = get(&s, &format!("user={}&optouttime={NOW_S}", escape(UID_32)), Some(TOKEN));
+    let (code, body) = get(
+        &s,
+        &format!("user={}&optouttime={NOW_S}", escape(UID_32)),
+        Some(TOKEN),
+    );
     assert_eq!(code, 503);
-    assert!(body.contains("disabled") && body.contains("UID2_OPTOUT_TOKEN"), "{body}");
+    assert!(
+        body.contains("disabled") && body.contains("UID2_OPTOUT_TOKEN"),
+        "{body}"
+    );
     nothing_written(&s);
 }
 

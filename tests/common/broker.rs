@@ -109,11 +109,17 @@ impl Drop for Instance {
 }
 
 pub fn start_instance(config: &PathBuf, name: &str) -> Instance {
+    start_instance_with_env(config, name, &[])
+}
+
+/// As [`start_instance`], with extra environment variables (e.g. `UID2_OPTOUT_TOKEN`).
+pub fn start_instance_with_env(config: &PathBuf, name: &str, env: &[(&str, &str)]) -> Instance {
     let log = std::fs::File::create(scratch().join(format!("{name}.log"))).unwrap();
     Instance(Some(
         Command::new(env!("CARGO_BIN_EXE_uid2-enricher"))
             .args(["run", "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
