@@ -74,6 +74,7 @@ pub fn load_file(path: &Path) -> anyhow::Result<OptOutSet> {
 /// As [`load_file`].
 pub fn load_lines(mut reader: impl BufRead, origin: &str) -> anyhow::Result<OptOutSet> {
     let mut set = OptOutSet::new();
+    let mut batch: Vec<OptOutRecord> = Vec::with_capacity(BATCH);
     let mut line = String::new();
     let mut format = None;
     for number in 1.. {
@@ -91,7 +92,11 @@ pub fn load_lines(mut reader: impl BufRead, origin: &str) -> anyhow::Result<OptO
         let f = *format.get_or_insert_with(|| LineFormat::detect(&line));
         match parse_line(f, &line, first) {
             Ok(Some(record)) => {
-                set.insert(&record.raw_uid2, record.secs);
+                batch.push(record);
+                if batch.len() == BATCH {
+                    set.insert_batch(&batch, |_| {});
+                    batch.clear();
+                }
             }
             Ok(None) => {}
             Err(e) => anyhow::bail!(
@@ -99,8 +104,12 @@ pub fn load_lines(mut reader: impl BufRead, origin: &str) -> anyhow::Result<OptO
             ),
         }
     }
+    set.insert_batch(&batch, |_| {});
     Ok(set)
 }
+
+/// Records applied together (see [`OptOutSet::insert_batch`]).
+const BATCH: usize = 4096;
 
 /// [`load_lines`] over bytes in memory (tests, benches).
 ///
@@ -205,7 +214,10 @@ pub fn follower_config(cfg: &FeedConfig) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "50");
+        .set("fetch.wait.max.ms", "50")
+        // The initial load reads the whole topic: large fetches (records are ~60 bytes).
+        .set("max.partition.fetch.bytes", "16777216")
+        .set("fetch.max.bytes", "67108864");
     // librdkafka refuses assign() without a group id, although an assign-only consumer never uses it.
     c.set("group.id", format!("{}-optout-follower", cfg.group_id));
     c.remove("partition.assignment.strategy");
@@ -374,7 +386,23 @@ fn follow(
         .collect();
     let total: i64 = ends.iter().map(|(_, low, high)| high - low).sum();
     tracing::info!(%topic, partitions = ends.len(), records = total, "Loading the opt-out set.");
-    let announce = || {
+    // The initial load goes into a set of its own (no locks, batched inserts); it moves into the live
+    // store when caught up. Live records after that go straight into the store.
+    let mut building: Option<OptOutSet> = Some(OptOutSet::new());
+    let mut batch: Vec<OptOutRecord> = Vec::with_capacity(BATCH);
+    let mut counts = OutcomeCounts::default();
+    let apply_batch = |building: &mut Option<OptOutSet>,
+                       batch: &mut Vec<OptOutRecord>,
+                       counts: &mut OutcomeCounts| {
+        if let Some(set) = building.as_mut() {
+            set.insert_batch(batch, |a| counts.add(applied_outcome(a)));
+        }
+        batch.clear();
+    };
+    let announce = |building: &mut Option<OptOutSet>| {
+        if let Some(set) = building.take() {
+            store.absorb(set);
+        }
         if !*caught_up.borrow() {
             metrics.optout_caught_up.set(1);
             metrics.optout_set_size.set(store.len() as i64);
@@ -394,18 +422,30 @@ fn follow(
         if pending.is_empty() {
             let since = *drain_started.get_or_insert_with(Instant::now);
             if since.elapsed() > DRAIN_MAX {
-                announce();
+                apply_batch(&mut building, &mut batch, &mut counts);
+                announce(&mut building);
             }
         }
         match consumer.poll(POLL) {
             Some(Ok(msg)) => {
-                let outcome = apply(msg.key(), msg.payload(), store);
-                metrics
-                    .optout_records
-                    .get_or_create(&OutcomeLabel { outcome })
-                    .inc();
-                if outcome == "invalid" {
-                    tracing::warn!(%topic, partition = msg.partition(), offset = msg.offset(), "Skipped an opt-out record that is not <raw UID2 base64> = <unix seconds>.");
+                let outcome = match (building.is_some(), decode(msg.key(), msg.payload())) {
+                    (true, Ok(record)) => {
+                        batch.push(record);
+                        if batch.len() == BATCH {
+                            apply_batch(&mut building, &mut batch, &mut counts);
+                        }
+                        None
+                    }
+                    (false, Ok(record)) => {
+                        Some(applied_outcome(store.insert(&record.raw_uid2, record.secs)))
+                    }
+                    (_, Err(outcome)) => Some(outcome),
+                };
+                if let Some(outcome) = outcome {
+                    counts.add(outcome);
+                    if outcome == "invalid" {
+                        tracing::warn!(%topic, partition = msg.partition(), offset = msg.offset(), "Skipped an opt-out record that is not <raw UID2 base64> = <unix seconds>.");
+                    }
                 }
                 if let Some(end) = pending.get(&msg.partition())
                     && msg.offset() + 1 >= *end
@@ -417,8 +457,9 @@ fn follow(
                 pending.remove(&p);
             }
             None => {
+                apply_batch(&mut building, &mut batch, &mut counts);
                 if pending.is_empty() {
-                    announce();
+                    announce(&mut building);
                 }
             }
             Some(Err(e)) => {
@@ -429,11 +470,53 @@ fn follow(
                 }
             }
         }
+        if counts.due() || pending.is_empty() {
+            counts.flush(metrics, store.len());
+        }
         if last_refresh.elapsed() > REFRESH_PARTITIONS {
             last_refresh = Instant::now();
             metrics.optout_set_size.set(store.len() as i64);
             add_new_partitions(consumer, topic, &mut assigned);
         }
+    }
+}
+
+/// Record outcomes counted locally and added to the metrics in bulk: a metric family lookup per record
+/// would cost more than applying the record during the initial load.
+#[derive(Default)]
+struct OutcomeCounts {
+    counts: Vec<(&'static str, u64)>,
+    pending: u64,
+}
+
+impl OutcomeCounts {
+    fn add(&mut self, outcome: &'static str) {
+        self.pending += 1;
+        match self.counts.iter_mut().find(|(o, _)| *o == outcome) {
+            Some((_, n)) => *n += 1,
+            None => self.counts.push((outcome, 1)),
+        }
+    }
+
+    fn due(&self) -> bool {
+        self.pending >= 65_536
+    }
+
+    fn flush(&mut self, metrics: &Metrics, entries: u64) {
+        if self.pending == 0 {
+            return;
+        }
+        for (outcome, n) in self.counts.iter_mut().filter(|(_, n)| *n > 0) {
+            metrics
+                .optout_records
+                .get_or_create(&OutcomeLabel { outcome })
+                .inc_by(*n);
+            *n = 0;
+        }
+        self.pending = 0;
+        metrics
+            .optout_set_size
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
     }
 }
 
@@ -463,33 +546,46 @@ fn add_new_partitions(consumer: &FollowerConsumer, topic: &str, assigned: &mut V
     }
 }
 
+fn applied_outcome(applied: Applied) -> &'static str {
+    match applied {
+        Applied::New => "new",
+        Applied::Later => "later",
+        Applied::Unchanged => "unchanged",
+    }
+}
+
 /// Applies one topic record; returns the metric outcome.
+#[cfg(test)]
 fn apply(key: Option<&[u8]>, value: Option<&[u8]>, store: &LiveOptOuts) -> &'static str {
+    match decode(key, value) {
+        Ok(r) => applied_outcome(store.insert(&r.raw_uid2, r.secs)),
+        Err(outcome) => outcome,
+    }
+}
+
+/// One topic record as an opt-out, or the metric outcome of a record that is not one.
+fn decode(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<OptOutRecord, &'static str> {
     let Some(key) = key else {
-        return "invalid";
+        return Err("invalid");
     };
     // The key is the base64 text; raw bytes (32/33) are taken too.
     let raw = match std::str::from_utf8(key) {
         Ok(text) if text.len() == crate::optout::RAW_UID2_TEXT_LEN => RawUid2::parse(text),
         _ => RawUid2::from_bytes(key),
     };
-    let Some(raw) = raw else {
-        return "invalid";
+    let Some(raw_uid2) = raw else {
+        return Err("invalid");
     };
     let Some(value) = value else {
-        return "tombstone_ignored";
+        return Err("tombstone_ignored");
     };
     let Some(secs) = std::str::from_utf8(value)
         .ok()
         .and_then(|v| parse_optout_secs(v).ok())
     else {
-        return "invalid";
+        return Err("invalid");
     };
-    match store.insert(&raw, secs) {
-        Applied::New => "new",
-        Applied::Later => "later",
-        Applied::Unchanged => "unchanged",
-    }
+    Ok(OptOutRecord { raw_uid2, secs })
 }
 
 /// Writes opt-outs to the topic for the webhook: an idempotent producer; a publish returns only once
