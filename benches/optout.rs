@@ -9,7 +9,9 @@
 //!   `miss_dependent` makes each query depend on the previous answer, so the cache misses cannot
 //!   overlap: the latency of one lookup rather than the throughput.
 //! * `enrich_2KB_optouts`: the whole enrichment of a ~2 KB JSON request with a warm decrypt cache,
-//!   with no opt-outs, with the 10M set (token not in it) and with the token's UID2 opted out.
+//!   with no opt-outs, with the 10M set (token not in it) and with the token's UID2 opted out — one
+//!   token repeated, so its table line stays in cache — and `enrich_plus_cold_miss`: each enrichment
+//!   plus the lookup of a different random raw UID2, the cold case of a real stream of users.
 //!
 //! Two more modes, for `scripts/bench-optout.sh` (which runs this binary under `/usr/bin/time -v`):
 //! * `OPTOUT_BENCH_GEN=FILE OPTOUT_BENCH_COUNT=N`: writes N random opt-outs as CSV and exits;
@@ -147,6 +149,30 @@ fn lookups(c: &mut Criterion) {
         ("set_10M_not_listed", &live, Status::Success),
         ("opted_out", &opted, Status::OptedOut),
     ];
+    // A cold lookup per request: in the pipeline each token's raw UID2 is a different user, so its
+    // table line is not in cache. `enrich_plus_cold_miss` adds one lookup of a random raw UID2 (not in the
+    // set) to each enrichment; its difference to `no_optouts` is what the lookup adds per token once
+    // its memory access overlaps with the enrichment work around it.
+    {
+        let ctx = Context {
+            keys: Keys::single(Some(&keys)),
+            optouts: &NoOptOuts,
+            cache: Some(&cache),
+            now_ms: support::NOW,
+        };
+        let mut i = 0usize;
+        group.bench_function("enrich_plus_cold_miss", |b| {
+            b.iter(|| {
+                i = (i + 1) & (QUERIES - 1);
+                let found = live.opted_out_at_ms(black_box(&misses[i]));
+                (
+                    found,
+                    enrich::enrich(black_box(&request), PayloadFormat::Json, &ctx, &policy)
+                        .map(|e| e.output.len()),
+                )
+            })
+        });
+    }
     for (name, optouts, expected) in cases {
         let ctx = Context {
             keys: Keys::single(Some(&keys)),

@@ -346,6 +346,10 @@ const SHARD_BITS: u32 = SHARDS.trailing_zeros();
 /// Tables grow when this full (in 1/1000): linear probing stays short and misses scan one tag line.
 const MAX_LOAD_PER_MILLE: usize = 800;
 const MIN_CAPACITY: usize = 16;
+/// Tags a lookup reads at once.
+const GROUP: usize = 8;
+const LO: u64 = 0x0101_0101_0101_0101;
+const HI: u64 = 0x8080_8080_8080_8080;
 
 /// The key's hash. Raw UID2s end in a SHA-256, so mixing their four words (and the metadata byte of a
 /// 33-byte key) spreads even structured test keys.
@@ -392,6 +396,8 @@ impl<const N: usize> Slot<N> {
 /// One open-addressing table for keys of `N` bytes.
 #[derive(Clone, Default)]
 struct Table<const N: usize> {
+    /// Home positions; the arrays hold a tail of more, so probes never wrap around.
+    cap: usize,
     tags: Vec<u8>,
     slots: Vec<Slot<N>>,
     len: usize,
@@ -410,76 +416,105 @@ pub enum Applied {
 
 impl<const N: usize> Table<N> {
     #[inline]
-    fn start(&self, low: u32) -> usize {
-        // Maps the 32-bit hash onto any capacity (not only powers of two) without a division.
-        ((u64::from(low) * self.tags.len() as u64) >> 32) as usize
+    fn cap(&self) -> usize {
+        self.cap
     }
 
     #[inline]
+    fn start(&self, low: u32) -> usize {
+        // Maps the 32-bit hash onto any capacity (not only powers of two) without a division.
+        ((u64::from(low) * self.cap() as u64) >> 32) as usize
+    }
+
+    /// Probes eight tags at a time (SWAR): a miss usually finds an empty tag in its first group and no
+    /// candidate, so it takes one well-predicted branch, and the CPU can overlap the cache misses of
+    /// consecutive lookups instead of flushing them on a mispredicted per-tag branch.
+    #[inline]
     fn get(&self, key: &[u8; N], tag: u8, low: u32) -> Option<u32> {
-        let cap = self.tags.len();
-        if cap == 0 {
+        if self.len == 0 {
             return None;
         }
         let mut i = self.start(low);
-        // Load the first candidate slot together with its tag: a hit then waits for one memory access,
-        // not for the tag and then the slot. (A miss, the common case, reads only the tag line.)
+        // Load the first candidate slot together with its tags: a hit then waits for one memory
+        // access, not for the tags and then the slot. (A miss reads only the tag line.)
         std::hint::black_box(self.slots.get(i).map(|s| s.secs));
         loop {
-            match self.tags.get(i).copied() {
-                Some(0) => return None,
-                Some(t) => {
-                    if t == tag
-                        && let Some(slot) = self.slots.get(i)
-                        && slot.key == *key
-                    {
-                        return Some(slot.secs);
-                    }
-                    i += 1;
-                }
-                // Wrapped past the end: the table is never full, so an empty tag lies ahead.
-                None => i = 0,
+            let group = self
+                .tags
+                .get(i..i + GROUP)
+                .and_then(|g| <[u8; GROUP]>::try_from(g).ok())
+                .map(u64::from_le_bytes)?;
+            let x = group ^ (LO * u64::from(tag));
+            // High bit of each byte equal to `tag` (and, rarely, a false candidate next to one).
+            let mut candidates = x.wrapping_sub(LO) & !x & HI;
+            // Occupied tags have their high bit set.
+            let empties = !group & HI;
+            if empties != 0 {
+                // The key's run ends at the first empty tag.
+                candidates &= (1u64 << empties.trailing_zeros()).wrapping_sub(1);
             }
+            while candidates != 0 {
+                let j = i + (candidates.trailing_zeros() / 8) as usize;
+                if let Some(slot) = self.slots.get(j)
+                    && slot.key == *key
+                {
+                    return Some(slot.secs);
+                }
+                candidates &= candidates - 1;
+            }
+            if empties != 0 {
+                return None;
+            }
+            i += GROUP;
         }
     }
 
     fn insert(&mut self, key: &[u8; N], tag: u8, low: u32, secs: u32) -> Applied {
-        if (self.len + 1) * 1000 > self.tags.len() * MAX_LOAD_PER_MILLE {
+        if (self.len + 1) * 1000 > self.cap() * MAX_LOAD_PER_MILLE {
             self.grow();
         }
-        let mut i = self.start(low);
         loop {
-            match self.tags.get(i).copied() {
-                Some(0) => {
-                    if let (Some(t), Some(slot)) = (self.tags.get_mut(i), self.slots.get_mut(i)) {
-                        *t = tag;
-                        *slot = Slot { key: *key, secs };
-                        self.len += 1;
-                    }
-                    return Applied::New;
-                }
-                Some(t) => {
-                    if t == tag
-                        && let Some(slot) = self.slots.get_mut(i)
-                        && slot.key == *key
-                    {
-                        if secs > slot.secs {
-                            slot.secs = secs;
-                            return Applied::Later;
+            // The last GROUP tags stay empty, so every group read of a lookup is in bounds and ends.
+            let limit = self.tags.len().saturating_sub(GROUP);
+            let mut i = self.start(low);
+            while i < limit {
+                match self.tags.get(i).copied() {
+                    Some(0) => {
+                        if let (Some(t), Some(slot)) = (self.tags.get_mut(i), self.slots.get_mut(i))
+                        {
+                            *t = tag;
+                            *slot = Slot { key: *key, secs };
+                            self.len += 1;
                         }
-                        return Applied::Unchanged;
+                        return Applied::New;
                     }
-                    i += 1;
+                    Some(t) if t == tag => {
+                        if let Some(slot) = self.slots.get_mut(i)
+                            && slot.key == *key
+                        {
+                            if secs > slot.secs {
+                                slot.secs = secs;
+                                return Applied::Later;
+                            }
+                            return Applied::Unchanged;
+                        }
+                        i += 1;
+                    }
+                    _ => i += 1,
                 }
-                None => i = 0,
             }
+            // The run reached the tail: rare; a larger table spreads it.
+            self.grow();
         }
     }
 
     fn grow(&mut self) {
-        let cap = (self.tags.len() + self.tags.len() / 2).max(MIN_CAPACITY);
-        let old_tags = std::mem::replace(&mut self.tags, vec![0; cap]);
-        let old_slots = std::mem::replace(&mut self.slots, vec![Slot::EMPTY; cap]);
+        let cap = (self.cap + self.cap / 2).max(MIN_CAPACITY);
+        // Runs that pass the last home position continue in the tail (an eighth, 16 to 64 slots).
+        let tail = (cap / 8).clamp(2 * GROUP, 64);
+        self.cap = cap;
+        let old_tags = std::mem::replace(&mut self.tags, vec![0; cap + tail]);
+        let old_slots = std::mem::replace(&mut self.slots, vec![Slot::EMPTY; cap + tail]);
         self.len = 0;
         for (tag, slot) in old_tags.into_iter().zip(old_slots) {
             if tag != 0 {

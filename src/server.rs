@@ -194,15 +194,18 @@ fn same_secret(given: &[u8], expected: &[u8]) -> bool {
 }
 
 /// The checks every webhook call passes before its input is looked at: enabled, then authenticated.
-fn admit(state: &ServerState, headers: &HeaderMap) -> Result<Arc<dyn OptOutPublisher>, Response> {
+fn admit(
+    state: &ServerState,
+    headers: &HeaderMap,
+) -> Result<Arc<dyn OptOutPublisher>, Box<Response>> {
     let endpoint = &state.optouts;
     let (Some(token), Some(publisher)) = (&endpoint.token, &endpoint.publisher) else {
-        return Err(answer(
+        return Err(Box::new(answer(
             state,
             "disabled",
             StatusCode::SERVICE_UNAVAILABLE,
             "opt-out webhook disabled: set UID2_OPTOUT_TOKEN for this instance\n".into(),
-        ));
+        )));
     };
     let given = headers
         .get(header::AUTHORIZATION)
@@ -211,18 +214,18 @@ fn admit(state: &ServerState, headers: &HeaderMap) -> Result<Arc<dyn OptOutPubli
         .map(str::trim);
     match given {
         Some(g) if same_secret(g.as_bytes(), token.expose().as_bytes()) => Ok(publisher.clone()),
-        Some(_) => Err(answer(
+        Some(_) => Err(Box::new(answer(
             state,
             "unauthorized",
             StatusCode::UNAUTHORIZED,
             "unauthorized: wrong bearer token\n".into(),
-        )),
-        None => Err(answer(
+        ))),
+        None => Err(Box::new(answer(
             state,
             "unauthorized",
             StatusCode::UNAUTHORIZED,
             "unauthorized: send Authorization: Bearer <UID2_OPTOUT_TOKEN>\n".into(),
-        )),
+        ))),
     }
 }
 
@@ -295,7 +298,7 @@ async fn optout_get(
 ) -> Response {
     let publisher = match admit(&state, &headers) {
         Ok(p) => p,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let (Some(user), Some(time)) = (params.get("user"), params.get("optouttime")) else {
         return answer(
@@ -321,7 +324,7 @@ async fn optout_post(
 ) -> Response {
     let publisher = match admit(&state, &headers) {
         Ok(p) => p,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     match optout::parse_json_batch(&body) {
         Ok(records) => accept(&state, publisher, records).await,

@@ -294,6 +294,8 @@ fn topic_records(brokers: &str, topic: &str) -> Vec<(String, String)> {
             None => {}
         }
     }
+    // Partitions interleave in no fixed order.
+    records.sort();
     records
 }
 
