@@ -9,8 +9,9 @@
 //! # The set
 //! [`OptOutSet`] maps a raw UID2 — 32 bytes (v2) or 33 bytes (v3/v4: a metadata byte, then the 32-byte
 //! hash), never its base64 text — to the latest opt-out time in Unix seconds (`u32`, good until 2106).
-//! It is split into [`SHARDS`] open-addressing tables with linear probing: a one-byte tag array that a
-//! miss (the common case at bid time) scans within one cache line, and a slot array of `(key, seconds)`,
+//! It is split into [`SHARDS`] open-addressing tables with linear probing (runs continue into a tail of
+//! spare slots rather than wrapping): a one-byte tag array that a miss (the common case at bid time)
+//! probes eight tags at a time within one cache line, and a slot array of `(key, seconds)`,
 //! 36 bytes for a 32-byte key. Tables grow by half when 80 % full, so the set costs 45–70 bytes per entry
 //! and growing never doubles the whole set at once. Raw UID2s are SHA-256 output, so the hash is a cheap
 //! mix of the key's words rather than a keyed hash; inserts come only from authenticated or trusted
