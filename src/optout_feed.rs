@@ -9,10 +9,12 @@
 //! the latest opt-out. Tombstones (null values) are ignored: opt-outs are kept indefinitely.
 //!
 //! # The follower
-//! A consumer with no group: it assigns every partition of the topic from the beginning, reads up to the
-//! high watermarks found when it started (or to end-of-partition), reports *caught up*, and keeps
-//! following. It runs on a thread of its own (`poll` loop) so the initial load does not compete with the
-//! tokio workers; librdkafka reconnects after broker blips, and the loop logs and carries on.
+//! An assign-only consumer (it joins no group and commits nothing): it assigns every partition of the
+//! topic from the beginning, reads up to the high watermarks found when it started (or to
+//! end-of-partition) into a private set, moves that set into the live store, reports *caught up*, and
+//! keeps following, inserting live records directly. It runs on a thread of its own (`poll` loop) so the
+//! initial load does not compete with the tokio workers; librdkafka reconnects after broker blips, and the
+//! loop logs and carries on.
 
 use std::collections::HashMap;
 use std::fs::File;
