@@ -15,10 +15,12 @@
 //! - [`enrich`]: the one function the pipeline, replay and benchmarks call: bytes in, bytes out, for every
 //!   payload format.
 //! - [`tokenize`]: the sharing sender's direction: raw UID2s at JSON pointers become v4 tokens.
-//! - [`optout`]: the opt-out rule and the lookup interface it needs.
+//! - [`optout`]: the opt-out rule, the lookup interface it needs, the compact opt-out set and the parsers
+//!   of opt-out records.
 //! - [`cache`]: a bounded decrypt-result cache shared across threads (moka); it reads no clock either.
 //!
-//! Shell — wiring and I/O only, depends on the core and never the reverse: [`cli`].
+//! Shell — wiring and I/O only, depends on the core and never the reverse: [`cli`]; [`optout_feed`]
+//! loads opt-out files, follows the opt-out topic and publishes the webhook's opt-outs.
 
 pub mod cache;
 pub mod capture;
@@ -33,6 +35,7 @@ pub mod keysource;
 pub mod metrics;
 pub mod openrtb;
 pub mod optout;
+pub mod optout_feed;
 pub mod pipeline;
 pub mod replay;
 pub mod server;

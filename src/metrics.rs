@@ -22,6 +22,11 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PartitionLabel {
     pub topic: String,
     pub partition: i32,
@@ -47,6 +52,15 @@ pub struct Metrics {
     pub key_refresh_failures: Counter,
     pub produce_retries: Counter,
     pub rebalances: Family<ReasonLabel, Counter>,
+    /// Raw UID2s in the opt-out set.
+    pub optout_set_size: Gauge,
+    /// 1 once the opt-out set holds what the topic held at start.
+    pub optout_caught_up: Gauge,
+    /// Opt-out topic records read, by what they did to the set: new, later, unchanged, invalid,
+    /// tombstone_ignored.
+    pub optout_records: Family<OutcomeLabel, Counter>,
+    /// Opt-out webhook calls by outcome: accepted, unauthorized, invalid, disabled, unavailable.
+    pub optout_webhook_requests: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -80,6 +94,10 @@ impl Metrics {
             key_refresh_failures: Counter::default(),
             produce_retries: Counter::default(),
             rebalances: Family::default(),
+            optout_set_size: Gauge::default(),
+            optout_caught_up: Gauge::default(),
+            optout_records: Family::default(),
+            optout_webhook_requests: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -156,6 +174,26 @@ impl Metrics {
             "rebalances",
             "Partition assignments and revocations",
             m.rebalances.clone(),
+        );
+        registry.register(
+            "optout_set_entries",
+            "Raw UID2s in the opt-out set",
+            m.optout_set_size.clone(),
+        );
+        registry.register(
+            "optout_caught_up",
+            "1 once the opt-out set holds everything the opt-out topic held when the instance started",
+            m.optout_caught_up.clone(),
+        );
+        registry.register(
+            "optout_records",
+            "Opt-out topic records read, by effect on the set (new, later, unchanged, invalid, tombstone_ignored)",
+            m.optout_records.clone(),
+        );
+        registry.register(
+            "optout_webhook_requests",
+            "Opt-out webhook calls by outcome (accepted, unauthorized, invalid, disabled, unavailable)",
+            m.optout_webhook_requests.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -414,7 +414,7 @@ fn to_file(args: &ReplayArgs, output_path: &Path, now: Now) -> anyhow::Result<Su
         }
     };
     let optouts: Arc<dyn OptOutLookup + Send + Sync> = match &args.optouts {
-        Some(path) => bail!("--optouts {}: OPTOUT_MERGE", path.display()),
+        Some(path) => Arc::new(crate::optout_feed::load_file(path)?),
         None => Arc::new(NoOptOuts),
     };
     let job = Arc::new(Job {

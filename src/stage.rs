@@ -11,9 +11,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::keysource::{KeyHandle, KeySource};
 use crate::metrics::Metrics;
-use crate::optout::NoOptOuts;
+use crate::optout::LiveOptOuts;
+use crate::optout_feed::{self, FeedConfig, Publisher};
 use crate::pipeline::{self, KeyProvider, OutputPartitioning, RunCounters, StageConfig, StageDeps};
-use crate::server::{self, ServerState};
+use crate::server::{self, OptOutEndpoint, OptOutPublisher, ServerState};
 use crate::tokenize::{self, Direction};
 use crate::uid2::KeySet;
 
@@ -53,14 +54,34 @@ pub fn stage_config(s: &Settings) -> StageConfig {
 }
 
 /// Runs the stage until a signal (or `shutdown`) stops it. Consuming starts only once the first key set
-/// is loaded (in the tokenize direction: once the keys can encrypt): before that `/readyz` answers 503 and
-/// no record is touched.
+/// is loaded (in the tokenize direction: once the keys can encrypt) and the opt-out set has caught up
+/// with its topic: before that `/readyz` answers 503 and no record is touched.
 ///
 /// # Errors
 /// The HTTP listener cannot bind, the Kafka clients cannot be created, or the stage stopped on a fatal
 /// error (a failed delivery).
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
+    // Opt-outs: follow the topic into the live set; the webhook publishes to it (when a token is set).
+    let feed = FeedConfig::from_settings(&settings);
+    let store = Arc::new(LiveOptOuts::new());
+    let follower_stop = CancellationToken::new();
+    let publisher: Option<Arc<dyn OptOutPublisher>> = match settings.optout.token {
+        Some(_) => Some(Arc::new(Publisher::new(&feed)?)),
+        None => {
+            tracing::warn!(
+                "UID2_OPTOUT_TOKEN is not set: the opt-out webhook answers 503 (disabled); opt-outs still arrive through the topic."
+            );
+            None
+        }
+    };
+    {
+        // In the background: the follower waits for the topic anyway, and /healthz must answer now.
+        let feed = feed.clone();
+        tokio::spawn(async move { optout_feed::ensure_topic(&feed).await });
+    }
+    let mut follower =
+        optout_feed::spawn_follower(&feed, store.clone(), metrics.clone(), follower_stop.clone())?;
     let keys = KeySource::spawn(
         settings.uid2.keys.clone(),
         settings.uid2.refresh.clone(),
@@ -68,11 +89,28 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     );
     let consuming = Arc::new(AtomicBool::new(false));
     let failed = Arc::new(AtomicBool::new(false));
+
+    let caught_up = Arc::new(AtomicBool::new(false));
+    {
+        let (mut rx, caught_up) = (follower.subscribe(), caught_up.clone());
+        tokio::spawn(async move {
+            if rx.wait_for(|c| *c).await.is_ok() {
+                caught_up.store(true, Ordering::Relaxed);
+            }
+        });
+    }
     let state = ServerState {
         metrics: metrics.clone(),
         keys: Arc::new(keys.clone()),
         consuming: consuming.clone(),
         failed: failed.clone(),
+        optouts: Arc::new(OptOutEndpoint {
+            store: store.clone(),
+            caught_up,
+            token: settings.optout.token.clone(),
+            publisher,
+            now_ms: pipeline::wall_clock_ms,
+        }),
     };
     let server_stop = CancellationToken::new();
     let server = tokio::spawn(server::serve(
@@ -87,14 +125,19 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         server_stop.clone(),
     ));
 
-    tracing::info!(source = %keys.status().source, "Waiting for the first key set before consuming.");
+    tracing::info!(source = %keys.status().source, topic = %feed.topic, "Waiting for the first key set and the opt-out set before consuming.");
     let result = tokio::select! {
         () = shutdown.cancelled() => Ok(()),
         server_result = server => match server_result {
             Ok(Err(e)) => Err(e),
             _ => Err(anyhow::anyhow!("the HTTP server stopped")),
         },
-        () = wait_until_usable(&keys, settings.pipeline.direction) => {
+        _ = async {
+            tokio::join!(
+                wait_until_usable(&keys, settings.pipeline.direction),
+                follower.wait_caught_up()
+            )
+        } => {
             consuming.store(true, Ordering::Relaxed);
             // Tokenize: ready only while the keys can encrypt (the pipeline holds records meanwhile).
             let watch_stop = CancellationToken::new();
@@ -103,7 +146,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             });
             let deps = StageDeps {
                 keys: Arc::new(keys.clone()),
-                optouts: Arc::new(NoOptOuts),
+                optouts: store.clone(),
                 metrics: metrics.clone(),
                 counters: Arc::new(RunCounters::default()),
             };
@@ -122,6 +165,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     };
     server_stop.cancel();
     keys.stop();
+    follower_stop.cancel();
+    tokio::task::spawn_blocking(move || follower.join())
+        .await
+        .ok();
     result
 }
 

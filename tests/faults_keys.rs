@@ -81,7 +81,13 @@ async fn wait_until(what: &str, within: Duration, mut check: impl AsyncFnMut() -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_service_down_at_start_down_mid_run_and_back() {
     let cluster = MockCluster::new(1).unwrap();
-    for (topic, partitions) in [("keys-in", 2), ("keys-out", 2), ("keys-dlq", 1)] {
+    // The opt-out topic too: readiness waits for the opt-out set, and the mock cluster cannot create it.
+    for (topic, partitions) in [
+        ("keys-in", 2),
+        ("keys-out", 2),
+        ("keys-dlq", 1),
+        ("uid2-optouts", 1),
+    ] {
         cluster.create_topic(topic, partitions, 1).unwrap();
     }
     let brokers = cluster.bootstrap_servers();

@@ -75,7 +75,13 @@ fn raw_uid2s(brokers: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn debug_logs_never_print_a_secret_or_a_raw_uid2() {
     let cluster = MockCluster::new(1).unwrap();
-    for (topic, partitions) in [("log-in", 2), ("log-out", 2), ("log-dlq", 1)] {
+    // The opt-out topic too: readiness waits for the opt-out set, and the mock cluster cannot create it.
+    for (topic, partitions) in [
+        ("log-in", 2),
+        ("log-out", 2),
+        ("log-dlq", 1),
+        ("uid2-optouts", 1),
+    ] {
         cluster.create_topic(topic, partitions, 1).unwrap();
     }
     let brokers = cluster.bootstrap_servers();

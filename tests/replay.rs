@@ -536,3 +536,82 @@ fn tokenize_then_decrypt_in_sharing_mode_gives_the_raw_uid2s_back() {
     assert!(!dead.is_empty());
     assert!(dead.iter().all(|d| d.contains("invalid_raw_uid2")));
 }
+
+#[test]
+fn optouts_from_a_file_apply_the_rule_offline() {
+    let dir = scratch("optouts");
+    let keys = dir.join("keys.json");
+    std::fs::write(
+        &keys,
+        common::bidstream_keys_json("UID2", common::MAX_LIFETIME_S),
+    )
+    .unwrap();
+    // Established 30 days before NOW.
+    let token = common::Token::new(TokenVersion::V4).build();
+    let request = format!(
+        r#"{{"id":"r1","site":{{"domain":"example.com"}},"user":{{"eids":[{{"source":"uidapi.com","uids":[{{"id":"{token}"}}]}}]}}}}"#
+    );
+    let input = dir.join("in.jsonl");
+    std::fs::write(&input, format!("{request}\n")).unwrap();
+    let now = common::NOW.to_string();
+    let status_with = |optout_ms: i64, name: &str| {
+        let optouts = dir.join(name);
+        std::fs::write(
+            &optouts,
+            format!(
+                "raw_uid2,unix_seconds\n{},{}\n",
+                common::RAW_UID2,
+                optout_ms / 1000
+            ),
+        )
+        .unwrap();
+        let out = dir.join(format!("{name}.out"));
+        let run = bin(&[
+            "replay",
+            "--input",
+            path(&input),
+            "--output",
+            path(&out),
+            "--keys",
+            path(&keys),
+            "--now",
+            &now,
+            "--optouts",
+            path(&optouts),
+        ]);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        member_status(&lines(&out)[0])
+    };
+    assert_eq!(
+        status_with(common::NOW - common::DAY_MS, "after.csv"),
+        "opted_out"
+    );
+    assert_eq!(
+        status_with(common::NOW - 60 * common::DAY_MS, "before.csv"),
+        "success"
+    );
+
+    let bad = dir.join("bad.csv");
+    std::fs::write(&bad, "raw_uid2,unix_seconds\nnot-a-uid,12\n").unwrap();
+    let run = bin(&[
+        "replay",
+        "--input",
+        path(&input),
+        "--output",
+        path(&dir.join("x")),
+        "--keys",
+        path(&keys),
+        "--optouts",
+        path(&bad),
+    ]);
+    assert_eq!(run.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("bad.csv") && stderr.contains('2'),
+        "{stderr}"
+    );
+}

@@ -58,22 +58,7 @@ pub fn free_port() -> u16 {
 
 /// A plain HTTP/1.0 GET against an instance's `[server]` listener: (status code, body).
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))
-        .unwrap_or_else(|e| panic!("connecting to 127.0.0.1:{port}{path}: {e}"));
-    conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-        .unwrap();
-    let mut response = String::new();
-    conn.read_to_string(&mut response).unwrap();
-    let code = response
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, b)| b.to_string());
-    (code, body)
+    http_request(port, "GET", path, &[], b"")
 }
 
 /// The sum of every sample of the metrics whose line starts with `prefix` in a `/metrics` text.
@@ -109,11 +94,17 @@ impl Drop for Instance {
 }
 
 pub fn start_instance(config: &PathBuf, name: &str) -> Instance {
+    start_instance_with_env(config, name, &[])
+}
+
+/// As [`start_instance`], with extra environment variables (e.g. `UID2_OPTOUT_TOKEN`).
+pub fn start_instance_with_env(config: &PathBuf, name: &str, env: &[(&str, &str)]) -> Instance {
     let log = std::fs::File::create(scratch().join(format!("{name}.log"))).unwrap();
     Instance(Some(
         Command::new(env!("CARGO_BIN_EXE_uid2-enricher"))
             .args(["run", "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -231,4 +222,38 @@ level = "info"
     )
     .unwrap();
     path
+}
+
+/// A plain HTTP/1.0 request with extra headers and a body against 127.0.0.1:`port`: (status code, body).
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("connecting to 127.0.0.1:{port}{path}: {e}"));
+    let mut request = format!(
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    conn.write_all(request.as_bytes()).unwrap();
+    conn.write_all(body).unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).unwrap();
+    let code = response
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string());
+    (code, body)
 }

@@ -1,0 +1,361 @@
+//! The opt-out set at scale: 10,000,000 random raw UID2s (the figure).
+//!
+//! Criterion groups (`cargo bench --bench optout`):
+//! * `optout_lookup_10M`: `OptOutLookup::opted_out_at_ms` on the shared `LiveOptOuts` the pipeline reads
+//!   (base64 text → bytes, hash, shard read lock, probe), for raw UID2s not in the set (`miss`, what
+//!   nearly every bid request does), in it (`hit`), and against an empty set (`miss_empty`, the fixed
+//!   cost without memory traffic), and `parse_only` (the base64 decode alone); `miss_unlocked` is the single-owner `OptOutSet` (replay). The
+//!   queries cycle through 1,048,576 texts so the table lines they touch are not in cache.
+//!   `miss_dependent` makes each query depend on the previous answer, so the cache misses cannot
+//!   overlap: the latency of one lookup rather than the throughput.
+//! * `enrich_2KB_optouts`: the whole enrichment of a ~2 KB JSON request with a warm decrypt cache,
+//!   with no opt-outs, with the 10M set (token not in it) and with the token's UID2 opted out — one
+//!   token repeated, so its table line stays in cache — and `enrich_plus_cold_miss`: each enrichment
+//!   plus the lookup of a different random raw UID2, the cold case of a real stream of users.
+//!
+//! Two more modes, for `scripts/bench-optout.sh` (which runs this binary under `/usr/bin/time -v`):
+//! * `OPTOUT_BENCH_GEN=FILE OPTOUT_BENCH_COUNT=N`: writes N random opt-outs as CSV and exits;
+//! * `OPTOUT_BENCH_LOAD=FILE`: `optout_feed::load_file`, then prints seconds, entries, heap bytes per
+//!   entry and the peak RSS (`VmHWM`);
+//! * `OPTOUT_BENCH_PRODUCE=N OPTOUT_BENCH_BROKERS=B OPTOUT_BENCH_TOPIC=T`: writes N random opt-outs to
+//!   the topic; `OPTOUT_BENCH_FOLLOW=1` with the same brokers/topic: follows the topic until caught up
+//!   and prints the same figures; `OPTOUT_BENCH_DRAIN=1` only reads the topic (the broker's and
+//!   librdkafka's share of the time).
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group};
+
+use uid2_enricher::cache::DecryptCache;
+use uid2_enricher::enrich::{self, Context, Keys, PayloadFormat, Policy};
+use uid2_enricher::metrics::Metrics;
+use uid2_enricher::optout::{LiveOptOuts, NoOptOuts, OptOutLookup, OptOutSet, RawUid2};
+use uid2_enricher::optout_feed;
+use uid2_enricher::uid2::{Status, TokenVersion};
+
+mod support;
+
+const ENTRIES: usize = 10_000_000;
+const QUERIES: usize = 1 << 20;
+/// 2026-01-01T00:00:00Z in seconds.
+const T: u32 = 1_767_225_600;
+
+fn random_raw(rng: &mut fastrand::Rng) -> RawUid2 {
+    let mut b = [0u8; 32];
+    rng.fill(&mut b);
+    RawUid2::from_bytes(&b).expect("32 bytes")
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<f64>()
+                .ok()
+        })
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+fn lookups(c: &mut Criterion) {
+    let mut rng = fastrand::Rng::with_seed(42);
+    let started = Instant::now();
+    let mut set = OptOutSet::new();
+    let mut hits = Vec::with_capacity(QUERIES);
+    for i in 0..ENTRIES {
+        let raw = random_raw(&mut rng);
+        set.insert(&raw, T - (i as u32 % 86_400));
+        if i % (ENTRIES / QUERIES) == 0 && hits.len() < QUERIES {
+            hits.push(raw.to_base64());
+        }
+    }
+    let misses: Vec<String> = (0..QUERIES)
+        .map(|_| random_raw(&mut rng).to_base64())
+        .collect();
+    println!(
+        "optout bench: {} entries inserted in {:.1} s, {:.1} heap bytes per entry, peak RSS {:.0} MiB",
+        set.len(),
+        started.elapsed().as_secs_f64(),
+        set.heap_bytes() as f64 / set.len() as f64,
+        peak_rss_mib()
+    );
+    assert!(hits.iter().all(|h| set.opted_out_at_ms(h).is_some()));
+    assert!(misses.iter().all(|m| set.opted_out_at_ms(m).is_none()));
+    let unlocked = set.clone();
+    let live = LiveOptOuts::from(set);
+    let empty = LiveOptOuts::new();
+
+    let mut group = c.benchmark_group("optout_lookup_10M");
+    group.throughput(Throughput::Elements(1));
+    let cycle = |name: &str,
+                 group: &mut criterion::BenchmarkGroup<'_, _>,
+                 set: &dyn OptOutLookup,
+                 queries: &[String]| {
+        let mut i = 0usize;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                i = (i + 1) & (QUERIES - 1);
+                set.opted_out_at_ms(black_box(&queries[i]))
+            })
+        });
+    };
+    {
+        let mut i = 0usize;
+        group.bench_function("parse_only", |b| {
+            b.iter(|| {
+                i = (i + 1) & (QUERIES - 1);
+                RawUid2::parse(black_box(&misses[i]))
+            })
+        });
+    }
+    cycle("miss", &mut group, &live, &misses);
+    cycle("hit", &mut group, &live, &hits);
+    cycle("miss_empty", &mut group, &empty, &misses);
+    cycle("miss_unlocked", &mut group, &unlocked, &misses);
+    {
+        let mut i = 0usize;
+        group.bench_function("miss_dependent", |b| {
+            b.iter(|| {
+                let found = live.opted_out_at_ms(&misses[i]);
+                // The next query's index depends on this answer: no overlap between lookups.
+                i = (i + 1 + usize::from(found.is_some())) & (QUERIES - 1);
+                found
+            })
+        });
+    }
+    group.finish();
+
+    // Whole enrichment of a ~2 KB request with a warm decrypt cache.
+    let keys = support::key_set();
+    let token = support::token(TokenVersion::V4, 7);
+    let (_, request) = support::json_request_near(2048, &token);
+    let cache = DecryptCache::new(10_000);
+    let mut opted = OptOutSet::new();
+    opted.insert(
+        &RawUid2::parse(support::RAW_UID2).expect("raw UID2"),
+        (support::NOW / 1000) as u32,
+    );
+    let opted = LiveOptOuts::from(opted);
+    let policy = Policy::default();
+    let mut group = c.benchmark_group("enrich_2KB_optouts");
+    group.throughput(Throughput::Bytes(request.len() as u64));
+    let cases: [(&str, &dyn OptOutLookup, Status); 3] = [
+        ("no_optouts", &NoOptOuts, Status::Success),
+        ("set_10M_not_listed", &live, Status::Success),
+        ("opted_out", &opted, Status::OptedOut),
+    ];
+    // A cold lookup per request: in the pipeline each token's raw UID2 is a different user, so its
+    // table line is not in cache. `enrich_plus_cold_miss` adds one lookup of a random raw UID2 (not in the
+    // set) to each enrichment; its difference to `no_optouts` is what the lookup adds per token once
+    // its memory access overlaps with the enrichment work around it.
+    {
+        let ctx = Context {
+            keys: Keys::single(Some(&keys)),
+            optouts: &NoOptOuts,
+            cache: Some(&cache),
+            now_ms: support::NOW,
+        };
+        let mut i = 0usize;
+        group.bench_function("enrich_plus_cold_miss", |b| {
+            b.iter(|| {
+                i = (i + 1) & (QUERIES - 1);
+                let found = live.opted_out_at_ms(black_box(&misses[i]));
+                (
+                    found,
+                    enrich::enrich(black_box(&request), PayloadFormat::Json, &ctx, &policy)
+                        .map(|e| e.output.len()),
+                )
+            })
+        });
+    }
+    for (name, optouts, expected) in cases {
+        let ctx = Context {
+            keys: Keys::single(Some(&keys)),
+            optouts,
+            cache: Some(&cache),
+            now_ms: support::NOW,
+        };
+        let out = enrich::enrich(&request, PayloadFormat::Json, &ctx, &policy).expect("enriches");
+        assert_eq!(out.status(), Some(expected), "{name}");
+        group.bench_function(name, |b| {
+            b.iter(|| enrich::enrich(black_box(&request), PayloadFormat::Json, &ctx, &policy))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, lookups);
+
+fn gen_file(path: &str, count: usize) {
+    use std::io::Write;
+    let mut rng = fastrand::Rng::with_seed(1);
+    let file = std::fs::File::create(path).expect("creating the opt-out file");
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    writeln!(out, "raw_uid2,unix_seconds").expect("write");
+    for i in 0..count {
+        let raw = random_raw(&mut rng);
+        writeln!(out, "{},{}", raw.to_base64(), T - (i as u32 % 86_400)).expect("write");
+    }
+    out.flush().expect("flush");
+}
+
+fn report(how: &str, seconds: f64, entries: u64, heap: usize) {
+    println!(
+        "optout load ({how}): {entries} entries in {seconds:.2} s ({:.0} per second), {:.1} heap bytes per entry, peak RSS {:.0} MiB",
+        entries as f64 / seconds,
+        heap as f64 / entries.max(1) as f64,
+        peak_rss_mib()
+    );
+}
+
+fn feed(brokers: String, topic: String) -> optout_feed::FeedConfig {
+    optout_feed::FeedConfig {
+        brokers,
+        group_id: "optout-bench".into(),
+        topic,
+        consumer_overrides: Vec::new(),
+        producer_overrides: Vec::new(),
+    }
+}
+
+fn produce(brokers: String, topic: String, count: usize) {
+    use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+    let producer: ThreadedProducer<_> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .expect("producer");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(optout_feed::ensure_topic(&feed(
+        brokers.clone(),
+        topic.clone(),
+    )));
+    let mut rng = fastrand::Rng::with_seed(2);
+    let started = Instant::now();
+    for i in 0..count {
+        let key = random_raw(&mut rng).to_base64();
+        let value = (T - (i as u32 % 86_400)).to_string();
+        let mut record = BaseRecord::to(&topic).key(&key).payload(&value);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(1800)).expect("flush");
+    println!(
+        "optout produce: {count} records to {topic} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn follow(brokers: String, topic: String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let store = Arc::new(LiveOptOuts::new());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let started = Instant::now();
+    let mut follower = optout_feed::spawn_follower(
+        &feed(brokers, topic),
+        store.clone(),
+        Arc::new(Metrics::new()),
+        stop.clone(),
+    )
+    .expect("follower");
+    rt.block_on(follower.wait_caught_up());
+    report(
+        "topic",
+        started.elapsed().as_secs_f64(),
+        store.len(),
+        store.heap_bytes(),
+    );
+    stop.cancel();
+    follower.join();
+}
+
+/// Reads the whole topic without applying anything: what the broker and librdkafka alone allow.
+fn drain(brokers: String, topic: String) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = optout_feed::follower_config(&feed(brokers, topic.clone()))
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(&topic), Duration::from_secs(10))
+        .expect("metadata");
+    let partitions = metadata.topics()[0].partitions().len();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(&topic, p as i32, Offset::Beginning)
+            .expect("partition");
+    }
+    let started = Instant::now();
+    consumer.assign(&tpl).expect("assign");
+    let (mut records, mut at_end) = (0u64, 0usize);
+    while at_end < partitions {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(_)) => records += 1,
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => at_end += 1,
+            _ => {}
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "optout drain (topic, nothing applied): {records} records in {seconds:.2} s ({:.0} per second)",
+        records as f64 / seconds
+    );
+}
+
+fn main() {
+    let var = |k: &str| std::env::var(k).ok();
+    if let Some(path) = var("OPTOUT_BENCH_GEN") {
+        let count = var("OPTOUT_BENCH_COUNT")
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(ENTRIES);
+        gen_file(&path, count);
+        return;
+    }
+    if let Some(path) = var("OPTOUT_BENCH_LOAD") {
+        let started = Instant::now();
+        let set = optout_feed::load_file(std::path::Path::new(&path)).expect("loading");
+        report(
+            "file",
+            started.elapsed().as_secs_f64(),
+            set.len() as u64,
+            set.heap_bytes(),
+        );
+        return;
+    }
+    let brokers = var("OPTOUT_BENCH_BROKERS").unwrap_or_else(|| "127.0.0.1:9092".into());
+    let topic = var("OPTOUT_BENCH_TOPIC").unwrap_or_else(|| "uid2-optouts-bench".into());
+    if let Some(count) = var("OPTOUT_BENCH_PRODUCE").and_then(|c| c.parse().ok()) {
+        produce(brokers, topic, count);
+        return;
+    }
+    if var("OPTOUT_BENCH_DRAIN").is_some() {
+        drain(brokers, topic);
+        return;
+    }
+    if var("OPTOUT_BENCH_FOLLOW").is_some() {
+        follow(brokers, topic);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
