@@ -99,7 +99,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         tokenize: Default::default(),
         enrich: true,
         max_in_flight: 10_000,
-        cache_entries: 100_000,
+        cache_entries: crate::config::defaults::CACHE_ENTRIES,
         drain_timeout: Duration::from_millis(2500),
         shutdown_timeout: Duration::from_secs(8),
         output_partitioning: OutputPartitioning::Key,

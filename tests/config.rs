@@ -110,7 +110,7 @@ fn shipped_enricher_toml_parses_with_the_documented_values() {
         s.pipeline.workers,
         std::thread::available_parallelism().map_or(1, usize::from)
     );
-    assert_eq!(s.pipeline.cache_entries, 200_000);
+    assert_eq!(s.pipeline.cache_entries, 0);
     assert_eq!(s.pipeline.drain_timeout, Duration::from_millis(2500));
     assert_eq!(s.pipeline.shutdown_timeout, Duration::from_millis(8000));
     assert!(s.pipeline.enrich);
@@ -808,13 +808,13 @@ fn load_names_the_file() {
 #[test]
 fn other_choices_parse() {
     let s = ok(
-        "[uid2]\nmode = \"sharing\"\nkeys_file = \"config/demo-keys.json\"\n[pipeline]\nformat = \"protobuf\"\nworkers = 3\ncache_entries = 0\nenrich = false\nstrict_json = true\nsources = [{ name = \"uidapi.com\", scope = \"UID2\" }]\n[log]\nformat = \"json\"\n[server]\nlisten = \"[::1]:9000\"\n[kafka]\ninput_topics = [\"a\", \"b\"]\n",
+        "[uid2]\nmode = \"sharing\"\nkeys_file = \"config/demo-keys.json\"\n[pipeline]\nformat = \"protobuf\"\nworkers = 3\ncache_entries = 5000\nenrich = false\nstrict_json = true\nsources = [{ name = \"uidapi.com\", scope = \"UID2\" }]\n[log]\nformat = \"json\"\n[server]\nlisten = \"[::1]:9000\"\n[kafka]\ninput_topics = [\"a\", \"b\"]\n",
     );
     assert_eq!(s.uid2.mode, ClientMode::Sharing);
     assert_eq!(s.pipeline.policy.mode, ClientMode::Sharing);
     assert_eq!(s.pipeline.format, PayloadFormat::Protobuf);
     assert_eq!(s.pipeline.workers, 3);
-    assert_eq!(s.pipeline.cache_entries, 0);
+    assert_eq!(s.pipeline.cache_entries, 5000);
     assert!(!s.pipeline.enrich);
     assert!(s.pipeline.policy.strict_json);
     assert_eq!(s.pipeline.policy.sources.len(), 1);
