@@ -255,6 +255,15 @@ pub struct Malformed {
     pub detail: String,
 }
 
+impl From<json::JsonError> for Malformed {
+    fn from(e: json::JsonError) -> Malformed {
+        Malformed {
+            reason: e.reason(),
+            detail: e.to_string(),
+        }
+    }
+}
+
 /// Enriches one request. See the module docs and ARCHITECTURE.md for the contract.
 ///
 /// # Errors
@@ -312,15 +321,10 @@ fn enrich_event<'a>(
     ctx: &Context<'_>,
     policy: &Policy,
 ) -> Result<Enriched<'a>, Malformed> {
-    let malformed = |e: json::JsonError| Malformed {
-        reason: e.reason(),
-        detail: e.to_string(),
-    };
     if policy.strict_json {
-        json::validate_strict(payload).map_err(malformed)?;
+        json::validate_strict(payload)?;
     }
-    let scan = event::scan(payload, &policy.event_token_pointers, &policy.member_name)
-        .map_err(malformed)?;
+    let scan = event::scan(payload, &policy.event_token_pointers, &policy.member_name)?;
     if scan.found.is_empty() {
         return Ok(unchanged(payload));
     }
@@ -340,16 +344,11 @@ fn enrich_json<'a>(
     ctx: &Context<'_>,
     policy: &Policy,
 ) -> Result<Enriched<'a>, Malformed> {
-    let malformed = |e: json::JsonError| Malformed {
-        reason: e.reason(),
-        detail: e.to_string(),
-    };
     if policy.strict_json {
-        json::validate_strict(payload).map_err(malformed)?;
+        json::validate_strict(payload)?;
     }
-    let scan = policy
-        .with_source_names(|sources| json::scan(payload, sources, &policy.member_name))
-        .map_err(malformed)?;
+    let scan =
+        policy.with_source_names(|sources| json::scan(payload, sources, &policy.member_name))?;
     if scan.tokens.is_empty() {
         return Ok(unchanged(payload));
     }

@@ -635,6 +635,25 @@ fn handle_record<'m>(shared: &Shared, message: &'m OwnedMessage) -> Outcome<'m> 
     }
 }
 
+/// An output record, counted under its `uid2-status`.
+fn output<'m>(
+    shared: &Shared,
+    payload: std::borrow::Cow<'m, [u8]>,
+    status: &'static str,
+    member: Option<String>,
+) -> Outcome<'m> {
+    shared
+        .metrics
+        .request_status
+        .get_or_create(&StatusLabel { status })
+        .inc();
+    Outcome::Output {
+        payload,
+        status,
+        member,
+    }
+}
+
 fn dead_letter(shared: &Shared, reason: &'static str) -> Outcome<'static> {
     shared
         .metrics
@@ -667,19 +686,7 @@ fn tokenize_record<'m>(shared: &Shared, message: &'m OwnedMessage) -> Outcome<'m
         .enrich_seconds
         .observe(started.elapsed().as_secs_f64());
     match result {
-        Ok(tokenized) => {
-            let status = tokenized.status.as_str();
-            shared
-                .metrics
-                .request_status
-                .get_or_create(&StatusLabel { status })
-                .inc();
-            Outcome::Output {
-                payload: tokenized.output,
-                status,
-                member: None,
-            }
-        }
+        Ok(tokenized) => output(shared, tokenized.output, tokenized.status.as_str(), None),
         Err(TokenizeError::Malformed(malformed)) => dead_letter(shared, malformed.reason),
         Err(TokenizeError::Keys(e)) => Outcome::WaitForKeys {
             reason: e.to_string(),
@@ -689,16 +696,7 @@ fn tokenize_record<'m>(shared: &Shared, message: &'m OwnedMessage) -> Outcome<'m
 
 fn enrich_record<'m>(shared: &Shared, message: &'m OwnedMessage) -> Outcome<'m> {
     let Some(payload) = message.payload() else {
-        shared
-            .metrics
-            .dead_lettered
-            .get_or_create(&ReasonLabel {
-                reason: "no_payload",
-            })
-            .inc();
-        return Outcome::DeadLetter {
-            reason: "no_payload",
-        };
+        return dead_letter(shared, "no_payload");
     };
     let keys = shared.keys.current();
     let ctx = enrich::Context {
@@ -729,29 +727,9 @@ fn enrich_record<'m>(shared: &Shared, message: &'m OwnedMessage) -> Outcome<'m> 
                 }
             }
             let status = enriched.status_header();
-            shared
-                .metrics
-                .request_status
-                .get_or_create(&StatusLabel { status })
-                .inc();
-            Outcome::Output {
-                payload: enriched.output,
-                status,
-                member: enriched.member_json,
-            }
+            output(shared, enriched.output, status, enriched.member_json)
         }
-        Err(malformed) => {
-            shared
-                .metrics
-                .dead_lettered
-                .get_or_create(&ReasonLabel {
-                    reason: malformed.reason,
-                })
-                .inc();
-            Outcome::DeadLetter {
-                reason: malformed.reason,
-            }
-        }
+        Err(malformed) => dead_letter(shared, malformed.reason),
     }
 }
 

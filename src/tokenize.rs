@@ -110,10 +110,7 @@ pub fn tokenize<'a>(
     nonces: &mut dyn FnMut() -> [u8; 24],
 ) -> Result<Tokenized<'a>, TokenizeError> {
     // No enrichment member is involved; an empty name matches no member that matters here.
-    let scan = event::scan(payload, &policy.pointers, "").map_err(|e| Malformed {
-        reason: e.reason(),
-        detail: e.to_string(),
-    })?;
+    let scan = event::scan(payload, &policy.pointers, "").map_err(Malformed::from)?;
     let mut edits: Vec<(Range<usize>, String)> = Vec::new();
     for found in &scan.found {
         if found.text.is_empty() || edits.iter().any(|(span, _)| *span == found.span) {

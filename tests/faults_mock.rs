@@ -20,12 +20,10 @@ use std::time::{Duration, Instant};
 
 use prost::Message as _;
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Headers;
+use rdkafka::Message;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use uid2_enricher::enrich::{self, PayloadFormat, Policy};
 use uid2_enricher::metrics::Metrics;
@@ -153,47 +151,19 @@ async fn produce(brokers: &str, topic: &str, records: &[(String, Vec<u8>)]) {
 
 /// key → (topic, the `uid2-status` or `uid2-error` header) for every record of `topics`.
 fn outcomes(brokers: &str, topics: &[(&str, i32)]) -> Vec<(String, String, String)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "outcome-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    let mut remaining = 0;
-    for (topic, partitions) in topics {
-        for p in 0..*partitions {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(5))
-                .unwrap();
-            remaining += high - low;
-            tpl.add_partition_offset(topic, p, Offset::Beginning)
-                .unwrap();
-        }
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while (out.len() as i64) < remaining && Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            let header = |name: &str| {
-                m.headers().and_then(|h| {
-                    h.iter()
-                        .find(|h| h.key == name)
-                        .and_then(|h| h.value)
-                        .map(|v| String::from_utf8_lossy(v).into_owned())
-                })
-            };
-            out.push((
+    common::broker::read_all(brokers, topics)
+        .iter()
+        .map(|m| {
+            (
                 String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
                 m.topic().to_string(),
-                header("uid2-status")
-                    .or_else(|| header("uid2-error"))
-                    .unwrap_or_default(),
-            ));
-        }
-    }
-    out
+                common::broker::header(m, "uid2-status")
+                    .or_else(|| common::broker::header(m, "uid2-error"))
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect()
 }
 
 async fn verify_topics(brokers: &str, input: &str) -> Report {

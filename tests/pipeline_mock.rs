@@ -6,14 +6,17 @@
 //! multi-thread `#[tokio::test]` runs on the thread that called `block_on`), while the stage runs on the
 //! runtime's workers.
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use common::broker::{header, read_all};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -144,42 +147,6 @@ async fn produce(brokers: &str, generator: &mut Generator, n: usize) -> HashMap<
     cases
 }
 
-/// Every record of `topic`, read from the beginning up to the current end.
-fn read_all(brokers: &str, topic: &str, partitions: i32) -> Vec<rdkafka::message::OwnedMessage> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    let mut remaining = 0;
-    for p in 0..partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(5))
-            .unwrap();
-        remaining += high - low;
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while (out.len() as i64) < remaining && Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            out.push(m.detach());
-        }
-    }
-    out
-}
-
-fn header<'a>(m: &'a rdkafka::message::OwnedMessage, key: &str) -> Option<&'a str> {
-    m.headers()?
-        .iter()
-        .find(|h| h.key == key)
-        .and_then(|h| std::str::from_utf8(h.value?).ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enriches_end_to_end_keeping_keys_and_headers_and_dead_letters_malformed_records() {
     let cluster = cluster();
@@ -191,8 +158,8 @@ async fn enriches_end_to_end_keeping_keys_and_headers_and_dead_letters_malformed
     stage.wait_for(1100, Duration::from_secs(60)).await;
     let counters = stage.stop().await;
 
-    let out = read_all(&brokers, "out", PARTITIONS);
-    let dlq = read_all(&brokers, "dlq", 1);
+    let out = read_all(&brokers, &[("out", PARTITIONS)]);
+    let dlq = read_all(&brokers, &[("dlq", 1)]);
     assert_eq!(
         out.len() + dlq.len(),
         cases.len(),
@@ -285,9 +252,9 @@ async fn brokers_down_and_back_mid_stream_lose_nothing() {
     stage.stop().await;
 
     let mut ids: HashSet<String> = HashSet::new();
-    for m in read_all(&brokers, "out", PARTITIONS)
+    for m in read_all(&brokers, &[("out", PARTITIONS)])
         .iter()
-        .chain(read_all(&brokers, "dlq", 1).iter())
+        .chain(read_all(&brokers, &[("dlq", 1)]).iter())
     {
         ids.insert(String::from_utf8(m.key().unwrap().to_vec()).unwrap());
     }

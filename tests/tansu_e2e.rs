@@ -10,11 +10,11 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::broker::{
-    broker, create_topics, free_port, scratch, stage_counts, start_instance, terminate,
+    broker, create_topics, free_port, produce_paced, scratch, stage_counts, start_instance,
+    terminate,
 };
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use uid2_enricher::traffic::{Generator, Mix};
 
@@ -94,32 +94,7 @@ level = "info"
         std::thread::scope(|scope| {
             for chunk in records.chunks(n.div_ceil(4).max(1)) {
                 let (brokers, input) = (&brokers, &input);
-                scope.spawn(move || {
-                    let producer: ThreadedProducer<_> = ClientConfig::new()
-                        .set("bootstrap.servers", brokers)
-                        .set("batch.num.messages", "1")
-                        .set("linger.ms", "0")
-                        .set("queue.buffering.max.messages", "1000000")
-                        .create()
-                        .unwrap();
-                    for (id, bytes) in chunk {
-                        let mut record = BaseRecord::to(input)
-                            .key(id.as_bytes())
-                            .payload(bytes.as_slice());
-                        loop {
-                            match producer.send(record) {
-                                Ok(()) => break,
-                                Err((_, back)) => {
-                                    record = back;
-                                    std::thread::sleep(Duration::from_millis(5));
-                                }
-                            }
-                        }
-                    }
-                    producer
-                        .flush(Duration::from_secs(600))
-                        .expect("tansu accepted the input within 600 s");
-                });
+                scope.spawn(move || produce_paced(brokers, input, chunk, u64::MAX));
             }
         });
     };

@@ -12,12 +12,12 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::broker::{
-    broker, create_topics, free_port, http_get, metric_sum, scratch, start_instance, terminate,
+    broker, create_topics, free_port, http_get, metric_sum, produce_paced, scratch, start_instance,
+    terminate,
 };
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 use uid2_enricher::traffic::{Case, Generator, Mix};
@@ -169,27 +169,8 @@ fn tokenize_then_decrypt_with_sharing_keys_gives_every_raw_uid2_back() {
     let stage1 = start_instance(&cfg1, "sharing-tokenize");
     let stage2 = start_instance(&cfg2, "sharing-decrypt");
     let idle = start_instance(&cfg_idle, "sharing-cannot-encrypt");
-    let producer: ThreadedProducer<_> = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("batch.num.messages", "1")
-        .set("linger.ms", "0")
-        .create()
-        .unwrap();
-    for (id, bytes) in &records {
-        let mut record = BaseRecord::to(&raw_topic)
-            .key(id.as_bytes())
-            .payload(bytes.as_slice());
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(120)).unwrap();
+    // One record per batch, as fast as the broker takes them (see tests/tansu_e2e.rs on tansu's batches).
+    produce_paced(&brokers, &raw_topic, &records, u64::MAX);
 
     // Read the decrypted output, both dead-letter topics and the tokenized topic (to check no raw UID2
     // is on it) until every input is accounted for.
