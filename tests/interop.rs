@@ -9,7 +9,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use common::sdk::{python, repo, scratch};
+
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::{Value, json};
@@ -17,22 +19,6 @@ use uid2_enricher::uid2::encrypt::{self, TokenSpec};
 use uid2_enricher::uid2::{
     ClientMode, Decryption, IdentityScope, IdentityType, KeySet, TokenVersion, decrypt,
 };
-
-fn python() -> String {
-    std::env::var("UID2_PYTHON").expect(
-        "UID2_PYTHON is not set: run scripts/test.sh, or `source scripts/lib/python-venv.sh` first",
-    )
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = repo().join("target").join("interop");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
 
 fn run_script(script: &str, args: &[&Path]) -> (bool, String) {
     let out = Command::new(python())

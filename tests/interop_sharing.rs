@@ -10,7 +10,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use common::sdk::{python, repo, scratch};
+
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::{Value, json};
@@ -20,22 +22,6 @@ use uid2_enricher::formats::pixel;
 use uid2_enricher::optout::NoOptOuts;
 use uid2_enricher::tokenize::{self, TokenizeContext, TokenizePolicy, TokenizeStatus};
 use uid2_enricher::uid2::{ClientMode, KeySet};
-
-fn python() -> String {
-    std::env::var("UID2_PYTHON").expect(
-        "UID2_PYTHON is not set: run scripts/test.sh, or `source scripts/lib/python-venv.sh` first",
-    )
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = repo().join("target").join("interop");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
 
 fn sdk_sharing(args: &[&str], file: &Path) -> (bool, String) {
     let out = Command::new(python())

@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod operator;
+pub mod sdk;
 
 use uid2_enricher::uid2::cipher::Secret;
 use uid2_enricher::uid2::encrypt::{self, TokenSpec};
