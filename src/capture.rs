@@ -180,6 +180,16 @@ pub async fn run(args: &CaptureArgs) -> anyhow::Result<CaptureSummary> {
             assignment = consumer
                 .offsets_for_times(assignment, timeout)
                 .context("finding the offsets of --from")?;
+            // A partition with nothing at or after the time starts at its end: nothing to wait for there.
+            for element in assignment.elements() {
+                let nothing_new = match element.offset() {
+                    Offset::Offset(o) => ends.get(&element.partition()).is_none_or(|end| o >= *end),
+                    _ => true,
+                };
+                if nothing_new {
+                    ends.remove(&element.partition());
+                }
+            }
         }
         consumer
             .assign(&assignment)
