@@ -316,11 +316,21 @@ impl CaptureRecord {
     }
 }
 
-/// Whether a line is a capture record rather than a bare request: a JSON object whose first member has
-/// one of the capture record's names, and which has a string `value`, a `value_b64`, or all of `topic`,
-/// `partition` and `offset` (so a record that lost its value is reported as such). Bid requests start
-/// with other names (`id`, `imp`, …); an event's numeric `value` does not count.
-pub fn is_capture_record(line: &[u8]) -> bool {
+/// What a line of a replay input is.
+#[derive(Debug)]
+pub enum Line {
+    /// A bare request: the line's bytes are the payload.
+    Bare,
+    /// A capture record, or what is wrong with one.
+    Capture(Result<CaptureRecord, RecordError>),
+}
+
+/// Tells a capture record from a bare request, parsing a capture record once. A capture record is a JSON
+/// object whose first member has one of the capture record's names, and which has a string `value`, a
+/// `value_b64`, or all of `topic`, `partition` and `offset` (so a record that lost its value is reported
+/// as such). Bid requests start with other names (`id`, `imp`, …); an event's numeric `value` does not
+/// count.
+pub fn classify(line: &[u8]) -> Line {
     // Most lines are bare requests, whose first member is `id` or another OpenRTB name: only a line whose
     // first member is a capture record's name is parsed, so telling them apart costs a few bytes.
     const NAMES: [&[u8]; 9] = [
@@ -341,8 +351,14 @@ pub fn is_capture_record(line: &[u8]) -> bool {
         .and_then(|rest| rest.strip_prefix(b"\""))
         .and_then(|rest| rest.get(..memchr::memchr(b'"', rest)?));
     if !first_name.is_some_and(|name| NAMES.contains(&name)) {
-        return false;
+        return Line::Bare;
     }
+    let error = match CaptureRecord::parse(line) {
+        Ok(record) => return Line::Capture(Ok(record)),
+        Err(e) => e,
+    };
+    // Not a valid capture record: one if it looks like one (then the error says what is wrong), else an
+    // event that happens to start with such a name.
     #[derive(Deserialize)]
     struct Probe {
         #[serde(default)]
@@ -356,19 +372,26 @@ pub fn is_capture_record(line: &[u8]) -> bool {
         #[serde(default)]
         offset: Option<serde::de::IgnoredAny>,
     }
-    match serde_json::from_slice::<Probe>(line) {
-        Ok(p) => {
-            p.value.as_ref().is_some_and(serde_json::Value::is_string)
-                || p.value_b64.is_some()
-                || (p.topic.is_some() && p.partition.is_some() && p.offset.is_some())
-        }
-        Err(_) => false,
+    let looks_like_capture = serde_json::from_slice::<Probe>(line).is_ok_and(|p| {
+        p.value.as_ref().is_some_and(serde_json::Value::is_string)
+            || p.value_b64.is_some()
+            || (p.topic.is_some() && p.partition.is_some() && p.offset.is_some())
+    });
+    if looks_like_capture {
+        Line::Capture(Err(error))
+    } else {
+        Line::Bare
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether [`classify`] takes the line for a capture record (valid or not).
+    fn is_capture_record(line: &[u8]) -> bool {
+        matches!(classify(line), Line::Capture(_))
+    }
 
     #[test]
     fn capture_records_round_trip_exact_bytes_keys_and_headers() {

@@ -25,7 +25,7 @@ use crate::cache::DecryptCache;
 use crate::cli::ModeArg;
 use crate::enrich::{self, Malformed, PayloadFormat, Policy};
 use crate::formats::event::JsonPointer;
-use crate::jsonl::{self, CaptureRecord, Output};
+use crate::jsonl::{self, CaptureRecord, Line, Output};
 use crate::optout::{NoOptOuts, OptOutLookup};
 use crate::pipeline::{STATUS_NAMES, wall_clock_ms};
 use crate::tokenize::{Direction, TokenizeContext, TokenizeError, TokenizePolicy};
@@ -651,15 +651,20 @@ fn process_batch(job: &Job, batch: &Batch) -> Done {
             continue;
         }
         done.summary.records += 1;
-        let capture = match job.shape {
-            Shape::Auto => jsonl::is_capture_record(line),
-            Shape::Bare => false,
-            Shape::Capture => true,
-        };
-        let result = if capture {
-            replay_capture_line(job, line, &mut done.output)
-        } else {
-            replay_bare_line(job, line, &mut done.output)
+        let kind = classify(line, job.shape);
+        let (result, record) = match kind {
+            Line::Bare => (replay_bare_line(job, line, &mut done.output), None),
+            Line::Capture(Ok(record)) => (
+                replay_capture_line(job, &record, &mut done.output),
+                Some(record),
+            ),
+            Line::Capture(Err(e)) => (
+                Err(Malformed {
+                    reason: "bad_capture_record",
+                    detail: e.to_string(),
+                }),
+                None,
+            ),
         };
         match result {
             Ok(status) => {
@@ -685,7 +690,7 @@ fn process_batch(job: &Job, batch: &Batch) -> Done {
                         .push(format!("line {line_no}: {}: {}", bad.reason, bad.detail));
                 }
                 if job.write_dlq {
-                    dead_letter(line, capture, &bad, line_no, &mut done.dlq);
+                    dead_letter(line, record, &bad, line_no, &mut done.dlq);
                 }
             }
         }
@@ -696,6 +701,15 @@ fn process_batch(job: &Job, batch: &Batch) -> Done {
         }
     }
     done
+}
+
+/// A line as `--shape` says to read it.
+fn classify(line: &[u8], shape: Shape) -> Line {
+    match shape {
+        Shape::Auto => jsonl::classify(line),
+        Shape::Bare => Line::Bare,
+        Shape::Capture => Line::Capture(CaptureRecord::parse(line)),
+    }
 }
 
 /// The status `uid2-status` would carry.
@@ -716,15 +730,13 @@ fn replay_bare_line(job: &Job, line: &[u8], out: &mut Vec<u8>) -> Result<&'stati
 
 fn replay_capture_line(
     job: &Job,
-    line: &[u8],
+    record: &CaptureRecord,
     out: &mut Vec<u8>,
 ) -> Result<&'static str, Malformed> {
-    let bad_record = |e: jsonl::RecordError| Malformed {
+    let value = record.value_bytes().map_err(|e| Malformed {
         reason: "bad_capture_record",
         detail: e.to_string(),
-    };
-    let mut record = CaptureRecord::parse(line).map_err(bad_record)?;
-    let value = record.value_bytes().map_err(bad_record)?;
+    })?;
     let now_ms = match job.now {
         Now::At(ms) => ms,
         Now::Captured => record.ts.ok_or_else(|| Malformed {
@@ -734,6 +746,7 @@ fn replay_capture_line(
     };
     let transformed = transform(job, &value, now_ms)?;
     let status = transformed.status;
+    let mut record = record.clone();
     // The headers the stage adds to an output record (pipeline::process).
     record.push_header("uid2-status", Some(status.as_bytes()));
     if let Some(member) = &transformed.member {
@@ -803,15 +816,18 @@ fn transform<'a>(job: &Job, payload: &'a [u8], now_ms: i64) -> Result<Transforme
 
 /// A dead letter as a capture record: the original value (or, for a record that could not be read, the
 /// line itself) with the stage's dead-letter headers plus `uid2-source-line`.
-fn dead_letter(line: &[u8], capture: bool, bad: &Malformed, line_no: u64, out: &mut Vec<u8>) {
-    let mut record = capture
-        .then(|| CaptureRecord::parse(line).ok())
-        .flatten()
-        .unwrap_or_else(|| {
-            let mut r = CaptureRecord::default();
-            r.set_value(line);
-            r
-        });
+fn dead_letter(
+    line: &[u8],
+    record: Option<CaptureRecord>,
+    bad: &Malformed,
+    line_no: u64,
+    out: &mut Vec<u8>,
+) {
+    let mut record = record.unwrap_or_else(|| {
+        let mut r = CaptureRecord::default();
+        r.set_value(line);
+        r
+    });
     record.push_header("uid2-error", Some(bad.reason.as_bytes()));
     if let Some(topic) = record.topic.clone() {
         record.push_header("uid2-source-topic", Some(topic.as_bytes()));
@@ -871,14 +887,9 @@ fn to_topic(args: &ReplayArgs, topic: &str) -> anyhow::Result<Summary> {
             summary.blank_lines += 1;
             continue;
         }
-        let capture = match args.shape {
-            Shape::Auto => jsonl::is_capture_record(&line),
-            Shape::Bare => false,
-            Shape::Capture => true,
-        };
-        let (value, key, headers, ts) = if capture {
-            let parsed = CaptureRecord::parse(&line)
-                .and_then(|r| Ok((r.value_bytes()?, r.key_bytes()?, r.headers.clone(), r.ts)));
+        let (value, key, headers, ts) = if let Line::Capture(parsed) = classify(&line, args.shape) {
+            let parsed =
+                parsed.and_then(|r| Ok((r.value_bytes()?, r.key_bytes()?, r.headers, r.ts)));
             match parsed {
                 Ok(parts) => parts,
                 Err(e) => {
