@@ -240,6 +240,15 @@ impl Enriched<'_> {
             .map(|t| t.decryption.status)
     }
 
+    /// Writes the member into the body with `splice` (which returns `None` when the body cannot carry
+    /// it); the header carries it either way.
+    fn carry_member(&mut self, splice: impl FnOnce(&str) -> Option<Vec<u8>>) {
+        if let Some(bytes) = splice(self.member_json.as_deref().unwrap_or_default()) {
+            self.output = Cow::Owned(bytes);
+            self.body_enriched = true;
+        }
+    }
+
     /// The `uid2-status` header value: the status, or `no_token`.
     pub fn status_header(&self) -> &'static str {
         self.status().map_or("no_token", Status::as_str)
@@ -257,6 +266,15 @@ pub struct Malformed {
 
 impl From<json::JsonError> for Malformed {
     fn from(e: json::JsonError) -> Malformed {
+        Malformed {
+            reason: e.reason(),
+            detail: e.to_string(),
+        }
+    }
+}
+
+impl From<proto::ProtoError> for Malformed {
+    fn from(e: proto::ProtoError) -> Malformed {
         Malformed {
             reason: e.reason(),
             detail: e.to_string(),
@@ -331,11 +349,8 @@ fn enrich_event<'a>(
     let source = policy.source_for(&ctx.keys);
     let found = scan.found.iter().map(|f| (f.text.as_ref(), source));
     let mut enriched = decide(found, None, ctx, policy);
-    let member = enriched.member_json.as_deref().unwrap_or_default();
-    if let Some(bytes) = event::insert_member(payload, &scan, &policy.member_name, member) {
-        enriched.output = Cow::Owned(bytes);
-        enriched.body_enriched = true;
-    }
+    enriched
+        .carry_member(|member| event::insert_member(payload, &scan, &policy.member_name, member));
     Ok(enriched)
 }
 
@@ -359,11 +374,7 @@ fn enrich_json<'a>(
     );
     let found = scan.tokens.iter().map(|t| (t.id.as_ref(), t.source_index));
     let mut enriched = decide(found, name.as_deref(), ctx, policy);
-    let member = enriched.member_json.as_deref().unwrap_or_default();
-    if let Some(bytes) = json::splice(payload, &scan, &policy.member_name, member) {
-        enriched.output = Cow::Owned(bytes);
-        enriched.body_enriched = true;
-    }
+    enriched.carry_member(|member| json::splice(payload, &scan, &policy.member_name, member));
     Ok(enriched)
 }
 
@@ -372,12 +383,7 @@ fn enrich_proto<'a>(
     ctx: &Context<'_>,
     policy: &Policy,
 ) -> Result<Enriched<'a>, Malformed> {
-    let scan = policy
-        .with_source_names(|sources| proto::scan(payload, sources))
-        .map_err(|e| Malformed {
-            reason: e.reason(),
-            detail: e.to_string(),
-        })?;
+    let scan = policy.with_source_names(|sources| proto::scan(payload, sources))?;
     if scan.tokens.is_empty() {
         return Ok(unchanged(payload));
     }
