@@ -2,10 +2,10 @@
 //!
 //! Criterion groups (`cargo bench --bench optout`):
 //! * `optout_lookup_10M`: `OptOutLookup::opted_out_at_ms` on the shared `LiveOptOuts` the pipeline reads
-//!   (base64 text → bytes, hash, shard read lock, probe), for raw UID2s not in the set (`miss`, what
-//!   nearly every bid request does), in it (`hit`), and against an empty set (`miss_empty`, the fixed
-//!   cost without memory traffic), and `parse_only` (the base64 decode alone); `miss_unlocked` is the single-owner `OptOutSet` (replay). The
-//!   queries cycle through 1,048,576 texts so the table lines they touch are not in cache.
+//!   (first 12 base64 characters → hash, shard read lock, probe; the full decode only on a tag match),
+//!   for raw UID2s not in the set (`miss`, what nearly every bid request does), in it (`hit`), and
+//!   against an empty set (`miss_empty`, the fixed cost without memory traffic), and `parse_only` (the
+//!   full base64 decode alone); `miss_unlocked` is the single-owner `OptOutSet` (replay). The queries cycle through 1,048,576 texts so the table lines they touch are not in cache.
 //!   `miss_dependent` makes each query depend on the previous answer, so the cache misses cannot
 //!   overlap: the latency of one lookup rather than the throughput.
 //! * `enrich_2KB_optouts`: the whole enrichment of a ~2 KB JSON request with a warm decrypt cache,
