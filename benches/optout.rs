@@ -2,16 +2,20 @@
 //!
 //! Criterion groups (`cargo bench --bench optout`):
 //! * `optout_lookup_10M`: `OptOutLookup::opted_out_at_ms` on the shared `LiveOptOuts` the pipeline reads
-//!   (base64 text → bytes, hash, shard read lock, probe), for raw UID2s not in the set (`miss`, what
-//!   nearly every bid request does), in it (`hit`), and against an empty set (`miss_empty`, the fixed
-//!   cost without memory traffic), and `parse_only` (the base64 decode alone); `miss_unlocked` is the single-owner `OptOutSet` (replay). The
-//!   queries cycle through 1,048,576 texts so the table lines they touch are not in cache.
+//!   (first 12 base64 characters → hash, shard read lock, probe; the full decode only on a tag match),
+//!   for raw UID2s not in the set (`miss`, what nearly every bid request does), in it (`hit`), and
+//!   against an empty set (`miss_empty`, the fixed cost without memory traffic), and `parse_only` (the
+//!   full base64 decode alone); `miss_unlocked` is the single-owner `OptOutSet` (replay). The queries cycle through 1,048,576 texts so the table lines they touch are not in cache.
 //!   `miss_dependent` makes each query depend on the previous answer, so the cache misses cannot
 //!   overlap: the latency of one lookup rather than the throughput.
 //! * `enrich_2KB_optouts`: the whole enrichment of a ~2 KB JSON request with a warm decrypt cache,
 //!   with no opt-outs, with the 10M set (token not in it) and with the token's UID2 opted out — one
-//!   token repeated, so its table line stays in cache — and `enrich_plus_cold_miss`: each enrichment
-//!   plus the lookup of a different random raw UID2, the cold case of a real stream of users.
+//!   token repeated, so its table line stays in cache.
+//! * `enrich_2KB_cold_users`: the same enrichment without a decrypt cache, each request carrying the
+//!   token of a different one of 262,144 users, so the opt-out check meets a cold table line as in a real
+//!   stream of users: no opt-outs, a 10,000-entry set (always in cache), and the 10M set with the check
+//!   where it was before the prefetch (right after decrypting), late without the prefetch, and late with
+//!   it (what `enrich` does).
 //!
 //! Two more modes, for `scripts/bench-optout.sh` (which runs this binary under `/usr/bin/time -v`):
 //! * `OPTOUT_BENCH_GEN=FILE OPTOUT_BENCH_COUNT=N`: writes N random opt-outs as CSV and exits;
@@ -149,30 +153,6 @@ fn lookups(c: &mut Criterion) {
         ("set_10M_not_listed", &live, Status::Success),
         ("opted_out", &opted, Status::OptedOut),
     ];
-    // A cold lookup per request: in the pipeline each token's raw UID2 is a different user, so its
-    // table line is not in cache. `enrich_plus_cold_miss` adds one lookup of a random raw UID2 (not in the
-    // set) to each enrichment; its difference to `no_optouts` is what the lookup adds per token once
-    // its memory access overlaps with the enrichment work around it.
-    {
-        let ctx = Context {
-            keys: Keys::single(Some(&keys)),
-            optouts: &NoOptOuts,
-            cache: Some(&cache),
-            now_ms: support::NOW,
-        };
-        let mut i = 0usize;
-        group.bench_function("enrich_plus_cold_miss", |b| {
-            b.iter(|| {
-                i = (i + 1) & (QUERIES - 1);
-                let found = live.opted_out_at_ms(black_box(&misses[i]));
-                (
-                    found,
-                    enrich::enrich(black_box(&request), PayloadFormat::Json, &ctx, &policy)
-                        .map(|e| e.output.len()),
-                )
-            })
-        });
-    }
     for (name, optouts, expected) in cases {
         let ctx = Context {
             keys: Keys::single(Some(&keys)),
@@ -187,6 +167,246 @@ fn lookups(c: &mut Criterion) {
         });
     }
     group.finish();
+
+    cold_users(c, &live);
+}
+
+/// Distinct users the cold-user enrichments cycle through: their table lines (tag group, first slot and
+/// the page-table entries that map them), some 2–3 lines a user, far exceed the 32 MiB L3 cache, so each
+/// user's lines have left the cache by the time the cycle comes back to them.
+const USERS: usize = 1 << 18;
+
+/// A v4 token for each of `USERS` random raw UID2s that are not in the set (the common case: most users
+/// never opted out), all of one length, laid end to end.
+fn user_tokens(rng: &mut fastrand::Rng) -> (Vec<u8>, usize) {
+    use uid2_enricher::uid2::cipher::Secret;
+    use uid2_enricher::uid2::encrypt::{self, TokenSpec};
+    use uid2_enricher::uid2::{IdentityScope, IdentityType};
+    let secret = |hex_text: &str| {
+        Secret::new(
+            hex::decode(hex_text)
+                .expect("hex")
+                .try_into()
+                .expect("32 bytes"),
+        )
+    };
+    let (master, site) = (
+        secret(support::MASTER_SECRET_HEX),
+        secret(support::SITE_SECRET_HEX),
+    );
+    let mut flat = Vec::new();
+    let mut len = 0;
+    for _ in 0..USERS {
+        let raw = random_raw(rng).to_base64();
+        let token = encrypt::generate(&TokenSpec {
+            version: TokenVersion::V4,
+            raw_uid2: &raw,
+            scope: IdentityScope::Uid2,
+            identity_type: IdentityType::Email,
+            prefix_override: None,
+            master_key_id: support::MASTER_KEY_ID,
+            master_secret: &master,
+            site_key_id: support::SITE_KEY_ID,
+            site_secret: &site,
+            site_id: support::SITE_ID,
+            publisher_id: 0,
+            client_key_id: 0,
+            privacy_bits: 0,
+            expires_ms: support::NOW + support::DAY_MS,
+            generated_ms: support::NOW - 3_600_000,
+            established_ms: support::NOW - 30 * support::DAY_MS,
+            refreshed_ms: support::NOW - 3_600_000,
+            operator_site_id: 0,
+            operator_type: 1,
+            operator_version: 0,
+            operator_key_id: 0,
+            master_nonce: std::array::from_fn(|_| rng.u8(..)),
+            site_nonce: std::array::from_fn(|_| rng.u8(..)),
+        })
+        .expect("token");
+        assert!(
+            flat.is_empty() || token.len() == len,
+            "tokens of one length"
+        );
+        len = token.len();
+        flat.extend_from_slice(token.as_bytes());
+    }
+    (flat, len)
+}
+
+/// The live set as `enrich` uses it (a boxed case borrows it).
+struct Shared<'a>(&'a LiveOptOuts);
+
+impl OptOutLookup for Shared<'_> {
+    fn opted_out_at_ms(&self, raw_uid2: &str) -> Option<i64> {
+        self.0.opted_out_at_ms(raw_uid2)
+    }
+
+    fn prefetch(&self, raw_uid2: &str) {
+        self.0.prefetch(raw_uid2);
+    }
+}
+
+/// The live set without its prefetch: the check waits for the user's table line when it runs.
+struct NoPrefetch<'a>(&'a LiveOptOuts);
+
+impl OptOutLookup for NoPrefetch<'_> {
+    fn opted_out_at_ms(&self, raw_uid2: &str) -> Option<i64> {
+        self.0.opted_out_at_ms(raw_uid2)
+    }
+}
+
+/// The live set looked up where the check used to be, right after the token decrypted (and again,
+/// from cache, where it is now): the placement before the prefetch.
+struct CheckAtDecrypt<'a>(&'a LiveOptOuts);
+
+impl OptOutLookup for CheckAtDecrypt<'_> {
+    fn opted_out_at_ms(&self, raw_uid2: &str) -> Option<i64> {
+        self.0.opted_out_at_ms(raw_uid2)
+    }
+
+    fn prefetch(&self, raw_uid2: &str) {
+        black_box(self.0.opted_out_at_ms(raw_uid2));
+    }
+}
+
+/// `enrich_2KB_cold_users`: the whole enrichment of a ~2 KB JSON request where every request carries
+/// the token of a different user (the next of `USERS`), without a decrypt cache (the default: each
+/// token decrypts), so each opt-out check meets a table line that is not in cache, as it does in a
+/// stream of distinct users. The request buffer stays in cache (as a consumed message is); only the
+/// token's bytes are written into it before each enrichment, in every case alike. The cases differ only
+/// in the opt-out lookup; their difference to `no_optouts` is what the opt-out check adds per token.
+fn cold_users(c: &mut Criterion, live: &LiveOptOuts) {
+    let bench = ColdUsers::new(live);
+    let mut group = c.benchmark_group("enrich_2KB_cold_users");
+    group.throughput(Throughput::Elements(1));
+    for case in 0..bench.cases().len() {
+        let (name, mut run) = bench.runner(case);
+        group.bench_function(name, |b| b.iter(&mut run));
+    }
+    group.finish();
+}
+
+/// The fixtures of `enrich_2KB_cold_users`.
+struct ColdUsers<'a> {
+    live: &'a LiveOptOuts,
+    small: LiveOptOuts,
+    tokens: Vec<u8>,
+    len: usize,
+    template: Vec<u8>,
+    at: usize,
+    keys: uid2_enricher::uid2::KeySet,
+    policy: Policy,
+}
+
+impl<'a> ColdUsers<'a> {
+    fn new(live: &'a LiveOptOuts) -> ColdUsers<'a> {
+        let mut rng = fastrand::Rng::with_seed(99);
+        let (tokens, len) = user_tokens(&mut rng);
+        let first = std::str::from_utf8(&tokens[..len]).expect("ASCII");
+        let (_, template) = support::json_request_near(2048, first);
+        let at = template
+            .windows(len)
+            .position(|w| w == first.as_bytes())
+            .expect("the token is in the request");
+        let mut small = OptOutSet::new();
+        for _ in 0..10_000 {
+            small.insert(&random_raw(&mut rng), T);
+        }
+        ColdUsers {
+            live,
+            small: LiveOptOuts::from(small),
+            tokens,
+            len,
+            template,
+            at,
+            keys: support::key_set(),
+            policy: Policy::default(),
+        }
+    }
+
+    fn cases(&self) -> [(&'static str, Box<dyn OptOutLookup + '_>); 5] {
+        [
+            ("no_optouts", Box::new(NoOptOuts)),
+            ("set_10k_in_cache", Box::new(Shared(&self.small))),
+            (
+                "set_10M_check_at_decrypt",
+                Box::new(CheckAtDecrypt(self.live)),
+            ),
+            ("set_10M_no_prefetch", Box::new(NoPrefetch(self.live))),
+            ("set_10M_prefetch", Box::new(Shared(self.live))),
+        ]
+    }
+
+    /// The case's name and one enrichment of the next user's request per call.
+    fn runner(&self, case: usize) -> (&'static str, impl FnMut() -> Option<Status> + '_) {
+        let (name, optouts) = self.cases().into_iter().nth(case).expect("a case");
+        let len = self.len;
+        let at = self.at;
+        let mut request = self.template.clone();
+        let mut k = 0usize;
+        let mut run = move || {
+            k = (k + 1) & (USERS - 1);
+            request[at..at + len].copy_from_slice(&self.tokens[k * len..(k + 1) * len]);
+            let ctx = Context {
+                keys: Keys::single(Some(&self.keys)),
+                optouts: &*optouts,
+                cache: None,
+                now_ms: support::NOW,
+            };
+            enrich::enrich(black_box(&request), PayloadFormat::Json, &ctx, &self.policy)
+                .ok()
+                .and_then(|e| e.status())
+        };
+        for _ in 0..2 {
+            assert_eq!(run(), Some(Status::Success), "{name}");
+        }
+        (name, run)
+    }
+}
+
+/// `OPTOUT_BENCH_ROUNDS=R`: the cases of `enrich_2KB_cold_users` in turns of 20,000 enrichments each,
+/// R rounds, so the load of other processes on the machine falls on every case alike; prints each case's
+/// median and quartiles of the per-turn means, and its median difference to `no_optouts` within a round.
+fn cold_users_interleaved(rounds: usize) {
+    let mut rng = fastrand::Rng::with_seed(42);
+    let mut set = OptOutSet::new();
+    for i in 0..ENTRIES {
+        set.insert(&random_raw(&mut rng), T - (i as u32 % 86_400));
+    }
+    let live = LiveOptOuts::from(set);
+    let bench = ColdUsers::new(&live);
+    let mut runners: Vec<_> = (0..bench.cases().len()).map(|c| bench.runner(c)).collect();
+    let mut per_turn: Vec<Vec<f64>> = vec![Vec::new(); runners.len()];
+    const TURN: usize = 20_000;
+    for _ in 0..rounds {
+        for (i, (_, run)) in runners.iter_mut().enumerate() {
+            let started = Instant::now();
+            for _ in 0..TURN {
+                black_box(run());
+            }
+            per_turn[i].push(started.elapsed().as_nanos() as f64 / TURN as f64);
+        }
+    }
+    let quartiles = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+        (at(0.25), at(0.5), at(0.75))
+    };
+    println!("enrich_2KB_cold_users, {rounds} rounds of {TURN} per case (ns per enrichment):");
+    for (i, (name, _)) in runners.iter().enumerate() {
+        let (q1, med, q3) = quartiles(&per_turn[i]);
+        let diffs: Vec<f64> = per_turn[i]
+            .iter()
+            .zip(&per_turn[0])
+            .map(|(a, b)| a - b)
+            .collect();
+        let (d1, dmed, d3) = quartiles(&diffs);
+        println!(
+            "  {name:<26} median {med:7.0} [{q1:.0}, {q3:.0}]   vs no_optouts {dmed:+6.0} [{d1:+.0}, {d3:+.0}]"
+        );
+    }
 }
 
 criterion_group!(benches, lookups);
@@ -354,6 +574,10 @@ fn main() {
     }
     if var("OPTOUT_BENCH_FOLLOW").is_some() {
         follow(brokers, topic);
+        return;
+    }
+    if let Some(rounds) = var("OPTOUT_BENCH_ROUNDS").and_then(|r| r.parse().ok()) {
+        cold_users_interleaved(rounds);
         return;
     }
     benches();

@@ -13,6 +13,10 @@
 #   OPTOUT_COUNT      opt-outs (default 10000000)
 #   TOPIC_COUNT       opt-outs through the topic (default OPTOUT_COUNT)
 #   SKIP_TOPIC=1      no tansu part;  SKIP_CRITERION=1  no criterion part
+#   HUGEPAGES=1       runs the bench binary with glibc's malloc on transparent huge pages (THP in
+#                     `madvise` mode; allocations up to 32 MiB from the heap, so the set's tables are
+#                     in it): GLIBC_TUNABLES=glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=33554432
+#   ROUNDS=R          also runs the cold-user enrichments interleaved, R rounds (OPTOUT_BENCH_ROUNDS)
 #   CRITERION ARGS    passed to criterion after `--warm-up-time 1 --measurement-time 3`
 set -euo pipefail
 
@@ -41,6 +45,11 @@ timed() { # label, then the command; prints the program's own line and /usr/bin/
     grep -E "Elapsed \(wall clock\)|Maximum resident set size" "$out/$label.time" | sed "s/^\s*/  $label: /"
 }
 
+if [ "${HUGEPAGES:-0}" = 1 ]; then
+    export GLIBC_TUNABLES=glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=33554432
+    echo "== GLIBC_TUNABLES=$GLIBC_TUNABLES (THP: $(cat /sys/kernel/mm/transparent_hugepage/enabled))"
+fi
+
 csv="$out/optouts-$count.csv"
 if [ ! -s "$csv" ]; then
     echo "== writing $count random opt-outs to $csv"
@@ -66,6 +75,11 @@ if [ "${SKIP_TOPIC:-0}" != 1 ]; then
     OPTOUT_BENCH_FOLLOW=1 OPTOUT_BENCH_BROKERS="127.0.0.1:$port" OPTOUT_BENCH_TOPIC="$topic" timed topic-load "$bin"
     kill "$tansu_pid" 2>/dev/null || true
     trap - EXIT
+fi
+
+if [ -n "${ROUNDS:-}" ]; then
+    echo "== cold-user enrichments interleaved, $ROUNDS rounds"
+    OPTOUT_BENCH_ROUNDS="$ROUNDS" "$bin"
 fi
 
 if [ "${SKIP_CRITERION:-0}" != 1 ]; then

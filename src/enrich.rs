@@ -240,15 +240,6 @@ impl Enriched<'_> {
             .map(|t| t.decryption.status)
     }
 
-    /// Writes the member into the body with `splice` (which returns `None` when the body cannot carry
-    /// it); the header carries it either way.
-    fn carry_member(&mut self, splice: impl FnOnce(&str) -> Option<Vec<u8>>) {
-        if let Some(bytes) = splice(self.member_json.as_deref().unwrap_or_default()) {
-            self.output = Cow::Owned(bytes);
-            self.body_enriched = true;
-        }
-    }
-
     /// The `uid2-status` header value: the status, or `no_token`.
     pub fn status_header(&self) -> &'static str {
         self.status().map_or("no_token", Status::as_str)
@@ -319,7 +310,7 @@ fn enrich_pixel<'a>(
     };
     let source = policy.source_for(&ctx.keys);
     let found_tokens = std::iter::repeat_n((token, source), found.token_count.max(1));
-    let mut enriched = decide(found_tokens, None, ctx, policy);
+    let mut enriched = decide(found_tokens, None, ctx, policy).settle(ctx, policy);
     let (raw, status) = match enriched.selected.and_then(|i| enriched.tokens.get(i)) {
         Some(t) => (
             t.decryption.raw_uid2.as_deref(),
@@ -348,9 +339,9 @@ fn enrich_event<'a>(
     }
     let source = policy.source_for(&ctx.keys);
     let found = scan.found.iter().map(|f| (f.text.as_ref(), source));
-    let mut enriched = decide(found, None, ctx, policy);
-    enriched
-        .carry_member(|member| event::insert_member(payload, &scan, &policy.member_name, member));
+    let enriched = decide(found, None, ctx, policy).carry_member(ctx, policy, |member| {
+        event::insert_member(payload, &scan, &policy.member_name, member)
+    });
     Ok(enriched)
 }
 
@@ -373,8 +364,10 @@ fn enrich_json<'a>(
         scan.app_bundle.as_deref(),
     );
     let found = scan.tokens.iter().map(|t| (t.id.as_ref(), t.source_index));
-    let mut enriched = decide(found, name.as_deref(), ctx, policy);
-    enriched.carry_member(|member| json::splice(payload, &scan, &policy.member_name, member));
+    let enriched =
+        decide(found, name.as_deref(), ctx, policy).carry_member(ctx, policy, |member| {
+            json::splice(payload, &scan, &policy.member_name, member)
+        });
     Ok(enriched)
 }
 
@@ -389,7 +382,7 @@ fn enrich_proto<'a>(
     }
     let name = domain::domain_or_app_name(scan.site_domain, scan.site_page, scan.app_bundle);
     let found = scan.tokens.iter().map(|t| (t.id, t.source_index));
-    let mut enriched = decide(found, name.as_deref(), ctx, policy);
+    let mut enriched = decide(found, name.as_deref(), ctx, policy).settle(ctx, policy);
     if let Some(selected) = enriched.selected.and_then(|i| enriched.tokens.get(i)) {
         let message = enrichment_message(selected, policy, enriched.token_count);
         enriched.output = Cow::Owned(proto::append_enrichment(payload, &scan, &message));
@@ -409,14 +402,62 @@ fn unchanged(payload: &[u8]) -> Enriched<'_> {
     }
 }
 
-/// Decrypts each distinct token once, applies the opt-out rule, selects the reported token and renders
-/// the member. `found` yields (token text, source index) in document order.
+/// Tokens decided but for the opt-out rule. The only way on to an [`Enriched`] is [`Unsettled::settle`]
+/// or [`Unsettled::carry_member`], which apply it.
+struct Unsettled(Enriched<'static>);
+
+impl Unsettled {
+    /// Applies the opt-out rule; selects and renders again only if a token turned out opted out.
+    /// Returns whether one did.
+    fn apply_optouts(&mut self, ctx: &Context<'_>, policy: &Policy) -> bool {
+        let mut changed = false;
+        for outcome in &mut self.0.tokens {
+            changed |= apply_optout(&mut outcome.decryption, ctx.optouts);
+        }
+        if changed {
+            let e = &mut self.0;
+            (e.selected, e.member_json) = select(&e.tokens, policy, e.token_count);
+        }
+        changed
+    }
+
+    fn settle(mut self, ctx: &Context<'_>, policy: &Policy) -> Enriched<'static> {
+        self.apply_optouts(ctx, policy);
+        self.0
+    }
+
+    /// Writes the member into the body with `splice` (which returns `None` when the body cannot carry
+    /// it); the header carries it either way. The opt-out check comes after the splice, so the user's
+    /// table line, prefetched when the token decrypted, arrives from memory while the body is written;
+    /// in the rare case that the user opted out, the member is spliced again.
+    fn carry_member(
+        mut self,
+        ctx: &Context<'_>,
+        policy: &Policy,
+        splice: impl Fn(&str) -> Option<Vec<u8>>,
+    ) -> Enriched<'static> {
+        let mut spliced = splice(self.0.member_json.as_deref().unwrap_or_default());
+        if self.apply_optouts(ctx, policy) {
+            spliced = splice(self.0.member_json.as_deref().unwrap_or_default());
+        }
+        let mut enriched = self.0;
+        if let Some(bytes) = spliced {
+            enriched.output = Cow::Owned(bytes);
+            enriched.body_enriched = true;
+        }
+        enriched
+    }
+}
+
+/// Decrypts each distinct token once, selects the reported token and renders the member as though no
+/// token had opted out (nearly always the outcome), prefetching each decrypted user's opt-out entry for
+/// the check that [`Unsettled`] does later. `found` yields (token text, source index) in document order.
 fn decide<'t>(
     found: impl Iterator<Item = (&'t str, usize)>,
     name: Option<&str>,
     ctx: &Context<'_>,
     policy: &Policy,
-) -> Enriched<'static> {
+) -> Unsettled {
     // The text of `tokens[k]`: requests carry a handful of tokens, so the first few live on the stack, and
     // a linear scan beats hashing them.
     const ON_STACK: usize = 8;
@@ -446,17 +487,38 @@ fn decide<'t>(
             .get(source_index)
             .map_or(IdentityScope::Uid2, |s| s.scope);
         let keys = ctx.keys.for_scope(scope);
-        let mut decryption = match ctx.cache {
+        let decryption = match ctx.cache {
             Some(cache) => cache.decrypt(token, keys, policy.mode, name, ctx.now_ms),
             None => decrypt(token, keys, policy.mode, name, ctx.now_ms),
         };
-        apply_optout(&mut decryption, ctx.optouts);
+        if decryption.status == Status::Success
+            && let Some(raw) = decryption.raw_uid2.as_deref()
+        {
+            ctx.optouts.prefetch(raw);
+        }
         tokens.push(TokenOutcome {
             source_index,
             occurrences: 1,
             decryption,
         });
     }
+    let (selected, member_json) = select(&tokens, policy, token_count);
+    Unsettled(Enriched {
+        output: Cow::Borrowed(&[]),
+        tokens,
+        selected,
+        token_count,
+        member_json,
+        body_enriched: false,
+    })
+}
+
+/// The reported token (the first success, else the first) and its member.
+fn select(
+    tokens: &[TokenOutcome],
+    policy: &Policy,
+    token_count: usize,
+) -> (Option<usize>, Option<String>) {
     let selected = tokens
         .iter()
         .position(|t| t.decryption.is_success())
@@ -464,19 +526,13 @@ fn decide<'t>(
     let member_json = selected
         .and_then(|i| tokens.get(i))
         .map(|t| member_json(t, policy, token_count));
-    Enriched {
-        output: Cow::Borrowed(&[]),
-        tokens,
-        selected,
-        token_count,
-        member_json,
-        body_enriched: false,
-    }
+    (selected, member_json)
 }
 
-fn apply_optout(decryption: &mut Decryption, optouts: &dyn OptOutLookup) {
+/// Returns whether the token turned out opted out.
+fn apply_optout(decryption: &mut Decryption, optouts: &dyn OptOutLookup) -> bool {
     if decryption.status != Status::Success {
-        return;
+        return false;
     }
     if let (Some(raw), Some(established)) =
         (decryption.raw_uid2.as_deref(), decryption.established_ms)
@@ -484,7 +540,9 @@ fn apply_optout(decryption: &mut Decryption, optouts: &dyn OptOutLookup) {
     {
         decryption.status = Status::OptedOut;
         decryption.raw_uid2 = None;
+        return true;
     }
+    false
 }
 
 /// Renders the member in the field order of ARCHITECTURE.md. Fields the decryption did not reach are

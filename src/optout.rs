@@ -4,7 +4,8 @@
 //! millions of entries), its concurrently readable form, and the pure parsers of opt-out records (webhook
 //! parameters, CSV and JSON Lines files). Where opt-outs come from (webhook, Kafka topic, a replay file)
 //! is the shell's business (`optout_feed`). Pure: no I/O, clock or randomness; depends on std,
-//! base64-simd, serde and serde_json.
+//! base64-simd, serde and serde_json. One `unsafe` call: the x86_64 prefetch instruction (a hint that
+//! never faults).
 //!
 //! # The set
 //! [`OptOutSet`] maps a raw UID2 — 32 bytes (v2) or 33 bytes (v3/v4: a metadata byte, then the 32-byte
@@ -14,19 +15,33 @@
 //! probes eight tags at a time within one cache line, and a slot array of `(key, seconds)`,
 //! 36 bytes for a 32-byte key. Tables grow by half when 80 % full, so the set costs 45–70 bytes per entry
 //! and growing never doubles the whole set at once. Raw UID2s are SHA-256 output, so the hash is a cheap
-//! mix of the key's words rather than a keyed hash; inserts come only from authenticated or trusted
-//! sources (webhook with a bearer token, the topic, a file), never from bid traffic.
+//! mix of the key's first nine bytes (the first twelve characters of its base64 text) rather than a keyed
+//! hash: a lookup by text finds its table position without decoding the rest, and decodes it only when a
+//! tag matches. Inserts come only from authenticated or trusted sources (webhook with a bearer token, the
+//! topic, a file), never from bid traffic.
+//!
+//! [`OptOutLookup::prefetch`] lets the enricher request a user's table line as soon as the token
+//! decrypts and check the rule after other work, so the memory access (a cache miss in a large set)
+//! overlaps that work.
 //!
 //! [`LiveOptOuts`] puts each shard behind its own `RwLock`: the pipeline's lookups take a shard's read
-//! lock for tens of nanoseconds while the topic follower inserts into another (or the same) shard.
+//! lock for tens of nanoseconds while the topic follower inserts into another (or the same) shard. Its
+//! prefetch reads a lock-free hint of where the shard's tables are instead of the lock.
 
 use std::fmt;
 use std::sync::RwLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 /// Answers "when did this raw UID2 opt out?" in milliseconds since the epoch, if it did.
 pub trait OptOutLookup: Sync {
     fn opted_out_at_ms(&self, raw_uid2: &str) -> Option<i64>;
+
+    /// Starts loading the memory a later `opted_out_at_ms(raw_uid2)` reads, without waiting for it. A
+    /// user's table line in a large set is usually not in cache (one DRAM access); a caller that has other
+    /// work to do before it needs the answer overlaps that access with the work. Only a hint: it changes
+    /// nothing, and the default does nothing.
+    #[inline]
+    fn prefetch(&self, _raw_uid2: &str) {}
 }
 
 /// The lookup to use when no opt-outs are loaded.
@@ -352,25 +367,67 @@ const GROUP: usize = 8;
 const LO: u64 = 0x0101_0101_0101_0101;
 const HI: u64 = 0x8080_8080_8080_8080;
 
-/// The key's hash. Raw UID2s end in a SHA-256, so mixing their four words (and the metadata byte of a
-/// 33-byte key) spreads even structured test keys.
+/// Bytes of a raw UID2 its hash is taken from: the first nine, which are exactly the first twelve
+/// characters of its base64 text, so a lookup finds its table position without decoding the rest, and a
+/// miss (the common case) never decodes it.
+const HASHED: usize = 9;
+
+/// The hash of a raw UID2's first [`HASHED`] bytes. Raw UID2s are SHA-256 output (a 33-byte one after its
+/// metadata byte), so those bytes carry 64 random bits; the splitmix64 finaliser spreads structured test
+/// keys too. Inserts come only from trusted sources, so keys chosen to collide are not a concern.
+#[inline]
+fn hash_prefix(prefix: &[u8; HASHED]) -> u64 {
+    let [b0, b1, b2, b3, b4, b5, b6, b7, b8] = *prefix;
+    let mut h = u64::from_le_bytes([b0, b1, b2, b3, b4, b5, b6, b7])
+        ^ u64::from(b8).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    h ^ (h >> 31)
+}
+
 #[inline]
 fn hash_key(key: &[u8]) -> u64 {
-    let word = |i: usize| {
-        key.get(i..i + 8)
-            .and_then(|w| <[u8; 8]>::try_from(w).ok())
-            .map_or(0, u64::from_le_bytes)
-    };
-    let tail = key.len().saturating_sub(32);
-    let extra = if tail > 0 {
-        u64::from(key.first().copied().unwrap_or(0))
-    } else {
-        0
-    };
-    let a = (word(tail) ^ extra).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ word(tail + 8);
-    let b = word(tail + 16).wrapping_mul(0xC2B2_AE3D_27D4_EB4F) ^ word(tail + 24);
-    let h = (a ^ b.rotate_left(29)).wrapping_mul(0x1656_67B1_9E37_79F9);
-    h ^ (h >> 31)
+    key.first_chunk::<HASHED>().map_or(0, hash_prefix)
+}
+
+/// Standard base64's value of each character; 0xFF for what is not one.
+const SEXTETS: [u8; 256] = {
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut table = [0xFF; 256];
+    let mut i = 0;
+    while i < alphabet.len() {
+        table[alphabet[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
+
+/// The first [`HASHED`] bytes of a raw UID2 from the first twelve characters of its 44-character base64
+/// text, and whether it is a 33-byte one (no `=` at the end). `None` when the text is not 44 characters
+/// or those twelve are not base64: the full decode refuses such a text too. A text that passes here but
+/// not the full decode is found only if a tag matches, and then the full decode refuses it.
+#[inline]
+fn text_prefix(text: &str) -> Option<([u8; HASHED], bool)> {
+    let text = text.as_bytes();
+    if text.len() != RAW_UID2_TEXT_LEN {
+        return None;
+    }
+    let head = text.first_chunk::<12>()?;
+    let mut prefix = [0u8; HASHED];
+    for (chars, bytes) in head.chunks_exact(4).zip(prefix.chunks_exact_mut(3)) {
+        let (mut value, mut invalid) = (0u32, 0u8);
+        for &c in chars {
+            let sextet = SEXTETS.get(usize::from(c)).copied().unwrap_or(0xFF);
+            invalid |= sextet;
+            value = value << 6 | u32::from(sextet & 0x3F);
+        }
+        if invalid & 0x80 != 0 {
+            return None;
+        }
+        let [_, b0, b1, b2] = value.to_be_bytes();
+        bytes.copy_from_slice(&[b0, b1, b2]);
+    }
+    Some((prefix, text.last() != Some(&b'=')))
 }
 
 /// Shard from the top bits, tag from the next 7 (high bit set: 0 means empty), slot from the low half.
@@ -379,6 +436,29 @@ fn split_hash(h: u64) -> (usize, u8, u32) {
     let shard = (h >> (64 - SHARD_BITS)) as usize;
     let tag = 0x80 | ((h >> (56 - SHARD_BITS)) as u8 & 0x7F);
     (shard, tag, h as u32)
+}
+
+/// Asks the CPU to bring the cache line holding `at` into cache and goes on at once. Unlike a load, a
+/// prefetch retires immediately, so the work after it is not held up behind the memory access.
+#[inline(always)]
+fn prefetch_line(at: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `_mm_prefetch` needs SSE, which every x86_64 CPU has. A prefetch is a hint: it reads
+    // nothing into the program, writes nothing, and never faults, whatever the address (it may be a
+    // table that a writer has just replaced and freed).
+    unsafe {
+        use core::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        _mm_prefetch::<_MM_HINT_T0>(at.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
+}
+
+/// Where a lookup starting at `low` begins in a table of `cap` home positions: maps the 32-bit hash onto
+/// any capacity (not only powers of two) without a division.
+#[inline]
+fn start_of(low: u32, cap: usize) -> usize {
+    ((u64::from(low) * cap as u64) >> 32) as usize
 }
 
 #[derive(Clone, Copy)]
@@ -423,15 +503,15 @@ impl<const N: usize> Table<N> {
 
     #[inline]
     fn start(&self, low: u32) -> usize {
-        // Maps the 32-bit hash onto any capacity (not only powers of two) without a division.
-        ((u64::from(low) * self.cap() as u64) >> 32) as usize
+        start_of(low, self.cap())
     }
 
     /// Probes eight tags at a time (SWAR): a miss usually finds an empty tag in its first group and no
     /// candidate, so it takes one well-predicted branch, and the CPU can overlap the cache misses of
     /// consecutive lookups instead of flushing them on a mispredicted per-tag branch.
+    /// `is_key` compares a candidate slot's key with the one looked up; it runs only when a tag matches.
     #[inline]
-    fn get(&self, key: &[u8; N], tag: u8, low: u32) -> Option<u32> {
+    fn get(&self, tag: u8, low: u32, mut is_key: impl FnMut(&[u8]) -> bool) -> Option<u32> {
         if self.len == 0 {
             return None;
         }
@@ -457,7 +537,7 @@ impl<const N: usize> Table<N> {
             while candidates != 0 {
                 let j = i + (candidates.trailing_zeros() / 8) as usize;
                 if let Some(slot) = self.slots.get(j)
-                    && slot.key == *key
+                    && is_key(&slot.key)
                 {
                     return Some(slot.secs);
                 }
@@ -468,6 +548,12 @@ impl<const N: usize> Table<N> {
             }
             i += GROUP;
         }
+    }
+
+    /// Where the table is, for [`prefetch_at`].
+    fn hint(&self) -> (*const u8, *const u8, usize) {
+        let cap = if self.len == 0 { 0 } else { self.cap };
+        (self.tags.as_ptr(), self.slots.as_ptr().cast(), cap)
     }
 
     fn insert(&mut self, key: &[u8; N], tag: u8, low: u32, secs: u32) -> Applied {
@@ -538,6 +624,23 @@ impl<const N: usize> Table<N> {
     }
 }
 
+/// Prefetches what [`Table::get`] reads first in a table of `Slot<N>` at `tags`/`slots` with `cap` home
+/// positions: the tag group (which may straddle two lines) and the first candidate slot's time. Only
+/// address arithmetic, no access: the table may have moved since the hint was read.
+#[inline]
+fn prefetch_at<const N: usize>(tags: *const u8, slots: *const u8, cap: usize, low: u32) {
+    if cap == 0 {
+        return;
+    }
+    let i = start_of(low, cap);
+    prefetch_line(tags.wrapping_add(i));
+    prefetch_line(tags.wrapping_add(i + GROUP - 1));
+    prefetch_line(
+        slots
+            .wrapping_add(i * std::mem::size_of::<Slot<N>>() + std::mem::offset_of!(Slot<N>, secs)),
+    );
+}
+
 /// One shard: 32-byte keys (v2 raw UIDs) and 33-byte keys (v3/v4) in tables of their own, so the
 /// common 32-byte entry takes 36 bytes, not 40.
 #[derive(Clone, Default)]
@@ -547,13 +650,24 @@ struct Shard {
 }
 
 impl Shard {
+    /// The time of the key in the 33-byte table if `long`, else in the 32-byte one.
     #[inline]
-    fn get(&self, key: &RawUid2, tag: u8, low: u32) -> Option<u32> {
-        if key.len == 32 {
-            let k: &[u8; 32] = key.bytes.first_chunk()?;
-            self.short.get(k, tag, low)
+    fn get(&self, long: bool, tag: u8, low: u32, is_key: impl FnMut(&[u8]) -> bool) -> Option<u32> {
+        if long {
+            self.long.get(tag, low, is_key)
         } else {
-            self.long.get(&key.bytes, tag, low)
+            self.short.get(tag, low, is_key)
+        }
+    }
+
+    #[inline]
+    fn prefetch(&self, long: bool, low: u32) {
+        if long {
+            let (tags, slots, cap) = self.long.hint();
+            prefetch_at::<33>(tags, slots, cap, low);
+        } else {
+            let (tags, slots, cap) = self.short.hint();
+            prefetch_at::<32>(tags, slots, cap, low);
         }
     }
 
@@ -631,8 +745,11 @@ impl OptOutSet {
     /// The opt-out time in Unix seconds, if the raw UID2 opted out.
     #[inline]
     pub fn get(&self, raw_uid2: &RawUid2) -> Option<u32> {
-        let (shard, tag, low) = split_hash(hash_key(raw_uid2.as_bytes()));
-        self.shards.get(shard)?.get(raw_uid2, tag, low)
+        let key = raw_uid2.as_bytes();
+        let (shard, tag, low) = split_hash(hash_key(key));
+        self.shards
+            .get(shard)?
+            .get(key.len() == 33, tag, low, |k| k == key)
     }
 
     /// Inserts many opt-outs, calling `applied` with what each insert did. Faster than one by one on a
@@ -686,18 +803,89 @@ impl OptOutSet {
     }
 }
 
+/// A lookup by text: the table position from the first twelve characters; the whole text is decoded only
+/// when a tag matches, to compare keys.
+#[inline]
+fn lookup_text(shard: &Shard, text: &str, long: bool, tag: u8, low: u32) -> Option<u32> {
+    let mut parsed: Option<Option<RawUid2>> = None;
+    shard.get(long, tag, low, |k| {
+        parsed
+            .get_or_insert_with(|| RawUid2::parse(text))
+            .as_ref()
+            .is_some_and(|key| key.as_bytes() == k)
+    })
+}
+
 impl OptOutLookup for OptOutSet {
     #[inline]
     fn opted_out_at_ms(&self, raw_uid2: &str) -> Option<i64> {
-        let key = RawUid2::parse(raw_uid2)?;
-        self.get(&key).map(|secs| i64::from(secs) * 1000)
+        let (prefix, long) = text_prefix(raw_uid2)?;
+        let (shard, tag, low) = split_hash(hash_prefix(&prefix));
+        lookup_text(self.shards.get(shard)?, raw_uid2, long, tag, low)
+            .map(|secs| i64::from(secs) * 1000)
+    }
+
+    #[inline]
+    fn prefetch(&self, raw_uid2: &str) {
+        let Some((prefix, long)) = text_prefix(raw_uid2) else {
+            return;
+        };
+        let (shard, _, low) = split_hash(hash_prefix(&prefix));
+        if let Some(s) = self.shards.get(shard) {
+            s.prefetch(long, low);
+        }
     }
 }
 
-/// A shard and its lock, on a cache line of its own so readers of neighbouring shards do not contend.
+/// A shard and its lock, on a cache line of its own so readers of neighbouring shards do not contend, and
+/// where its two tables are ([`Hint`], 32-byte keys first).
 #[repr(align(128))]
 #[derive(Default)]
-struct LockedShard(RwLock<Shard>);
+struct LockedShard(RwLock<Shard>, [Hint; 2]);
+
+impl LockedShard {
+    fn new(shard: Shard) -> LockedShard {
+        let locked = LockedShard(RwLock::default(), Default::default());
+        locked.publish(&shard);
+        *locked.0.write().unwrap_or_else(|e| e.into_inner()) = shard;
+        locked
+    }
+
+    /// Updates the hints; called with the write lock held, after anything that may move a table.
+    fn publish(&self, shard: &Shard) {
+        let [short, long] = &self.1;
+        short.set(shard.short.hint());
+        long.set(shard.long.hint());
+    }
+}
+
+/// Where a table is, for [`OptOutLookup::prefetch`] to read without taking the lock (a lock's atomic
+/// read-modify-write would hold the CPU up when the lock's line is not in cache, which is what the
+/// prefetch is there to avoid). The three values are stored and loaded without ordering: a stale or
+/// mixed hint only prefetches a useless line; it never changes an answer.
+#[derive(Default)]
+struct Hint {
+    tags: AtomicPtr<u8>,
+    slots: AtomicPtr<u8>,
+    cap: AtomicUsize,
+}
+
+impl Hint {
+    fn set(&self, (tags, slots, cap): (*const u8, *const u8, usize)) {
+        self.tags.store(tags.cast_mut(), Ordering::Relaxed);
+        self.slots.store(slots.cast_mut(), Ordering::Relaxed);
+        self.cap.store(cap, Ordering::Relaxed);
+    }
+
+    #[inline]
+    fn get(&self) -> (*const u8, *const u8, usize) {
+        (
+            self.tags.load(Ordering::Relaxed),
+            self.slots.load(Ordering::Relaxed),
+            self.cap.load(Ordering::Relaxed),
+        )
+    }
+}
 
 /// The opt-out set shared by the pipeline (lookups) and the topic follower and webhook (inserts): one
 /// `RwLock` per shard, so an insert blocks only the lookups of 1/1024 of the keys, for as long as one
@@ -723,11 +911,7 @@ impl From<OptOutSet> for LiveOptOuts {
     fn from(set: OptOutSet) -> Self {
         LiveOptOuts {
             len: AtomicU64::new(set.len as u64),
-            shards: set
-                .shards
-                .into_iter()
-                .map(|s| LockedShard(RwLock::new(s)))
-                .collect(),
+            shards: set.shards.into_iter().map(LockedShard::new).collect(),
         }
     }
 }
@@ -745,11 +929,10 @@ impl LiveOptOuts {
         };
         // A panic while holding the lock cannot leave a table half-written in a way lookups trip
         // over (tags and slots are written together), so a poisoned lock is used as it is.
-        let applied = lock
-            .0
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(raw_uid2, tag, low, secs);
+        let mut shard = lock.0.write().unwrap_or_else(|e| e.into_inner());
+        let applied = shard.insert(raw_uid2, tag, low, secs);
+        lock.publish(&shard);
+        drop(shard);
         if applied == Applied::New {
             self.len.fetch_add(1, Ordering::Relaxed);
         }
@@ -759,13 +942,14 @@ impl LiveOptOuts {
     /// The opt-out time in Unix seconds, if the raw UID2 opted out.
     #[inline]
     pub fn get(&self, raw_uid2: &RawUid2) -> Option<u32> {
-        let (shard, tag, low) = split_hash(hash_key(raw_uid2.as_bytes()));
+        let key = raw_uid2.as_bytes();
+        let (shard, tag, low) = split_hash(hash_key(key));
         self.shards
             .get(shard)?
             .0
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(raw_uid2, tag, low)
+            .get(key.len() == 33, tag, low, |k| k == key)
     }
 
     pub fn len(&self) -> u64 {
@@ -794,6 +978,7 @@ impl LiveOptOuts {
                     shard.insert(&raw, tag, low, secs);
                 }
             }
+            lock.publish(&shard);
         }
         let total: usize = self
             .shards
@@ -824,8 +1009,37 @@ impl LiveOptOuts {
 impl OptOutLookup for LiveOptOuts {
     #[inline]
     fn opted_out_at_ms(&self, raw_uid2: &str) -> Option<i64> {
-        let key = RawUid2::parse(raw_uid2)?;
-        self.get(&key).map(|secs| i64::from(secs) * 1000)
+        let (prefix, long) = text_prefix(raw_uid2)?;
+        let (shard, tag, low) = split_hash(hash_prefix(&prefix));
+        let shard = self
+            .shards
+            .get(shard)?
+            .0
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        lookup_text(&shard, raw_uid2, long, tag, low).map(|secs| i64::from(secs) * 1000)
+    }
+
+    /// Reads the shard's [`Hint`], not its lock.
+    #[inline]
+    fn prefetch(&self, raw_uid2: &str) {
+        let Some((prefix, long)) = text_prefix(raw_uid2) else {
+            return;
+        };
+        let (shard, _, low) = split_hash(hash_prefix(&prefix));
+        let Some(hint) = self
+            .shards
+            .get(shard)
+            .and_then(|s| s.1.get(usize::from(long)))
+        else {
+            return;
+        };
+        let (tags, slots, cap) = hint.get();
+        if long {
+            prefetch_at::<33>(tags, slots, cap, low);
+        } else {
+            prefetch_at::<32>(tags, slots, cap, low);
+        }
     }
 }
 
@@ -839,9 +1053,10 @@ mod tests {
     const T: u32 = 1_767_225_600;
 
     fn key(i: u64, len: usize) -> RawUid2 {
-        // Deliberately structured keys (a counter), not random ones: the hash must spread them.
+        // Deliberately structured keys (a counter in the hashed bytes, after a 33-byte key's metadata
+        // byte), not random ones: the hash must spread them.
         let mut b = [0u8; 33];
-        b[len - 8..len].copy_from_slice(&i.to_be_bytes());
+        b[len - 32..len - 24].copy_from_slice(&i.to_be_bytes());
         RawUid2::from_bytes(&b[..len]).unwrap()
     }
 
@@ -970,6 +1185,62 @@ mod tests {
         assert_eq!(listed, model);
         let per_entry = set.heap_bytes() as f64 / set.len() as f64;
         assert!(per_entry < 80.0, "{per_entry:.1} bytes per entry");
+    }
+
+    #[test]
+    fn lookups_by_text_agree_with_lookups_by_bytes() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        let mut set = OptOutSet::new();
+        let mut keys = Vec::new();
+        for i in 0..20_000u32 {
+            let len = if i % 3 == 0 { 33 } else { 32 };
+            let mut b = [0u8; 33];
+            rng.fill(&mut b);
+            let k = RawUid2::from_bytes(&b[..len]).unwrap();
+            if i % 2 == 0 {
+                set.insert(&k, T + i);
+            }
+            keys.push(k);
+        }
+        let live = LiveOptOuts::from(set.clone());
+        for k in &keys {
+            let text = k.to_base64();
+            let (prefix, long) = text_prefix(&text).unwrap();
+            assert_eq!(&prefix[..], &k.as_bytes()[..HASHED]);
+            assert_eq!(long, k.as_bytes().len() == 33);
+            let expected = set.get(k).map(|secs| i64::from(secs) * 1000);
+            assert_eq!(set.opted_out_at_ms(&text), expected);
+            assert_eq!(live.opted_out_at_ms(&text), expected);
+            set.prefetch(&text);
+            live.prefetch(&text);
+            // A listed key whose text is spoiled after the hashed prefix, or shortened, is not found.
+            let mut spoiled = text.clone().into_bytes();
+            spoiled[30] = b'*';
+            let spoiled = String::from_utf8(spoiled).unwrap();
+            assert_eq!(live.opted_out_at_ms(&spoiled), None);
+            assert_eq!(set.opted_out_at_ms(&text[..43]), None);
+            live.prefetch(&spoiled);
+            live.prefetch(&text[..43]);
+        }
+        for bad in [
+            "",
+            "*BFOsW2SkK0egqbfyiALtpti5G/cG+PcEvjkoHl56rEV8",
+            "BFOsW2SkK0-g",
+        ] {
+            assert_eq!(text_prefix(bad), None);
+            assert_eq!(live.opted_out_at_ms(bad), None);
+        }
+        // Hints follow the tables as they grow.
+        let grown = LiveOptOuts::new();
+        for k in &keys {
+            grown.insert(k, T);
+        }
+        for k in &keys {
+            assert_eq!(
+                grown.opted_out_at_ms(&k.to_base64()),
+                Some(i64::from(T) * 1000)
+            );
+        }
     }
 
     #[test]
