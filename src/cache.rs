@@ -79,12 +79,11 @@ impl DecryptCache {
             return decrypt_with_name(token, keys, mode, domain_or_app_name, now_ms);
         };
         if let Some(entry) = self.entries.get(token) {
-            let same_domain =
-                !entry.domain_dependent || entry.domain.as_deref() == domain_or_app_name();
+            // The name last: it is derived only when the rest already matches.
             if entry.generation == key_set.generation()
                 && entry.mode == mode
-                && same_domain
                 && (entry.valid_from_ms..=entry.valid_until_ms).contains(&now_ms)
+                && (!entry.domain_dependent || entry.domain.as_deref() == domain_or_app_name())
             {
                 return entry.result.clone();
             }
