@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 
 use uid2_enricher::cache::DecryptCache;
 use uid2_enricher::enrich::{self, Context, Keys, PayloadFormat, Policy};
-use uid2_enricher::openrtb::domain;
+use uid2_enricher::openrtb::{domain, json};
 use uid2_enricher::optout::NoOptOuts;
 use uid2_enricher::uid2::{self, ClientMode, Decryption, KeySet, Status, TokenVersion};
 
@@ -270,6 +270,29 @@ fn bench_enrich(c: &mut Criterion) {
                 &policy,
             )
         })
+    });
+    group.finish();
+
+    // The scan alone (no decryption, no splice), on the 2 KB request and on the same request with only
+    // its UID2 eid: tells the cost of the scan, and how much of it the eids take.
+    let shape_2k = json_sizes
+        .iter()
+        .position(|(l, _)| *l == "2KB")
+        .map(|_| support::json_request_near(2048, &token).0)
+        .expect("2KB shape");
+    let one_eid = support::json_request(
+        support::Shape {
+            other_eids: 0,
+            ..shape_2k
+        },
+        &token,
+    );
+    let mut group = c.benchmark_group("scan_2KB");
+    group.bench_function("scan", |b| {
+        b.iter(|| json::scan(black_box(json_2k), &SOURCES, MEMBER).map(|s| s.tokens.len()))
+    });
+    group.bench_function("scan_only_uid2_eid", |b| {
+        b.iter(|| json::scan(black_box(&one_eid), &SOURCES, MEMBER).map(|s| s.tokens.len()))
     });
     group.finish();
 }

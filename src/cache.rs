@@ -11,8 +11,8 @@
 
 use std::sync::Arc;
 
-use crate::uid2::decrypt::{ClientMode, Decryption};
-use crate::uid2::{KeySet, Status, TokenVersion, decrypt};
+use crate::uid2::decrypt::{ClientMode, Decryption, decrypt_with_name};
+use crate::uid2::{KeySet, Status, TokenVersion};
 
 /// Default bound on cached tokens: an entry (token, result, moka bookkeeping) takes ~300-600 bytes, so
 /// 200,000 entries stay near 100 MB, inside the stage's 256 MB budget.
@@ -51,7 +51,7 @@ impl DecryptCache {
         }
     }
 
-    /// Decrypts `token` as [`decrypt`] would, answering from the cache when a stored result provably
+    /// Decrypts `token` as [`decrypt`](crate::uid2::decrypt()) would, answering from the cache when a stored result provably
     /// holds for these arguments.
     pub fn decrypt(
         &self,
@@ -61,21 +61,34 @@ impl DecryptCache {
         domain_or_app_name: Option<&str>,
         now_ms: i64,
     ) -> Decryption {
+        self.decrypt_with_name(token, keys, mode, &|| domain_or_app_name, now_ms)
+    }
+
+    /// [`DecryptCache::decrypt`] with the name supplied on demand, as in [`decrypt_with_name`]: it is asked
+    /// for only when the answer depends on it (a CSTG token in bidstream mode), so callers should memoise
+    /// it.
+    pub fn decrypt_with_name<'n>(
+        &self,
+        token: &str,
+        keys: Option<&KeySet>,
+        mode: ClientMode,
+        domain_or_app_name: &dyn Fn() -> Option<&'n str>,
+        now_ms: i64,
+    ) -> Decryption {
         let Some(key_set) = keys else {
-            return decrypt(token, keys, mode, domain_or_app_name, now_ms);
+            return decrypt_with_name(token, keys, mode, domain_or_app_name, now_ms);
         };
         if let Some(entry) = self.entries.get(token) {
-            let same_domain =
-                !entry.domain_dependent || entry.domain.as_deref() == domain_or_app_name;
+            // The name last: it is derived only when the rest already matches.
             if entry.generation == key_set.generation()
                 && entry.mode == mode
-                && same_domain
                 && (entry.valid_from_ms..=entry.valid_until_ms).contains(&now_ms)
+                && (!entry.domain_dependent || entry.domain.as_deref() == domain_or_app_name())
             {
                 return entry.result.clone();
             }
         }
-        let result = decrypt(token, keys, mode, domain_or_app_name, now_ms);
+        let result = decrypt_with_name(token, keys, mode, domain_or_app_name, now_ms);
         if let Some((valid_from_ms, valid_until_ms)) = validity_window(&result, key_set, mode) {
             let domain_dependent = mode == ClientMode::Bidstream && result.cstg == Some(true);
             let entry = Entry {
@@ -83,7 +96,7 @@ impl DecryptCache {
                 mode,
                 domain_dependent,
                 domain: domain_dependent
-                    .then(|| domain_or_app_name.map(Box::from))
+                    .then(|| domain_or_app_name().map(Box::from))
                     .flatten(),
                 valid_from_ms,
                 valid_until_ms,
@@ -153,6 +166,7 @@ fn validity_window(result: &Decryption, keys: &KeySet, mode: ClientMode) -> Opti
 mod tests {
     use super::*;
     use crate::uid2::cipher::Secret;
+    use crate::uid2::decrypt;
     use crate::uid2::encrypt::{TokenSpec, generate};
     use crate::uid2::{IdentityScope, IdentityType};
 
@@ -286,5 +300,42 @@ mod tests {
         assert!(cache.entry_count() >= 1);
         cache.invalidate_all();
         assert_eq!(cache.entry_count(), 0);
+    }
+
+    /// The name is derived only for a CSTG token in bidstream mode, by the plain and the cached path alike,
+    /// and the answers equal those of `decrypt` with the name given up front.
+    #[test]
+    fn the_name_is_asked_for_only_when_the_domain_check_runs() {
+        use std::cell::Cell;
+        let key_set = keys(NOW / 1000 + 86_400);
+        let cache = DecryptCache::new(100);
+        for version in [TokenVersion::V2, TokenVersion::V3, TokenVersion::V4] {
+            for bits in [0, 2] {
+                let t = token(version, NOW + 3_600_000, NOW - 1000, bits);
+                for mode in [ClientMode::Bidstream, ClientMode::Sharing] {
+                    for name in [Some("example.com"), Some("other.com"), None] {
+                        let asked = Cell::new(0);
+                        let lazy = || {
+                            asked.set(asked.get() + 1);
+                            name
+                        };
+                        let eager = decrypt(&t, Some(&key_set), mode, name, NOW);
+                        let plain = decrypt_with_name(&t, Some(&key_set), mode, &lazy, NOW);
+                        assert_eq!(plain, eager);
+                        let needed = bits == 2 && mode == ClientMode::Bidstream;
+                        assert_eq!(asked.get(), usize::from(needed), "{version:?} {mode:?}");
+                        for _ in 0..2 {
+                            asked.set(0);
+                            let cached =
+                                cache.decrypt_with_name(&t, Some(&key_set), mode, &lazy, NOW);
+                            assert_eq!(cached, eager);
+                            if !needed {
+                                assert_eq!(asked.get(), 0, "{version:?} {mode:?} cached");
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }

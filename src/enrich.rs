@@ -9,6 +9,7 @@
 //! decrypt cache.
 
 use std::borrow::Cow;
+use std::cell::OnceCell;
 
 use crate::cache::DecryptCache;
 use crate::formats::event::{self, JsonPointer};
@@ -16,7 +17,8 @@ use crate::formats::pixel;
 use crate::openrtb::proto::pb;
 use crate::openrtb::{domain, json, proto};
 use crate::optout::{self, OptOutLookup};
-use crate::uid2::{ClientMode, Decryption, IdentityScope, KeySet, Status, decrypt};
+use crate::uid2::decrypt::decrypt_with_name;
+use crate::uid2::{ClientMode, Decryption, IdentityScope, KeySet, Status};
 
 /// How the payload is encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -310,7 +312,7 @@ fn enrich_pixel<'a>(
     };
     let source = policy.source_for(&ctx.keys);
     let found_tokens = std::iter::repeat_n((token, source), found.token_count.max(1));
-    let mut enriched = decide(found_tokens, None, ctx, policy).settle(ctx, policy);
+    let mut enriched = decide(found_tokens, &|| None, ctx, policy).settle(ctx, policy);
     let (raw, status) = match enriched.selected.and_then(|i| enriched.tokens.get(i)) {
         Some(t) => (
             t.decryption.raw_uid2.as_deref(),
@@ -339,7 +341,7 @@ fn enrich_event<'a>(
     }
     let source = policy.source_for(&ctx.keys);
     let found = scan.found.iter().map(|f| (f.text.as_ref(), source));
-    let enriched = decide(found, None, ctx, policy).carry_member(ctx, policy, |member| {
+    let enriched = decide(found, &|| None, ctx, policy).carry_member(ctx, policy, |member| {
         event::insert_member(payload, &scan, &policy.member_name, member)
     });
     Ok(enriched)
@@ -358,16 +360,23 @@ fn enrich_json<'a>(
     if scan.tokens.is_empty() {
         return Ok(unchanged(payload));
     }
-    let name = domain::domain_or_app_name(
-        scan.site_domain.as_deref(),
-        scan.site_page.as_deref(),
-        scan.app_bundle.as_deref(),
-    );
+    // Derived only if a token needs the domain check (a public-suffix lookup costs more than a scan of
+    // the site's members), and then once.
+    let name = OnceCell::new();
+    let name = || {
+        name.get_or_init(|| {
+            domain::domain_or_app_name(
+                scan.site_domain.as_deref(),
+                scan.site_page.as_deref(),
+                scan.app_bundle.as_deref(),
+            )
+        })
+        .as_deref()
+    };
     let found = scan.tokens.iter().map(|t| (t.id.as_ref(), t.source_index));
-    let enriched =
-        decide(found, name.as_deref(), ctx, policy).carry_member(ctx, policy, |member| {
-            json::splice(payload, &scan, &policy.member_name, member)
-        });
+    let enriched = decide(found, &name, ctx, policy).carry_member(ctx, policy, |member| {
+        json::splice(payload, &scan, &policy.member_name, member)
+    });
     Ok(enriched)
 }
 
@@ -380,9 +389,15 @@ fn enrich_proto<'a>(
     if scan.tokens.is_empty() {
         return Ok(unchanged(payload));
     }
-    let name = domain::domain_or_app_name(scan.site_domain, scan.site_page, scan.app_bundle);
+    let name = OnceCell::new();
+    let name = || {
+        name.get_or_init(|| {
+            domain::domain_or_app_name(scan.site_domain, scan.site_page, scan.app_bundle)
+        })
+        .as_deref()
+    };
     let found = scan.tokens.iter().map(|t| (t.id, t.source_index));
-    let mut enriched = decide(found, name.as_deref(), ctx, policy).settle(ctx, policy);
+    let mut enriched = decide(found, &name, ctx, policy).settle(ctx, policy);
     if let Some(selected) = enriched.selected.and_then(|i| enriched.tokens.get(i)) {
         let message = enrichment_message(selected, policy, enriched.token_count);
         enriched.output = Cow::Owned(proto::append_enrichment(payload, &scan, &message));
@@ -452,9 +467,9 @@ impl Unsettled {
 /// Decrypts each distinct token once, selects the reported token and renders the member as though no
 /// token had opted out (nearly always the outcome), prefetching each decrypted user's opt-out entry for
 /// the check that [`Unsettled`] does later. `found` yields (token text, source index) in document order.
-fn decide<'t>(
+fn decide<'t, 'n>(
     found: impl Iterator<Item = (&'t str, usize)>,
-    name: Option<&str>,
+    name: &dyn Fn() -> Option<&'n str>,
     ctx: &Context<'_>,
     policy: &Policy,
 ) -> Unsettled {
@@ -488,8 +503,8 @@ fn decide<'t>(
             .map_or(IdentityScope::Uid2, |s| s.scope);
         let keys = ctx.keys.for_scope(scope);
         let decryption = match ctx.cache {
-            Some(cache) => cache.decrypt(token, keys, policy.mode, name, ctx.now_ms),
-            None => decrypt(token, keys, policy.mode, name, ctx.now_ms),
+            Some(cache) => cache.decrypt_with_name(token, keys, policy.mode, name, ctx.now_ms),
+            None => decrypt_with_name(token, keys, policy.mode, name, ctx.now_ms),
         };
         if decryption.status == Status::Success
             && let Some(raw) = decryption.raw_uid2.as_deref()

@@ -98,6 +98,20 @@ pub fn decrypt(
     domain_or_app_name: Option<&str>,
     now_ms: i64,
 ) -> Decryption {
+    decrypt_with_name(token, keys, mode, &|| domain_or_app_name, now_ms)
+}
+
+/// [`decrypt`] with the domain or app name supplied on demand: `domain_or_app_name` is called only for a
+/// client-side-generated token in bidstream mode that got as far as the domain check (at most once), so a
+/// caller whose name is costly to derive (a public-suffix lookup) pays for it only then. The checks and
+/// their order are those of [`decrypt`].
+pub fn decrypt_with_name<'n>(
+    token: &str,
+    keys: Option<&KeySet>,
+    mode: ClientMode,
+    domain_or_app_name: &dyn Fn() -> Option<&'n str>,
+    now_ms: i64,
+) -> Decryption {
     let Some(keys) = keys else {
         return Decryption::error(Status::NotInitialized);
     };
@@ -161,10 +175,10 @@ fn decode_into(token: &str, version: TokenVersion, out: &mut [u8]) -> Option<usi
     }
 }
 
-struct Context<'a> {
+struct Context<'a, 'n> {
     keys: &'a KeySet,
     mode: ClientMode,
-    domain_or_app_name: Option<&'a str>,
+    domain_or_app_name: &'a dyn Fn() -> Option<&'n str>,
     now_ms: i64,
 }
 
@@ -186,7 +200,7 @@ struct Payload {
 /// A failure while reading the payloads: a bare status with no fields.
 type Early = Status;
 
-impl Context<'_> {
+impl Context<'_, '_> {
     fn decrypt_bytes(&self, version: TokenVersion, bytes: &mut [u8]) -> Decryption {
         let payload = match version {
             TokenVersion::V2 => self.read_v2(bytes),
@@ -329,7 +343,7 @@ impl Context<'_> {
             && self.mode == ClientMode::Bidstream
             && !self
                 .keys
-                .is_domain_or_app_name_allowed(p.site_id, self.domain_or_app_name)
+                .is_domain_or_app_name_allowed(p.site_id, (self.domain_or_app_name)())
         {
             Status::DomainOrAppNameCheckFailed
         } else if !self.lifetime_is_valid(p.generated_ms.unwrap_or(self.now_ms), p.expires_ms) {
