@@ -63,12 +63,7 @@ async fn capture_stops_where_it_was_told() {
     let brokers = cluster.bootstrap_servers();
     produce(&brokers, "cap", 0, 120).await;
     let dir = common::broker::scratch();
-    let keys = dir.join("capture-keys.json");
-    std::fs::write(
-        &keys,
-        common::bidstream_keys_json("UID2", common::MAX_LIFETIME_S),
-    )
-    .unwrap();
+    let keys = common::write_bidstream_keys(dir.join("capture-keys.json"));
     let config = dir.join("capture-mock.toml");
     std::fs::write(
         &config,

@@ -149,17 +149,10 @@ fn gen_then_replay_gives_every_case_its_intended_status() {
 #[test]
 fn now_capture_decrypts_old_captures_as_they_were_seen_and_keeps_the_shape() {
     let dir = scratch("now-capture");
-    let keys = dir.join("keys.json");
-    std::fs::write(
-        &keys,
-        common::bidstream_keys_json("UID2", common::MAX_LIFETIME_S),
-    )
-    .unwrap();
+    let keys = common::write_bidstream_keys(dir.join("keys.json"));
     // Valid from an hour before NOW (2026-01-01) for a day: long expired by the wall clock.
     let token = common::Token::new(TokenVersion::V4).build();
-    let request = format!(
-        r#"{{"id":"r1","site":{{"domain":"example.com"}},"user":{{"eids":[{{"source":"uidapi.com","uids":[{{"id":"{token}"}}]}}]}}}}"#
-    );
+    let request = common::site_request_with(&token);
     let mut record = CaptureRecord {
         ts: Some(common::NOW),
         topic: Some("bid-requests".into()),
@@ -224,12 +217,7 @@ fn now_capture_decrypts_old_captures_as_they_were_seen_and_keeps_the_shape() {
 #[test]
 fn bad_lines_are_reported_by_line_number_and_strict_makes_them_fatal() {
     let dir = scratch("bad-lines");
-    let keys = dir.join("keys.json");
-    std::fs::write(
-        &keys,
-        common::bidstream_keys_json("UID2", common::MAX_LIFETIME_S),
-    )
-    .unwrap();
+    let keys = common::write_bidstream_keys(dir.join("keys.json"));
     let input = dir.join("in.jsonl");
     std::fs::write(
         &input,
@@ -289,12 +277,7 @@ fn bad_lines_are_reported_by_line_number_and_strict_makes_them_fatal() {
 #[test]
 fn a_truncated_gzip_input_stops_with_the_line_and_keeps_what_was_written() {
     let dir = scratch("truncated");
-    let keys = dir.join("keys.json");
-    std::fs::write(
-        &keys,
-        common::bidstream_keys_json("UID2", common::MAX_LIFETIME_S),
-    )
-    .unwrap();
+    let keys = common::write_bidstream_keys(dir.join("keys.json"));
     let full = dir.join("full.jsonl.gz");
     {
         let mut gz = flate2::write::GzEncoder::new(
@@ -540,17 +523,10 @@ fn tokenize_then_decrypt_in_sharing_mode_gives_the_raw_uid2s_back() {
 #[test]
 fn optouts_from_a_file_apply_the_rule_offline() {
     let dir = scratch("optouts");
-    let keys = dir.join("keys.json");
-    std::fs::write(
-        &keys,
-        common::bidstream_keys_json("UID2", common::MAX_LIFETIME_S),
-    )
-    .unwrap();
+    let keys = common::write_bidstream_keys(dir.join("keys.json"));
     // Established 30 days before NOW.
     let token = common::Token::new(TokenVersion::V4).build();
-    let request = format!(
-        r#"{{"id":"r1","site":{{"domain":"example.com"}},"user":{{"eids":[{{"source":"uidapi.com","uids":[{{"id":"{token}"}}]}}]}}}}"#
-    );
+    let request = common::site_request_with(&token);
     let input = dir.join("in.jsonl");
     std::fs::write(&input, format!("{request}\n")).unwrap();
     let now = common::NOW.to_string();

@@ -29,12 +29,7 @@ fn replay_to_a_topic_then_capture_gives_back_the_same_records() {
     let topic = format!("replay-{run_id}");
     create_topics(&brokers, &[(&topic, 4)]);
     let dir = scratch();
-    let keys = dir.join("replay-keys.json");
-    std::fs::write(
-        &keys,
-        common::bidstream_keys_json("UID2", common::MAX_LIFETIME_S),
-    )
-    .unwrap();
+    let keys = common::write_bidstream_keys(dir.join("replay-keys.json"));
     let config = dir.join(format!("replay-{run_id}.toml"));
     std::fs::write(
         &config,

@@ -53,6 +53,20 @@ pub fn bidstream_keys_json(scope: &str, max_lifetime_s: i64) -> String {
     )
 }
 
+/// Writes [`bidstream_keys_json`] (UID2, the SDKs' maximum lifetime) to `path`, for a `--keys` or
+/// `[keys] file` argument, and returns the path.
+pub fn write_bidstream_keys(path: std::path::PathBuf) -> std::path::PathBuf {
+    std::fs::write(&path, bidstream_keys_json("UID2", MAX_LIFETIME_S)).unwrap();
+    path
+}
+
+/// The smallest site request carrying `token` in `user.eids` (site domain example.com, site 9000's).
+pub fn site_request_with(token: &str) -> String {
+    format!(
+        r#"{{"id":"r1","site":{{"domain":"example.com"}},"user":{{"eids":[{{"source":"uidapi.com","uids":[{{"id":"{token}"}}]}}]}}}}"#
+    )
+}
+
 /// A `/v2/key/sharing`-shaped body: master keyset 9999999, default keyset 99 holding the site key.
 pub fn sharing_keys_json(scope: &str, max_lifetime_s: i64) -> String {
     format!(
