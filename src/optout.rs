@@ -660,14 +660,12 @@ impl Shard {
         }
     }
 
-    #[inline]
-    fn prefetch(&self, long: bool, low: u32) {
+    /// Where the 33-byte table is if `long`, else the 32-byte one, for [`prefetch_table`].
+    fn hint(&self, long: bool) -> (*const u8, *const u8, usize) {
         if long {
-            let (tags, slots, cap) = self.long.hint();
-            prefetch_at::<33>(tags, slots, cap, low);
+            self.long.hint()
         } else {
-            let (tags, slots, cap) = self.short.hint();
-            prefetch_at::<32>(tags, slots, cap, low);
+            self.short.hint()
         }
     }
 
@@ -806,9 +804,9 @@ impl OptOutSet {
 /// A lookup by text: the table position from the first twelve characters; the whole text is decoded only
 /// when a tag matches, to compare keys.
 #[inline]
-fn lookup_text(shard: &Shard, text: &str, long: bool, tag: u8, low: u32) -> Option<u32> {
+fn lookup_text(shard: &Shard, text: &str, at: TextPosition) -> Option<u32> {
     let mut parsed: Option<Option<RawUid2>> = None;
-    shard.get(long, tag, low, |k| {
+    shard.get(at.long, at.tag, at.low, |k| {
         parsed
             .get_or_insert_with(|| RawUid2::parse(text))
             .as_ref()
@@ -816,23 +814,51 @@ fn lookup_text(shard: &Shard, text: &str, long: bool, tag: u8, low: u32) -> Opti
     })
 }
 
+/// Where a lookup by text goes: its shard, tag and home position, and which of the shard's two tables.
+#[derive(Clone, Copy)]
+struct TextPosition {
+    shard: usize,
+    tag: u8,
+    low: u32,
+    long: bool,
+}
+
+/// `None` for a text that cannot be a raw UID2 (see [`text_prefix`]).
+#[inline]
+fn text_position(text: &str) -> Option<TextPosition> {
+    let (prefix, long) = text_prefix(text)?;
+    let (shard, tag, low) = split_hash(hash_prefix(&prefix));
+    Some(TextPosition {
+        shard,
+        tag,
+        low,
+        long,
+    })
+}
+
+/// Prefetches what a lookup at `at` reads first, in the table described by its [`Table::hint`].
+#[inline]
+fn prefetch_table(at: TextPosition, (tags, slots, cap): (*const u8, *const u8, usize)) {
+    if at.long {
+        prefetch_at::<33>(tags, slots, cap, at.low);
+    } else {
+        prefetch_at::<32>(tags, slots, cap, at.low);
+    }
+}
+
 impl OptOutLookup for OptOutSet {
     #[inline]
     fn opted_out_at_ms(&self, raw_uid2: &str) -> Option<i64> {
-        let (prefix, long) = text_prefix(raw_uid2)?;
-        let (shard, tag, low) = split_hash(hash_prefix(&prefix));
-        lookup_text(self.shards.get(shard)?, raw_uid2, long, tag, low)
-            .map(|secs| i64::from(secs) * 1000)
+        let at = text_position(raw_uid2)?;
+        lookup_text(self.shards.get(at.shard)?, raw_uid2, at).map(|secs| i64::from(secs) * 1000)
     }
 
     #[inline]
     fn prefetch(&self, raw_uid2: &str) {
-        let Some((prefix, long)) = text_prefix(raw_uid2) else {
-            return;
-        };
-        let (shard, _, low) = split_hash(hash_prefix(&prefix));
-        if let Some(s) = self.shards.get(shard) {
-            s.prefetch(long, low);
+        if let Some(at) = text_position(raw_uid2)
+            && let Some(shard) = self.shards.get(at.shard)
+        {
+            prefetch_table(at, shard.hint(at.long));
         }
     }
 }
@@ -1009,36 +1035,26 @@ impl LiveOptOuts {
 impl OptOutLookup for LiveOptOuts {
     #[inline]
     fn opted_out_at_ms(&self, raw_uid2: &str) -> Option<i64> {
-        let (prefix, long) = text_prefix(raw_uid2)?;
-        let (shard, tag, low) = split_hash(hash_prefix(&prefix));
+        let at = text_position(raw_uid2)?;
         let shard = self
             .shards
-            .get(shard)?
+            .get(at.shard)?
             .0
             .read()
             .unwrap_or_else(|e| e.into_inner());
-        lookup_text(&shard, raw_uid2, long, tag, low).map(|secs| i64::from(secs) * 1000)
+        lookup_text(&shard, raw_uid2, at).map(|secs| i64::from(secs) * 1000)
     }
 
     /// Reads the shard's [`Hint`], not its lock.
     #[inline]
     fn prefetch(&self, raw_uid2: &str) {
-        let Some((prefix, long)) = text_prefix(raw_uid2) else {
-            return;
-        };
-        let (shard, _, low) = split_hash(hash_prefix(&prefix));
-        let Some(hint) = self
-            .shards
-            .get(shard)
-            .and_then(|s| s.1.get(usize::from(long)))
-        else {
-            return;
-        };
-        let (tags, slots, cap) = hint.get();
-        if long {
-            prefetch_at::<33>(tags, slots, cap, low);
-        } else {
-            prefetch_at::<32>(tags, slots, cap, low);
+        if let Some(at) = text_position(raw_uid2)
+            && let Some(hint) = self
+                .shards
+                .get(at.shard)
+                .and_then(|s| s.1.get(usize::from(at.long)))
+        {
+            prefetch_table(at, hint.get());
         }
     }
 }
