@@ -10,10 +10,10 @@
 //! Results land in `target/criterion/decrypt/uid2_decrypt/{v2,v3,v4}` and
 //! `target/criterion/decrypt/cache_hit/v4`.
 //!
-//! `gcm_open/{secret,aes_gcm}` opens the same 130-byte AES-256-GCM blob (the size of a v4 token's outer
-//! layer) with `cipher::Secret::gcm_open` (AES-NI counter blocks in one batch, 4-block aggregated
-//! GHASH) and with the `aes-gcm` crate's open, side by side in one run: the reason `Secret` does not
-//! open token layers through `aes-gcm`.
+//! `gcm_open/{secret,aes_gcm}` opens the same 130-byte AES-256-GCM blob (about a v4 token's outer
+//! layer) with `cipher::Secret::gcm_open` (`cipher::ni`: AES-NI counter blocks in register-resident
+//! groups, CLMUL GHASH folding four blocks per reduction) and with the `aes-gcm` crate's open, side by
+//! side in one run: the reason `Secret` does not open token layers through `aes-gcm`.
 
 use std::hint::black_box;
 

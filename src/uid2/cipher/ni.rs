@@ -1,0 +1,371 @@
+//! AES-256-GCM opening of token-sized blobs with AES-NI and CLMUL, for [`super::Secret`]. Pure; depends
+//! on `core::arch` and bytemuck (safe casts between byte arrays and SIMD registers).
+//!
+//! # Why not the `aes` and `ghash` crates
+//! A token layer is 5 to 9 blocks, and both crates are built for long messages: `aes` runs blocks
+//! through its generic in/out buffer machinery, `ghash` clones and finalises a `polyval` state with a
+//! byte reversal per block. For a v4 token those wrappers cost more instructions than the AES rounds and
+//! the carry-less multiplications themselves (callgrind). Here the round keys and the hash key's first
+//! four powers are kept in registers-ready form per key, the counter blocks of one blob go through AES in
+//! fixed-size groups that the compiler keeps in registers, and GHASH folds up to four blocks per
+//! reduction (Intel, "Carry-Less Multiplication and Its Usage for Computing the GCM Mode", 2014,
+//! algorithms 1 and 5, bit-reflected form).
+//!
+//! Correctness rests on `cipher::tests::gcm_open_matches_aes_gcm` and `ni_matches_the_aes_crate`, which
+//! compare this path with `aes-gcm` and `aes` on random keys, nonces, lengths and tamperings, and on the
+//! SDK interop tests.
+
+use core::arch::x86_64::{
+    __m128i, _mm_aesenc_si128, _mm_aesenclast_si128, _mm_aeskeygenassist_si128,
+    _mm_clmulepi64_si128, _mm_or_si128, _mm_setzero_si128, _mm_shuffle_epi8, _mm_shuffle_epi32,
+    _mm_slli_epi32, _mm_slli_si128, _mm_srli_epi32, _mm_srli_si128, _mm_xor_si128,
+};
+
+use subtle::ConstantTimeEq;
+
+use super::{BLOCK_LEN, CryptoError, GCM_NONCE_LEN, GCM_TAG_LEN, SHORT_GCM_BLOCKS};
+
+/// Round keys of AES-256 and the GHASH key `H = E(0^128)` with its powers, prepared once per key.
+#[derive(Clone, Copy)]
+pub(super) struct ShortGcm {
+    round_keys: [__m128i; 15],
+    /// `H`, `H^2`, `H^3`, `H^4`, byte-reversed (the bit-reflected form the multiplication works in).
+    hash_powers: [__m128i; 4],
+}
+
+impl ShortGcm {
+    /// `None` when the CPU lacks AES-NI, CLMUL or SSSE3; the caller then opens through `aes-gcm`.
+    pub(super) fn new(key: &[u8; 32]) -> Option<ShortGcm> {
+        if !(std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
+            && std::arch::is_x86_feature_detected!("ssse3"))
+        {
+            return None;
+        }
+        // SAFETY: `prepare` needs exactly the features detected above.
+        Some(unsafe { ShortGcm::prepare(key) })
+    }
+
+    /// Opens `ciphertext` (at most [`SHORT_GCM_BLOCKS`] blocks) in place if `tag` authenticates it; on
+    /// failure the ciphertext is left as it was.
+    pub(super) fn open(
+        &self,
+        nonce: &[u8; GCM_NONCE_LEN],
+        ciphertext: &mut [u8],
+        tag: &[u8; GCM_TAG_LEN],
+    ) -> Result<(), CryptoError> {
+        // SAFETY: a `ShortGcm` exists only after `new` detected the features `open_with` needs.
+        unsafe { self.open_with(nonce, ciphertext, tag) }
+    }
+
+    #[target_feature(enable = "aes,pclmulqdq,ssse3")]
+    fn prepare(key: &[u8; 32]) -> ShortGcm {
+        let round_keys = expand_key(key);
+        let mut zero = [_mm_setzero_si128()];
+        encrypt_group(&round_keys, &mut zero);
+        let h = reverse(zero[0]);
+        let h2 = multiply(h, h);
+        let h3 = multiply(h2, h);
+        let h4 = multiply(h3, h);
+        ShortGcm {
+            round_keys,
+            hash_powers: [h, h2, h3, h4],
+        }
+    }
+
+    #[target_feature(enable = "aes,pclmulqdq,ssse3")]
+    fn open_with(
+        &self,
+        nonce: &[u8; GCM_NONCE_LEN],
+        ciphertext: &mut [u8],
+        tag: &[u8; GCM_TAG_LEN],
+    ) -> Result<(), CryptoError> {
+        let ciphertext_bits = (ciphertext.len() as u64) * 8;
+        let (whole, tail) = ciphertext.as_chunks_mut::<BLOCK_LEN>();
+        let blocks = whole.len() + usize::from(!tail.is_empty());
+        if blocks > SHORT_GCM_BLOCKS {
+            return Err(CryptoError);
+        }
+
+        // GHASH input: the ciphertext blocks (the last zero-padded) and the length block
+        // `[len(A)]64 || [len(C)]64`, no associated data.
+        let mut hashed = [_mm_setzero_si128(); SHORT_GCM_BLOCKS + 1];
+        for (slot, chunk) in hashed.iter_mut().zip(whole.iter()) {
+            *slot = reverse(bytemuck::cast(*chunk));
+        }
+        if !tail.is_empty() {
+            let mut last = [0u8; BLOCK_LEN];
+            last[..tail.len()].copy_from_slice(tail);
+            hashed[whole.len()] = reverse(bytemuck::cast(last));
+        }
+        let mut lengths = [0u8; BLOCK_LEN];
+        lengths[8..].copy_from_slice(&ciphertext_bits.to_be_bytes());
+        hashed[blocks] = reverse(bytemuck::cast(lengths));
+        let digest = self.ghash(&hashed[..=blocks]);
+
+        // Block 0 is J0 = nonce || 1, the tag mask; blocks 1.. are the keystream from inc32(J0).
+        let mut counter = [0u8; BLOCK_LEN];
+        counter[..GCM_NONCE_LEN].copy_from_slice(nonce);
+        let mut stream = [_mm_setzero_si128(); SHORT_GCM_BLOCKS + 1];
+        for (count, slot) in (1u32..).zip(stream[..=blocks].iter_mut()) {
+            counter[GCM_NONCE_LEN..].copy_from_slice(&count.to_be_bytes());
+            *slot = bytemuck::cast(counter);
+        }
+        self.encrypt(&mut stream[..=blocks]);
+
+        let expected: u128 = bytemuck::cast(_mm_xor_si128(reverse(digest), stream[0]));
+        if !bool::from(expected.ct_eq(&u128::from_ne_bytes(*tag))) {
+            return Err(CryptoError);
+        }
+        for (chunk, keystream) in whole.iter_mut().zip(&stream[1..]) {
+            *chunk = bytemuck::cast(_mm_xor_si128(bytemuck::cast(*chunk), *keystream));
+        }
+        if let Some(keystream) = stream.get(whole.len() + 1) {
+            let keystream: [u8; BLOCK_LEN] = bytemuck::cast(*keystream);
+            for (byte, key_byte) in tail.iter_mut().zip(keystream) {
+                *byte ^= key_byte;
+            }
+        }
+        Ok(())
+    }
+
+    /// AES-256 of each block, in groups of 8, 4, 2 and 1 so every group is unrolled and stays in
+    /// registers, and the rounds of a group's blocks interleave (one block's rounds are a dependent
+    /// chain; AES-NI can run several chains at once).
+    #[target_feature(enable = "aes")]
+    fn encrypt(&self, blocks: &mut [__m128i]) {
+        let (eights, rest) = blocks.as_chunks_mut::<8>();
+        for group in eights {
+            encrypt_group(&self.round_keys, group);
+        }
+        let (fours, rest) = rest.as_chunks_mut::<4>();
+        for group in fours {
+            encrypt_group(&self.round_keys, group);
+        }
+        let (twos, rest) = rest.as_chunks_mut::<2>();
+        for group in twos {
+            encrypt_group(&self.round_keys, group);
+        }
+        for block in rest {
+            encrypt_group(&self.round_keys, std::array::from_mut(block));
+        }
+    }
+
+    /// GHASH of already byte-reversed blocks, from a zero accumulator, in the reversed form. The first
+    /// `len % 4` blocks are folded with the powers that make the rest come in fours.
+    #[target_feature(enable = "pclmulqdq,ssse3")]
+    fn ghash(&self, blocks: &[__m128i]) -> __m128i {
+        let (head, fours) = blocks.split_at(blocks.len() % 4);
+        let mut accumulator = _mm_setzero_si128();
+        if !head.is_empty() {
+            let mut product = Product::default();
+            for (index, block) in head.iter().enumerate() {
+                product.accumulate(*block, self.hash_powers[head.len() - 1 - index]);
+            }
+            accumulator = product.reduce();
+        }
+        let (fours, _) = fours.as_chunks::<4>();
+        for &[x1, x2, x3, x4] in fours {
+            let [h, h2, h3, h4] = self.hash_powers;
+            let mut product = Product::default();
+            product.accumulate(_mm_xor_si128(accumulator, x1), h4);
+            product.accumulate(x2, h3);
+            product.accumulate(x3, h2);
+            product.accumulate(x4, h);
+            accumulator = product.reduce();
+        }
+        accumulator
+    }
+}
+
+/// The encryption of each block of a fixed-size group.
+#[target_feature(enable = "aes")]
+fn encrypt_group<const N: usize>(round_keys: &[__m128i; 15], group: &mut [__m128i; N]) {
+    // Written out round by round: as a loop over the round keys it was not unrolled, and each round
+    // paid for loop control and reloading the group.
+    macro_rules! rounds {
+        ($($round:literal)*) => {$(
+            for block in group.iter_mut() {
+                *block = _mm_aesenc_si128(*block, round_keys[$round]);
+            }
+        )*};
+    }
+    for block in group.iter_mut() {
+        *block = _mm_xor_si128(*block, round_keys[0]);
+    }
+    rounds!(1 2 3 4 5 6 7 8 9 10 11 12 13);
+    for block in group.iter_mut() {
+        *block = _mm_aesenclast_si128(*block, round_keys[14]);
+    }
+}
+
+/// The AES-256 key schedule (FIPS-197 §5.2) with `AESKEYGENASSIST`, as in Intel's AES-NI white paper.
+#[target_feature(enable = "aes")]
+fn expand_key(key: &[u8; 32]) -> [__m128i; 15] {
+    /// The next even-numbered round key from the previous two.
+    #[target_feature(enable = "aes")]
+    fn even<const RCON: i32>(previous_even: __m128i, previous_odd: __m128i) -> __m128i {
+        let assist = _mm_shuffle_epi32::<0xff>(_mm_aeskeygenassist_si128::<RCON>(previous_odd));
+        _mm_xor_si128(spread(previous_even), assist)
+    }
+    /// The next odd-numbered round key from the previous odd one and the new even one.
+    #[target_feature(enable = "aes")]
+    fn odd(previous_odd: __m128i, even: __m128i) -> __m128i {
+        let assist = _mm_shuffle_epi32::<0xaa>(_mm_aeskeygenassist_si128::<0>(even));
+        _mm_xor_si128(spread(previous_odd), assist)
+    }
+    /// `w0, w0^w1, w0^w1^w2, w0^w1^w2^w3` of the four words.
+    #[target_feature(enable = "aes")]
+    fn spread(x: __m128i) -> __m128i {
+        let x = _mm_xor_si128(x, _mm_slli_si128::<4>(x));
+        let x = _mm_xor_si128(x, _mm_slli_si128::<4>(x));
+        _mm_xor_si128(x, _mm_slli_si128::<4>(x))
+    }
+
+    let (low, high) = key.split_at(16);
+    let mut keys = [_mm_setzero_si128(); 15];
+    keys[0] = bytemuck::cast(<[u8; 16]>::try_from(low).unwrap_or_default());
+    keys[1] = bytemuck::cast(<[u8; 16]>::try_from(high).unwrap_or_default());
+    keys[2] = even::<0x01>(keys[0], keys[1]);
+    keys[3] = odd(keys[1], keys[2]);
+    keys[4] = even::<0x02>(keys[2], keys[3]);
+    keys[5] = odd(keys[3], keys[4]);
+    keys[6] = even::<0x04>(keys[4], keys[5]);
+    keys[7] = odd(keys[5], keys[6]);
+    keys[8] = even::<0x08>(keys[6], keys[7]);
+    keys[9] = odd(keys[7], keys[8]);
+    keys[10] = even::<0x10>(keys[8], keys[9]);
+    keys[11] = odd(keys[9], keys[10]);
+    keys[12] = even::<0x20>(keys[10], keys[11]);
+    keys[13] = odd(keys[11], keys[12]);
+    keys[14] = even::<0x40>(keys[12], keys[13]);
+    keys
+}
+
+/// The 16 bytes in reverse order: GCM's bit order, as the carry-less multiplication wants it.
+#[target_feature(enable = "ssse3")]
+fn reverse(x: __m128i) -> __m128i {
+    let order: __m128i = bytemuck::cast([15u8, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0]);
+    _mm_shuffle_epi8(x, order)
+}
+
+/// `a·b` in GF(2^128), bit-reflected form.
+#[target_feature(enable = "pclmulqdq,ssse3")]
+fn multiply(a: __m128i, b: __m128i) -> __m128i {
+    let mut product = Product::default();
+    product.accumulate(a, b);
+    product.reduce()
+}
+
+/// A sum of unreduced 256-bit carry-less products, as low, middle (the two cross terms) and high halves.
+#[derive(Clone, Copy)]
+struct Product {
+    low: __m128i,
+    middle: __m128i,
+    high: __m128i,
+}
+
+impl Default for Product {
+    fn default() -> Product {
+        let zero: __m128i = bytemuck::cast(0u128);
+        Product {
+            low: zero,
+            middle: zero,
+            high: zero,
+        }
+    }
+}
+
+impl Product {
+    #[target_feature(enable = "pclmulqdq")]
+    fn accumulate(&mut self, a: __m128i, b: __m128i) {
+        self.low = _mm_xor_si128(self.low, _mm_clmulepi64_si128::<0x00>(a, b));
+        self.high = _mm_xor_si128(self.high, _mm_clmulepi64_si128::<0x11>(a, b));
+        self.middle = _mm_xor_si128(
+            self.middle,
+            _mm_xor_si128(
+                _mm_clmulepi64_si128::<0x10>(a, b),
+                _mm_clmulepi64_si128::<0x01>(a, b),
+            ),
+        );
+    }
+
+    /// Shifts the 256-bit sum left by one bit (the reflected form's product is one bit short) and
+    /// reduces it modulo `x^128 + x^7 + x^2 + x + 1` (Intel's white paper, algorithm 5).
+    #[target_feature(enable = "sse2")]
+    fn reduce(self) -> __m128i {
+        let low = _mm_xor_si128(self.low, _mm_slli_si128::<8>(self.middle));
+        let high = _mm_xor_si128(self.high, _mm_srli_si128::<8>(self.middle));
+
+        let low_carries = _mm_srli_epi32::<31>(low);
+        let high_carries = _mm_srli_epi32::<31>(high);
+        let low = _mm_or_si128(
+            _mm_slli_epi32::<1>(low),
+            _mm_slli_si128::<4>(low_carries),
+        );
+        let high = _mm_or_si128(
+            _mm_or_si128(
+                _mm_slli_epi32::<1>(high),
+                _mm_slli_si128::<4>(high_carries),
+            ),
+            _mm_srli_si128::<12>(low_carries),
+        );
+
+        let left = _mm_xor_si128(
+            _mm_xor_si128(_mm_slli_epi32::<31>(low), _mm_slli_epi32::<30>(low)),
+            _mm_slli_epi32::<25>(low),
+        );
+        let carried = _mm_srli_si128::<4>(left);
+        let low = _mm_xor_si128(low, _mm_slli_si128::<12>(left));
+        let right = _mm_xor_si128(
+            _mm_xor_si128(_mm_srli_epi32::<1>(low), _mm_srli_epi32::<2>(low)),
+            _mm_xor_si128(_mm_srli_epi32::<7>(low), carried),
+        );
+        _mm_xor_si128(high, _mm_xor_si128(low, right))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aes::cipher::{BlockEncrypt, KeyInit};
+
+    use super::*;
+
+    /// The key schedule and the grouped encryption against the `aes` crate, for every group size, and
+    /// the hash key's powers against repeated multiplication by `H`.
+    #[test]
+    fn ni_matches_the_aes_crate() {
+        let mut rng = fastrand::Rng::with_seed(0x4e49);
+        for _ in 0..200 {
+            let key: [u8; 32] = std::array::from_fn(|_| rng.u8(..));
+            let Some(short) = ShortGcm::new(&key) else {
+                return; // no AES-NI: `Secret` never builds one, nothing to check
+            };
+            let reference = aes::Aes256::new(&key.into());
+            let count = rng.usize(1..=SHORT_GCM_BLOCKS + 1);
+            let plain: Vec<[u8; 16]> = (0..count)
+                .map(|_| std::array::from_fn(|_| rng.u8(..)))
+                .collect();
+            let mut blocks: Vec<__m128i> = plain.iter().map(|b| bytemuck::cast(*b)).collect();
+            // SAFETY: `ShortGcm::new` returned Some, so the CPU has the features.
+            unsafe { short.encrypt(&mut blocks) };
+            for (block, input) in blocks.iter().zip(&plain) {
+                let mut expected = aes::Block::from(*input);
+                reference.encrypt_block(&mut expected);
+                assert_eq!(bytemuck::cast::<__m128i, [u8; 16]>(*block), <[u8; 16]>::from(expected));
+            }
+            let h = short.hash_powers[0];
+            // SAFETY: as above.
+            let powers = unsafe {
+                let h2 = multiply(h, h);
+                [h2, multiply(h2, h), multiply(multiply(h2, h), h)]
+            };
+            for (power, expected) in short.hash_powers[1..].iter().zip(powers) {
+                assert_eq!(
+                    bytemuck::cast::<__m128i, u128>(*power),
+                    bytemuck::cast::<__m128i, u128>(expected)
+                );
+            }
+        }
+    }
+}
