@@ -561,105 +561,72 @@ fn apply_optout(decryption: &mut Decryption, optouts: &dyn OptOutLookup) -> bool
 }
 
 /// Renders the member in the field order of ARCHITECTURE.md. Fields the decryption did not reach are
-/// left out rather than written as null.
+/// left out rather than written as null. Written into a `String` piece by piece, with `itoa` for the
+/// integers: no formatting machinery and no UTF-8 check of the result.
 fn member_json(outcome: &TokenOutcome, policy: &Policy, token_count: usize) -> String {
     let d = &outcome.decryption;
-    let mut out: Vec<u8> = Vec::with_capacity(256);
-    out.extend_from_slice(b"{\"status\":\"");
-    out.extend_from_slice(d.status.as_str().as_bytes());
-    out.push(b'"');
+    let mut integers = itoa::Buffer::new();
+    let mut out = String::with_capacity(256);
+    out.push_str("{\"status\":\"");
+    out.push_str(d.status.as_str());
+    out.push('"');
     if let Some(raw) = &d.raw_uid2 {
-        out.extend_from_slice(b",\"raw_uid2\":");
+        out.push_str(",\"raw_uid2\":");
         push_json_string(&mut out, raw);
     }
     if let Some(source) = policy.sources.get(outcome.source_index) {
-        out.extend_from_slice(b",\"source\":");
+        out.push_str(",\"source\":");
         push_json_string(&mut out, &source.name);
     }
     if let Some(site_id) = d.site_id {
-        out.extend_from_slice(b",\"site_id\":");
-        push_int(&mut out, i64::from(site_id));
+        out.push_str(",\"site_id\":");
+        out.push_str(integers.format(site_id));
     }
     if let Some(established) = d.established_ms {
-        out.extend_from_slice(b",\"established\":");
-        push_int(&mut out, established);
+        out.push_str(",\"established\":");
+        out.push_str(integers.format(established));
     }
     if let Some(expires) = d.expires_ms {
-        out.extend_from_slice(b",\"expires\":");
-        push_int(&mut out, expires);
+        out.push_str(",\"expires\":");
+        out.push_str(integers.format(expires));
     }
     if let Some(kind) = d.identity_type {
-        out.extend_from_slice(b",\"identity_type\":\"");
-        out.extend_from_slice(kind.as_str().as_bytes());
-        out.push(b'"');
+        out.push_str(",\"identity_type\":\"");
+        out.push_str(kind.as_str());
+        out.push('"');
     }
     if let Some(version) = d.token_version {
-        out.extend_from_slice(b",\"token_version\":");
-        push_int(&mut out, i64::from(version.number()));
+        out.push_str(",\"token_version\":");
+        out.push_str(integers.format(version.number()));
     }
     if let Some(cstg) = d.cstg {
-        out.extend_from_slice(if cstg {
-            b",\"cstg\":true"
+        out.push_str(if cstg {
+            ",\"cstg\":true"
         } else {
-            b",\"cstg\":false"
+            ",\"cstg\":false"
         });
     }
-    out.extend_from_slice(b",\"tokens\":");
-    push_uint(&mut out, token_count as u64);
-    out.push(b'}');
-    // Only ASCII and UTF-8 strings were written.
-    String::from_utf8(out).unwrap_or_default()
+    out.push_str(",\"tokens\":");
+    out.push_str(integers.format(token_count));
+    out.push('}');
+    out
 }
 
 /// Writes `s` as a JSON string exactly as serde_json does (it escapes `"`, `\\` and control characters);
 /// strings with none of those, such as base64 ids and source domains, are copied as they are.
-fn push_json_string(out: &mut Vec<u8>, s: &str) {
+fn push_json_string(out: &mut String, s: &str) {
     // Not `any`: a fold without an early exit is vectorised.
     let plain = s.bytes().fold(true, |plain, b| {
         plain & (b >= 0x20) & (b != b'"') & (b != b'\\')
     });
     if plain {
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
     } else {
-        // Rare. Writing to a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, s);
+        // Rare. Serialising a string cannot fail.
+        out.push_str(&serde_json::to_string(s).unwrap_or_default());
     }
-}
-
-/// Writes `v` in decimal, as `Display` does.
-fn push_int(out: &mut Vec<u8>, v: i64) {
-    if v < 0 {
-        out.push(b'-');
-    }
-    push_uint(out, v.unsigned_abs());
-}
-
-/// Writes `v` in decimal, two digits per step, without going through `fmt`.
-fn push_uint(out: &mut Vec<u8>, mut v: u64) {
-    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
-                                2021222324252627282930313233343536373839\
-                                4041424344454647484950515253545556575859\
-                                6061626364656667686970717273747576777879\
-                                8081828384858687888990919293949596979899";
-    let mut buf = [0u8; 20];
-    let mut at = buf.len();
-    while v >= 100 {
-        let pair = (v % 100) as usize * 2;
-        v /= 100;
-        at -= 2;
-        buf[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
-    }
-    if v >= 10 {
-        let pair = v as usize * 2;
-        at -= 2;
-        buf[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
-    } else {
-        at -= 1;
-        buf[at] = b'0' + v as u8;
-    }
-    out.extend_from_slice(&buf[at..]);
 }
 
 fn enrichment_message(
@@ -783,26 +750,6 @@ mod tests {
                     serde_json::from_str::<serde_json::Value>(&got).expect("member is JSON");
                 }
             }
-        }
-    }
-
-    #[test]
-    fn integers_are_written_as_display_does() {
-        let mut values: Vec<u64> = (0..=10_000).collect();
-        for k in 1..20 {
-            let p = 10u64.pow(k);
-            values.extend([p - 1, p, p + 1]);
-        }
-        values.push(u64::MAX);
-        for v in values {
-            let mut out = Vec::new();
-            push_uint(&mut out, v);
-            assert_eq!(out, v.to_string().into_bytes());
-        }
-        for v in [0, -1, -9, -10, -99, -100, i64::MIN, i64::MAX, i64::MIN + 1] {
-            let mut out = Vec::new();
-            push_int(&mut out, v);
-            assert_eq!(out, v.to_string().into_bytes());
         }
     }
 
