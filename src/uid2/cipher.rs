@@ -1,6 +1,6 @@
 //! AES-256-GCM (v3/v4 tokens and the operator envelope) and AES-256-CBC with PKCS#7 (v2 tokens, via
 //! `cbc`). A [`Secret`] holds the key schedules, built once per key when a key set is loaded rather than
-//! once per token. Pure; depends on aes, aes-gcm, ghash, subtle and cbc.
+//! once per token. Pure; depends on aes, aes-gcm and cbc, and on x86-64 on its submodule `ni`.
 //!
 //! A GCM blob is always `nonce(12) || ciphertext || tag(16)` with no associated data (spec §1).
 //!

@@ -1,5 +1,5 @@
 //! AES-256-GCM opening of token-sized blobs with AES-NI and CLMUL, for [`super::Secret`]. Pure; depends
-//! on `core::arch` and bytemuck (safe casts between byte arrays and SIMD registers).
+//! on `core::arch`, bytemuck (safe casts between byte arrays and SIMD registers) and subtle.
 //!
 //! # Why not the `aes` and `ghash` crates
 //! A token layer is 5 to 9 blocks, and both crates are built for long messages: `aes` runs blocks
@@ -299,15 +299,9 @@ impl Product {
 
         let low_carries = _mm_srli_epi32::<31>(low);
         let high_carries = _mm_srli_epi32::<31>(high);
-        let low = _mm_or_si128(
-            _mm_slli_epi32::<1>(low),
-            _mm_slli_si128::<4>(low_carries),
-        );
+        let low = _mm_or_si128(_mm_slli_epi32::<1>(low), _mm_slli_si128::<4>(low_carries));
         let high = _mm_or_si128(
-            _mm_or_si128(
-                _mm_slli_epi32::<1>(high),
-                _mm_slli_si128::<4>(high_carries),
-            ),
+            _mm_or_si128(_mm_slli_epi32::<1>(high), _mm_slli_si128::<4>(high_carries)),
             _mm_srli_si128::<12>(low_carries),
         );
 
@@ -352,7 +346,10 @@ mod tests {
             for (block, input) in blocks.iter().zip(&plain) {
                 let mut expected = aes::Block::from(*input);
                 reference.encrypt_block(&mut expected);
-                assert_eq!(bytemuck::cast::<__m128i, [u8; 16]>(*block), <[u8; 16]>::from(expected));
+                assert_eq!(
+                    bytemuck::cast::<__m128i, [u8; 16]>(*block),
+                    <[u8; 16]>::from(expected)
+                );
             }
             let h = short.hash_powers[0];
             // SAFETY: as above.
