@@ -605,6 +605,8 @@ fn compact_eid<'a>(
     tokens: &mut Vec<FoundToken<'a>>,
 ) -> bool {
     let bytes = cur.bytes;
+    // Every way out but the last drops what was pushed. A version with one exit (an inner function
+    // returning `Option`) cost ~350 more instructions per 2 KB request (callgrind), so the exits repeat.
     let first = tokens.len();
     let Some((source, mut pos)) = compact_string(bytes, cur.pos, b"{\"source\":\"") else {
         return false;
