@@ -6,17 +6,19 @@
 //! through its generic in/out buffer machinery, `ghash` clones and finalises a `polyval` state with a
 //! byte reversal per block. For a v4 token those wrappers cost more instructions than the AES rounds and
 //! the carry-less multiplications themselves (callgrind). Here the round keys and the hash key's first
-//! four powers are kept in registers-ready form per key, the counter blocks of one blob go through AES in
-//! fixed-size groups that the compiler keeps in registers, and GHASH folds up to four blocks per
-//! reduction (Intel, "Carry-Less Multiplication and Its Usage for Computing the GCM Mode", 2014,
-//! algorithms 1 and 5, bit-reflected form).
+//! four powers are kept in registers-ready form per key, and each block count (0 to 15) has its own
+//! instance of the open, so every array has a size known at compile time: the blocks stay in registers,
+//! the counter blocks go through AES in fixed-size groups with the rounds interleaved, and GHASH folds up
+//! to four blocks per reduction (Intel, "Carry-Less Multiplication and Its Usage for Computing the GCM
+//! Mode", 2014, algorithms 1 and 5, bit-reflected form). Blocks are read and written as 16 whole bytes,
+//! the last partial one too, which the tag after it makes possible: no variable-length copies.
 //!
 //! Correctness rests on `cipher::tests::gcm_open_matches_aes_gcm` and `ni_matches_the_aes_crate`, which
 //! compare this path with `aes-gcm` and `aes` on random keys, nonces, lengths and tamperings, and on the
 //! SDK interop tests.
 
 use core::arch::x86_64::{
-    __m128i, _mm_aesenc_si128, _mm_aesenclast_si128, _mm_aeskeygenassist_si128,
+    __m128i, _mm_aesenc_si128, _mm_aesenclast_si128, _mm_aeskeygenassist_si128, _mm_and_si128,
     _mm_clmulepi64_si128, _mm_or_si128, _mm_setzero_si128, _mm_shuffle_epi8, _mm_shuffle_epi32,
     _mm_slli_epi32, _mm_slli_si128, _mm_srli_epi32, _mm_srli_si128, _mm_xor_si128,
 };
@@ -24,6 +26,22 @@ use core::arch::x86_64::{
 use subtle::ConstantTimeEq;
 
 use super::{BLOCK_LEN, CryptoError, GCM_NONCE_LEN, GCM_TAG_LEN, SHORT_GCM_BLOCKS};
+
+/// Keeps the 12 nonce bytes of a 16-byte load.
+const NONCE_MASK: [u8; BLOCK_LEN] = [
+    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0,
+];
+
+/// The 16 bytes at `16 - n` keep the first `n` bytes of a block.
+const LAST_BLOCK_MASKS: [u8; 2 * BLOCK_LEN] = {
+    let mut masks = [0u8; 2 * BLOCK_LEN];
+    let mut index = 0;
+    while index < BLOCK_LEN {
+        masks[index] = 0xff;
+        index += 1;
+    }
+    masks
+};
 
 /// Round keys of AES-256 and the GHASH key `H = E(0^128)` with its powers, prepared once per key.
 #[derive(Clone, Copy)]
@@ -46,16 +64,12 @@ impl ShortGcm {
         Some(unsafe { ShortGcm::prepare(key) })
     }
 
-    /// Opens `ciphertext` (at most [`SHORT_GCM_BLOCKS`] blocks) in place if `tag` authenticates it; on
-    /// failure the ciphertext is left as it was.
-    pub(super) fn open(
-        &self,
-        nonce: &[u8; GCM_NONCE_LEN],
-        ciphertext: &mut [u8],
-        tag: &[u8; GCM_TAG_LEN],
-    ) -> Result<(), CryptoError> {
+    /// Opens `blob`, `nonce || ciphertext || tag` with a ciphertext of at most [`SHORT_GCM_BLOCKS`]
+    /// blocks, in place if the tag authenticates it, and returns the plaintext's length (it starts
+    /// right after the nonce). On failure the blob is left as it was.
+    pub(super) fn open(&self, blob: &mut [u8]) -> Result<usize, CryptoError> {
         // SAFETY: a `ShortGcm` exists only after `new` detected the features `open_with` needs.
-        unsafe { self.open_with(nonce, ciphertext, tag) }
+        unsafe { self.open_with(blob) }
     }
 
     #[target_feature(enable = "aes,pclmulqdq,ssse3")]
@@ -74,57 +88,92 @@ impl ShortGcm {
     }
 
     #[target_feature(enable = "aes,pclmulqdq,ssse3")]
-    fn open_with(
+    fn open_with(&self, blob: &mut [u8]) -> Result<usize, CryptoError> {
+        let ciphertext_len = blob
+            .len()
+            .checked_sub(GCM_NONCE_LEN + GCM_TAG_LEN)
+            .ok_or(CryptoError)?;
+        // One instance per block count, so every array below has a size known at compile time: the
+        // blocks then stay in registers and every loop is unrolled. As loops over slices, the blocks
+        // went through stack arrays and each step paid for loop control and bounds checks.
+        macro_rules! by_block_count {
+            ($($blocks:literal => $hashed:literal),*) => {
+                match ciphertext_len.div_ceil(BLOCK_LEN) {
+                    $($blocks => self.open_blocks::<$blocks, $hashed>(blob, ciphertext_len),)*
+                    _ => Err(CryptoError),
+                }
+            };
+        }
+        const _: () = assert!(SHORT_GCM_BLOCKS == 15, "by_block_count lists 0..=15 blocks");
+        by_block_count!(0 => 1, 1 => 2, 2 => 3, 3 => 4, 4 => 5, 5 => 6, 6 => 7, 7 => 8, 8 => 9,
+            9 => 10, 10 => 11, 11 => 12, 12 => 13, 13 => 14, 14 => 15, 15 => 16)?;
+        Ok(ciphertext_len)
+    }
+
+    /// [`Self::open_with`] for a ciphertext of `BLOCKS` blocks, the last one possibly partial;
+    /// `HASHED` is `BLOCKS + 1`: the ciphertext blocks and the length block.
+    ///
+    /// Every block is read and written as 16 whole bytes, the partial one too: the tag follows the
+    /// ciphertext, so those 16 bytes are always inside the blob, and the bytes past the ciphertext are
+    /// masked off when hashing and written back unchanged.
+    #[target_feature(enable = "aes,pclmulqdq,ssse3")]
+    fn open_blocks<const BLOCKS: usize, const HASHED: usize>(
         &self,
-        nonce: &[u8; GCM_NONCE_LEN],
-        ciphertext: &mut [u8],
-        tag: &[u8; GCM_TAG_LEN],
+        blob: &mut [u8],
+        ciphertext_len: usize,
     ) -> Result<(), CryptoError> {
-        let ciphertext_bits = (ciphertext.len() as u64) * 8;
-        let (whole, tail) = ciphertext.as_chunks_mut::<BLOCK_LEN>();
-        let blocks = whole.len() + usize::from(!tail.is_empty());
-        if blocks > SHORT_GCM_BLOCKS {
-            return Err(CryptoError);
+        let block_at = |blob: &[u8], at: usize| -> Result<__m128i, CryptoError> {
+            let bytes: [u8; BLOCK_LEN] = blob
+                .get(at..at + BLOCK_LEN)
+                .and_then(|b| b.try_into().ok())
+                .ok_or(CryptoError)?;
+            Ok(bytemuck::cast(bytes))
+        };
+        let nonce = _mm_and_si128(block_at(blob, 0)?, bytemuck::cast(NONCE_MASK));
+        let tag = block_at(blob, ciphertext_len + GCM_NONCE_LEN)?;
+        // The bytes of the last block that belong to the ciphertext (1..=16; 16 when it is whole).
+        let last_len = ciphertext_len + BLOCK_LEN - BLOCKS * BLOCK_LEN;
+        let last_mask = block_at(&LAST_BLOCK_MASKS, BLOCK_LEN - last_len.min(BLOCK_LEN))?;
+        let mut blocks = [_mm_setzero_si128(); BLOCKS];
+        for (index, block) in blocks.iter_mut().enumerate() {
+            *block = block_at(blob, GCM_NONCE_LEN + index * BLOCK_LEN)?;
         }
 
         // GHASH input: the ciphertext blocks (the last zero-padded) and the length block
         // `[len(A)]64 || [len(C)]64`, no associated data.
-        let mut hashed = [_mm_setzero_si128(); SHORT_GCM_BLOCKS + 1];
-        for (slot, chunk) in hashed.iter_mut().zip(whole.iter()) {
-            *slot = reverse(bytemuck::cast(*chunk));
+        let ciphertext_bits = (ciphertext_len as u64) * 8;
+        let mut hashed = [bytemuck::cast([0, ciphertext_bits.to_be()]); HASHED];
+        for (slot, block) in hashed.iter_mut().zip(&blocks) {
+            *slot = *block;
         }
-        if !tail.is_empty() {
-            let mut last = [0u8; BLOCK_LEN];
-            last[..tail.len()].copy_from_slice(tail);
-            hashed[whole.len()] = reverse(bytemuck::cast(last));
+        if let Some(last) = BLOCKS.checked_sub(1) {
+            hashed[last] = _mm_and_si128(hashed[last], last_mask);
         }
-        let mut lengths = [0u8; BLOCK_LEN];
-        lengths[8..].copy_from_slice(&ciphertext_bits.to_be_bytes());
-        hashed[blocks] = reverse(bytemuck::cast(lengths));
-        let digest = self.ghash(&hashed[..=blocks]);
+        let digest = self.ghash(&hashed.map(|block| reverse(block)));
 
-        // Block 0 is J0 = nonce || 1, the tag mask; blocks 1.. are the keystream from inc32(J0).
-        let mut counter = [0u8; BLOCK_LEN];
-        counter[..GCM_NONCE_LEN].copy_from_slice(nonce);
-        let mut stream = [_mm_setzero_si128(); SHORT_GCM_BLOCKS + 1];
-        for (count, slot) in (1u32..).zip(stream[..=blocks].iter_mut()) {
-            counter[GCM_NONCE_LEN..].copy_from_slice(&count.to_be_bytes());
-            *slot = bytemuck::cast(counter);
+        // Block 0 is J0 = nonce || 1, the tag mask; blocks 1.. are the keystream from inc32(J0). The
+        // count never exceeds 16, so it only ever occupies the counter's last byte.
+        let mut stream = [nonce; HASHED];
+        for (count, block) in (1u128..).zip(stream.iter_mut()) {
+            *block = _mm_or_si128(*block, bytemuck::cast(count << 120));
         }
-        self.encrypt(&mut stream[..=blocks]);
+        self.encrypt(&mut stream);
 
         let expected: u128 = bytemuck::cast(_mm_xor_si128(reverse(digest), stream[0]));
-        if !bool::from(expected.ct_eq(&u128::from_ne_bytes(*tag))) {
+        if !bool::from(expected.ct_eq(&bytemuck::cast::<__m128i, u128>(tag))) {
             return Err(CryptoError);
         }
-        for (chunk, keystream) in whole.iter_mut().zip(&stream[1..]) {
-            *chunk = bytemuck::cast(_mm_xor_si128(bytemuck::cast(*chunk), *keystream));
-        }
-        if let Some(keystream) = stream.get(whole.len() + 1) {
-            let keystream: [u8; BLOCK_LEN] = bytemuck::cast(*keystream);
-            for (byte, key_byte) in tail.iter_mut().zip(keystream) {
-                *byte ^= key_byte;
-            }
+        for (index, (block, keystream)) in blocks.iter().zip(&stream[1..]).enumerate() {
+            let keystream = if index + 1 == BLOCKS {
+                _mm_and_si128(*keystream, last_mask)
+            } else {
+                *keystream
+            };
+            let plain: [u8; BLOCK_LEN] = bytemuck::cast(_mm_xor_si128(*block, keystream));
+            let at = GCM_NONCE_LEN + index * BLOCK_LEN;
+            blob.get_mut(at..at + BLOCK_LEN)
+                .ok_or(CryptoError)?
+                .copy_from_slice(&plain);
         }
         Ok(())
     }
@@ -133,7 +182,7 @@ impl ShortGcm {
     /// registers, and the rounds of a group's blocks interleave (one block's rounds are a dependent
     /// chain; AES-NI can run several chains at once).
     #[target_feature(enable = "aes")]
-    fn encrypt(&self, blocks: &mut [__m128i]) {
+    fn encrypt<const N: usize>(&self, blocks: &mut [__m128i; N]) {
         let (eights, rest) = blocks.as_chunks_mut::<8>();
         for group in eights {
             encrypt_group(&self.round_keys, group);
@@ -336,21 +385,24 @@ mod tests {
                 return; // no AES-NI: `Secret` never builds one, nothing to check
             };
             let reference = aes::Aes256::new(&key.into());
-            let count = rng.usize(1..=SHORT_GCM_BLOCKS + 1);
-            let plain: Vec<[u8; 16]> = (0..count)
-                .map(|_| std::array::from_fn(|_| rng.u8(..)))
-                .collect();
-            let mut blocks: Vec<__m128i> = plain.iter().map(|b| bytemuck::cast(*b)).collect();
+            let plain: [[u8; 16]; 16] =
+                std::array::from_fn(|_| std::array::from_fn(|_| rng.u8(..)));
+            let expected = plain.map(|input| {
+                let mut block = aes::Block::from(input);
+                reference.encrypt_block(&mut block);
+                <[u8; 16]>::from(block)
+            });
+            // 15 blocks take every group size (8, 4, 2, 1), 16 two groups of 8.
+            let mut fifteen: [__m128i; 15] = std::array::from_fn(|i| bytemuck::cast(plain[i]));
+            let mut sixteen: [__m128i; 16] = plain.map(bytemuck::cast);
             // SAFETY: `ShortGcm::new` returned Some, so the CPU has the features.
-            unsafe { short.encrypt(&mut blocks) };
-            for (block, input) in blocks.iter().zip(&plain) {
-                let mut expected = aes::Block::from(*input);
-                reference.encrypt_block(&mut expected);
-                assert_eq!(
-                    bytemuck::cast::<__m128i, [u8; 16]>(*block),
-                    <[u8; 16]>::from(expected)
-                );
+            unsafe {
+                short.encrypt(&mut fifteen);
+                short.encrypt(&mut sixteen);
             }
+            let as_bytes = |block: &__m128i| bytemuck::cast::<__m128i, [u8; 16]>(*block);
+            assert_eq!(fifteen.map(|b| as_bytes(&b)), expected[..15]);
+            assert_eq!(sixteen.map(|b| as_bytes(&b)), expected);
             let h = short.hash_powers[0];
             // SAFETY: as above.
             let powers = unsafe {
