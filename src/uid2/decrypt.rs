@@ -1,6 +1,6 @@
 //! Token decryption with the Java/.NET SDKs' check order and statuses, for the bidstream and sharing
 //! clients (`../shared/spec/uid2-tokens.md` §5.2). Pure: `now` and the key set are arguments. Depends on
-//! the sibling `wire`, `cipher` and `keys` modules.
+//! the sibling `wire`, `cipher`, `keys` and `raw_uid` modules, and base64-simd.
 //!
 //! Where the SDKs disagree, this follows Java/.NET, with one documented choice: the lifetime and clock-skew
 //! limits are compared in milliseconds (fractional seconds, as .NET and Python do), not after truncating to
@@ -319,7 +319,7 @@ impl Context<'_, '_> {
         let privacy_bits = r.i32().ok_or(Status::InvalidPayload)?;
         let established_ms = r.i64().ok_or(Status::InvalidPayload)?;
         let _refreshed_ms = r.i64().ok_or(Status::InvalidPayload)?;
-        let raw_uid2 = base64_simd::STANDARD.encode_to_string(r.rest());
+        let raw_uid2 = super::raw_uid::encode(r.rest());
         Ok(Payload {
             raw_uid2,
             established_ms,

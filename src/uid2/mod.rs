@@ -2,14 +2,15 @@
 //! UID2/EUID advertising tokens exactly as the official Java/.NET SDKs do.
 //!
 //! Pure: no I/O, no clock reads, no environment. `now` is always an argument in milliseconds since the
-//! Unix epoch, and keys arrive as an immutable [`KeySet`]. Depends on std, aes, aes-gcm, cbc, base64,
-//! serde/serde_json and thiserror only.
+//! Unix epoch, and keys arrive as an immutable [`KeySet`]. Depends on std and `core::arch`, aes, aes-gcm,
+//! cbc, base64, base64-simd, bytemuck, subtle, serde/serde_json and thiserror only.
 
 pub mod cipher;
 pub mod decrypt;
 pub mod encrypt;
 pub mod envelope;
 pub mod keys;
+pub mod raw_uid;
 pub mod wire;
 
 pub use decrypt::{ClientMode, Decryption, decrypt};
