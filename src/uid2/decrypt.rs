@@ -1,6 +1,6 @@
 //! Token decryption with the Java/.NET SDKs' check order and statuses, for the bidstream and sharing
 //! clients (`../shared/spec/uid2-tokens.md` §5.2). Pure: `now` and the key set are arguments. Depends on
-//! the sibling `wire`, `cipher`, `keys` and `raw_uid` modules, and base64-simd.
+//! the sibling `wire`, `cipher`, `keys`, `raw_uid` and `token_text` modules, and base64-simd.
 //!
 //! Where the SDKs disagree, this follows Java/.NET, with one documented choice: the lifetime and clock-skew
 //! limits are compared in milliseconds (fractional seconds, as .NET and Python do), not after truncating to
@@ -11,6 +11,7 @@ use base64::Engine as _;
 use super::Status;
 use super::cipher::CBC_IV_LEN;
 use super::keys::KeySet;
+use super::token_text;
 use super::wire::{self, IdentityScope, IdentityType, Reader, TokenVersion};
 
 /// Which SDK client's rules apply.
@@ -134,7 +135,7 @@ pub fn decrypt_with_name<'n>(
     // Real tokens fit on the stack; a 100 KB hostile "token" takes the heap path and fails like any other.
     let max_decoded = token.len() / 4 * 3 + 3;
     if max_decoded <= STACK_TOKEN_BYTES {
-        let mut stack = [0u8; STACK_TOKEN_BYTES];
+        let mut stack = [0u8; STACK_TOKEN_BYTES + token_text::SLACK];
         match decode_into(token, version, &mut stack) {
             Some(n) => ctx.decrypt_bytes(version, &mut stack[..n]),
             None => Decryption::error(Status::InvalidPayload),
@@ -149,9 +150,17 @@ pub fn decrypt_with_name<'n>(
 }
 
 fn decode_into(token: &str, version: TokenVersion, out: &mut [u8]) -> Option<usize> {
-    // Canonical text (the operator's alphabet and padding for the version) takes the SIMD decoder; anything
-    // it rejects takes the lenient path the SDKs' decoders imply (missing padding, non-zero trailing bits,
-    // a v4 token in standard base64). A strict success is always what the lenient decoder would give.
+    // Text in the version's alphabet takes `token_text`, 16 characters a step. Then canonical text takes
+    // base64-simd (CPUs without SSSE3), and anything both reject takes the lenient path the SDKs'
+    // decoders imply (missing padding, non-zero trailing bits, a v4 token in standard base64). What the
+    // first two accept is always what the lenient decoder would give.
+    let alphabet = match version {
+        TokenVersion::V4 => token_text::Alphabet::UrlSafe,
+        TokenVersion::V2 | TokenVersion::V3 => token_text::Alphabet::Standard,
+    };
+    if let Some(decoded) = token_text::decode(token.as_bytes(), alphabet, out) {
+        return Some(decoded);
+    }
     let simd = match version {
         TokenVersion::V4 => &base64_simd::URL_SAFE_NO_PAD,
         TokenVersion::V2 | TokenVersion::V3 => &base64_simd::STANDARD,

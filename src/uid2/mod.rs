@@ -11,6 +11,7 @@ pub mod encrypt;
 pub mod envelope;
 pub mod keys;
 pub mod raw_uid;
+pub mod token_text;
 pub mod wire;
 
 pub use decrypt::{ClientMode, Decryption, decrypt};
