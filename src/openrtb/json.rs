@@ -35,7 +35,7 @@
 //! Dependencies: std (on x86_64, `std::arch`: SSE2 compares, which are part of the baseline, PCLMULQDQ for
 //! the prefix XOR when the build enables it, and AVX2 for the skipper's blocks when the CPU running it has
 //! it, detected at run time; elsewhere a portable 8-bytes-per-word version and shifts), `memchr` (the rest
-//! of long strings), `thiserror`, and `serde_json` (with serde's `IgnoredAny`) only inside
+//! of long strings), `smallvec` (the found tokens, inline), `thiserror`, and `serde_json` (with serde's `IgnoredAny`) only inside
 //! [`validate_strict`]. Pure: no I/O, no clock, no global state (std's cached CPU feature flags aside). The
 //! only `unsafe` is the calls into those `#[target_feature]` functions, which take no pointers; tests check
 //! each against the portable version.
@@ -43,6 +43,7 @@
 use std::borrow::Cow;
 
 use memchr::{memchr, memchr2};
+use smallvec::SmallVec;
 
 /// Deepest nesting of objects and arrays accepted anywhere in a request.
 ///
@@ -108,13 +109,17 @@ pub struct FoundToken<'a> {
     pub location: EidLocation,
 }
 
+/// The tokens of a request, the first few inline: nearly every request carries one to four, and a heap
+/// allocation and its free cost more than the rest of reading them.
+pub type Tokens<'a> = SmallVec<[FoundToken<'a>; 4]>;
+
 /// What [`scan`] found: the tokens, the names the domain check needs, and where [`splice`] writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scan<'a> {
     /// Tokens in document order: first every `user.eids[]` entry, then every `user.ext.eids[]` entry, whose
     /// `source` is one of the configured sources (exact string compare after unescaping), each `uids[].id`
     /// string. Duplicates are kept: each occurrence is one entry.
-    pub tokens: Vec<FoundToken<'a>>,
+    pub tokens: Tokens<'a>,
     /// Top-level `site.domain`, when it is a string.
     pub site_domain: Option<Cow<'a, str>>,
     /// Top-level `site.page`, when it is a string.
@@ -202,7 +207,7 @@ pub fn scan<'a>(
         sources,
         member_name,
     };
-    let mut tokens = Vec::new();
+    let mut tokens = Tokens::new();
     let mut target = Target::NoUser;
     let (mut site_domain, mut site_page, mut app_bundle) = (None, None, None);
     cur.object(0, |cur, key, depth| {
@@ -446,7 +451,7 @@ fn parse_user<'a>(
     cur: &mut Cursor<'a>,
     depth: usize,
     ctx: &UserCtx<'_>,
-    tokens: &mut Vec<FoundToken<'a>>,
+    tokens: &mut Tokens<'a>,
 ) -> Result<Target, JsonError> {
     if cur.peek() != Some(b'{') {
         cur.skip_value(depth)?;
@@ -512,7 +517,7 @@ fn parse_user<'a>(
 }
 
 /// A later duplicate of `eids` or `ext` replaces what the earlier one contributed.
-fn drop_location(tokens: &mut Vec<FoundToken<'_>>, location: EidLocation) {
+fn drop_location(tokens: &mut Tokens<'_>, location: EidLocation) {
     if tokens.iter().any(|t| t.location == location) {
         tokens.retain(|t| t.location != location);
     }
@@ -523,7 +528,7 @@ fn parse_ext<'a>(
     cur: &mut Cursor<'a>,
     depth: usize,
     ctx: &UserCtx<'_>,
-    tokens: &mut Vec<FoundToken<'a>>,
+    tokens: &mut Tokens<'a>,
 ) -> Result<Ext, JsonError> {
     let start = cur.pos;
     if cur.peek() != Some(b'{') {
@@ -570,7 +575,7 @@ fn parse_eids<'a>(
     depth: usize,
     sources: &[&str],
     location: EidLocation,
-    tokens: &mut Vec<FoundToken<'a>>,
+    tokens: &mut Tokens<'a>,
 ) -> Result<(), JsonError> {
     // A local copy, written back once: the compiler can then keep the position in a register instead of
     // storing it through `cur` at every step.
@@ -602,7 +607,7 @@ fn compact_eid<'a>(
     cur: &mut Cursor<'a>,
     sources: &[&str],
     location: EidLocation,
-    tokens: &mut Vec<FoundToken<'a>>,
+    tokens: &mut Tokens<'a>,
 ) -> bool {
     let bytes = cur.bytes;
     // Every way out but the last drops what was pushed. A version with one exit (an inner function
@@ -698,7 +703,7 @@ fn parse_eid<'a>(
     depth: usize,
     sources: &[&str],
     location: EidLocation,
-    tokens: &mut Vec<FoundToken<'a>>,
+    tokens: &mut Tokens<'a>,
 ) -> Result<(), JsonError> {
     let first = tokens.len();
     let mut source_index = None;
@@ -762,7 +767,7 @@ fn parse_uids<'a>(
     depth: usize,
     source_index: usize,
     location: EidLocation,
-    tokens: &mut Vec<FoundToken<'a>>,
+    tokens: &mut Tokens<'a>,
 ) -> Result<(), JsonError> {
     cur.array(depth, |cur, depth| {
         if cur.peek() == Some(b'{') {
@@ -779,7 +784,7 @@ fn parse_uid<'a>(
     depth: usize,
     source_index: usize,
     location: EidLocation,
-    tokens: &mut Vec<FoundToken<'a>>,
+    tokens: &mut Tokens<'a>,
 ) -> Result<(), JsonError> {
     let mut id = None;
     cur.object(depth, |cur, key, depth| {
@@ -1969,6 +1974,8 @@ mod tests {
         assert!(s2.has_member());
         let twice = String::from_utf8(splice(out.as_bytes(), &s2, M, J).unwrap()).unwrap();
         assert_eq!(twice, out, "enriching twice == once");
+        // `Scan` holds a `SmallVec`, whose drop (unlike `Vec`'s) may not outlive the input it borrows.
+        drop(s2);
         out
     }
 
@@ -3339,10 +3346,10 @@ mod tests {
             let input = mutate(base.as_bytes(), &edits);
             prop_assume!(std::str::from_utf8(&input).is_ok());
             let mut fast = Cursor { bytes: &input, pos: 0 };
-            let mut fast_tokens = Vec::new();
+            let mut fast_tokens = Tokens::new();
             if compact_eid(&mut fast, SOURCES, EidLocation::UserEids, &mut fast_tokens) {
                 let mut general = Cursor { bytes: &input, pos: 0 };
-                let mut general_tokens = Vec::new();
+                let mut general_tokens = Tokens::new();
                 prop_assert_eq!(
                     parse_eid(&mut general, 3, SOURCES, EidLocation::UserEids, &mut general_tokens),
                     Ok(())
