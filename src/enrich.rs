@@ -371,11 +371,7 @@ fn enrich_json<'a>(
     let name = OnceCell::new();
     let name = || {
         name.get_or_init(|| {
-            domain::domain_or_app_name(
-                scan.site_domain.as_deref(),
-                scan.site_page.as_deref(),
-                scan.app_bundle.as_deref(),
-            )
+            domain::domain_or_app_name(scan.site_domain(), scan.site_page(), scan.app_bundle())
         })
         .as_deref()
     };

@@ -120,12 +120,12 @@ pub struct Scan<'a> {
     /// `source` is one of the configured sources (exact string compare after unescaping), each `uids[].id`
     /// string. Duplicates are kept: each occurrence is one entry.
     pub tokens: Tokens<'a>,
-    /// Top-level `site.domain`, when it is a string.
-    pub site_domain: Option<Cow<'a, str>>,
-    /// Top-level `site.page`, when it is a string.
-    pub site_page: Option<Cow<'a, str>>,
-    /// Top-level `app.bundle`, when it is a string.
-    pub app_bundle: Option<Cow<'a, str>>,
+    // `site.domain`, `site.page` and `app.bundle`, unescaped but still bytes: only a client-side
+    // generated token needs them (see the accessors), and the UTF-8 check of short strings costs more
+    // than finding them.
+    site_domain: Option<Cow<'a, [u8]>>,
+    site_page: Option<Cow<'a, [u8]>>,
+    app_bundle: Option<Cow<'a, [u8]>>,
     target: Target,
     /// Lets [`splice`] catch, in debug builds, a caller that passes other bytes or another member name than
     /// it scanned: either would write at offsets that mean nothing.
@@ -134,6 +134,21 @@ pub struct Scan<'a> {
 }
 
 impl Scan<'_> {
+    /// Top-level `site.domain`, when it is a string.
+    pub fn site_domain(&self) -> Option<&str> {
+        as_text(self.site_domain.as_deref())
+    }
+
+    /// Top-level `site.page`, when it is a string.
+    pub fn site_page(&self) -> Option<&str> {
+        as_text(self.site_page.as_deref())
+    }
+
+    /// Top-level `app.bundle`, when it is a string.
+    pub fn app_bundle(&self) -> Option<&str> {
+        as_text(self.app_bundle.as_deref())
+    }
+
     /// Whether the request has a top-level `user` object.
     pub fn has_user(&self) -> bool {
         !matches!(self.target, Target::NoUser)
@@ -154,6 +169,12 @@ impl Scan<'_> {
             }
         )
     }
+}
+
+/// A string [`scan`] kept as bytes. They are UTF-8 (a slice between two ASCII quotes of UTF-8 input, or
+/// unescaped text), so the check cannot fail.
+fn as_text(bytes: Option<&[u8]>) -> Option<&str> {
+    bytes.and_then(|b| std::str::from_utf8(b).ok())
 }
 
 /// Where the member goes, as byte offsets into the scanned input.
@@ -811,13 +832,14 @@ fn parse_uid<'a>(
 }
 
 /// Reads the string members `names` of an object value (last occurrence wins; other types give `None`),
-/// skipping everything else. A value that is not an object gives all `None`.
+/// unescaped (escapes checked as in any string the scanner reads), skipping everything else. A value that
+/// is not an object gives all `None`.
 fn string_members<'a, const N: usize>(
     cur: &mut Cursor<'a>,
     depth: usize,
     names: [&[u8]; N],
-) -> Result<[Option<Cow<'a, str>>; N], JsonError> {
-    let mut out: [Option<Cow<'a, str>>; N] = std::array::from_fn(|_| None);
+) -> Result<[Option<Cow<'a, [u8]>>; N], JsonError> {
+    let mut out: [Option<Cow<'a, [u8]>>; N] = std::array::from_fn(|_| None);
     if cur.peek() != Some(b'{') {
         cur.skip_value(depth)?;
         return Ok(out);
@@ -831,7 +853,7 @@ fn string_members<'a, const N: usize>(
             .position(|n| **n == *key)
             .and_then(|i| out.get_mut(i))
         {
-            Some(slot) if cur.peek() == Some(b'"') => *slot = Some(cur.string()?.text()?),
+            Some(slot) if cur.peek() == Some(b'"') => *slot = Some(cur.string()?.name()?),
             Some(slot) => {
                 *slot = None;
                 cur.skip_value(depth)?;
@@ -876,7 +898,8 @@ impl<'a> RawStr<'a> {
         }
     }
 
-    /// The unescaped bytes, for comparing member names: no `&str` (and no char boundary checks) needed.
+    /// The unescaped bytes, for comparing member names and for strings kept as bytes: no `&str` (and no
+    /// char boundary checks) needed. Escapes are checked as in [`RawStr::text`].
     #[inline(always)]
     fn name(self) -> Result<Cow<'a, [u8]>, JsonError> {
         if self.escaped {
@@ -2078,7 +2101,7 @@ mod tests {
         let input = "{\r\n\t\"user\" :\r\n\t{\r\n\t\t\"eids\" : [ { \"source\" : \"uidapi.com\" , \"uids\" : [ { \"id\" : \"T\" } ] } ] ,\r\n\t\t\"ext\"\t:\t{ \"gdpr\" : 1 }\t\r\n\t} , \"site\" : { \"domain\" :\t\"a.example\" }\r\n}\r\n";
         let s = scan_ok(input);
         assert_eq!(toks(&s), vec![tok("T", 0, UserEids)]);
-        assert_eq!(s.site_domain.as_deref(), Some("a.example"));
+        assert_eq!(s.site_domain(), Some("a.example"));
         let out = check_all(input);
         assert_eq!(
             out,
@@ -2272,7 +2295,7 @@ mod tests {
         let input = r#"{"us\u0065r":{"\u0065ids":[{"sour\u0063e":"uidapi.com","uids":[{"\u0069d":"T"}]}],"e\u0078t":{"uid2\u005fenrichment":1}},"\u0073ite":{"dom\u0061in":"d.example"}}"#;
         let s = scan_ok(input);
         assert_eq!(toks(&s), vec![tok("T", 0, UserEids)]);
-        assert_eq!(s.site_domain.as_deref(), Some("d.example"));
+        assert_eq!(s.site_domain(), Some("d.example"));
         assert!(s.has_member());
         assert_eq!(
             enrich(input).unwrap(),
@@ -2289,20 +2312,20 @@ mod tests {
         let s = scan_ok(
             r#"{"site":{"domain":"old.example"},"site":{"page":"https:\/\/www.caf\u00e9.fr\/x","domain":"www.example.com","publisher":{"domain":"pub.example"}},"app":{"bundle":"com.example.app","storeurl":"x"}}"#,
         );
-        assert_eq!(s.site_domain.as_deref(), Some("www.example.com"));
-        assert_eq!(s.site_page.as_deref(), Some("https://www.café.fr/x"));
-        assert_eq!(s.app_bundle.as_deref(), Some("com.example.app"));
+        assert_eq!(s.site_domain(), Some("www.example.com"));
+        assert_eq!(s.site_page(), Some("https://www.café.fr/x"));
+        assert_eq!(s.app_bundle(), Some("com.example.app"));
         let s = scan_ok(r#"{"site":{"domain":5,"page":null},"app":"x"}"#);
         assert_eq!(
-            (s.site_domain, s.site_page, s.app_bundle),
+            (s.site_domain(), s.site_page(), s.app_bundle()),
             (None, None, None)
         );
         let s = scan_ok(r#"{"site":{"domain":"a.example","domain":["b"]}}"#);
-        assert_eq!(s.site_domain, None);
+        assert_eq!(s.site_domain(), None);
         let s = scan_ok(
             r#"{"imp":[{"site":{"domain":"nested.example"}}],"app":{"publisher":{"bundle":"n"}}}"#,
         );
-        assert_eq!((s.site_domain, s.app_bundle), (None, None));
+        assert_eq!((s.site_domain(), s.app_bundle()), (None, None));
     }
 
     /// Runs `f` on a thread with a small stack: nothing here may recurse per nesting level.
@@ -2706,12 +2729,12 @@ mod tests {
             let s = scan_ok(&input);
             assert_eq!(toks(&s), expected_tokens(name), "{name}");
             assert_eq!(toks(&s), reference_tokens(&v), "{name}");
-            assert_eq!(s.site_domain.as_deref(), domain, "{name}");
+            assert_eq!(s.site_domain(), domain, "{name}");
             assert_eq!(
-                s.site_page.as_deref().map(str::to_string),
+                s.site_page().map(str::to_string),
                 reference_str(&v, "site", "page")
             );
-            assert_eq!(s.app_bundle.as_deref(), bundle, "{name}");
+            assert_eq!(s.app_bundle(), bundle, "{name}");
             assert_eq!(s.can_splice(), splices, "{name}");
             if splices {
                 check_all(&input);
@@ -2720,7 +2743,7 @@ mod tests {
         let uni = fixture("unicode-numbers.json");
         let s = scan_ok(&uni);
         assert_eq!(
-            s.site_page.as_deref(),
+            s.site_page(),
             Some("https://www.café-example.fr/recettes/crêpe?x=1&y=€")
         );
         // The misspelled `apis` and every other byte outside the insertion survive.
@@ -3395,9 +3418,9 @@ mod tests {
             if let Ok(v) = serde_json::from_slice::<Value>(&bytes) && v.is_object() {
                 let s = result.expect("scan rejects JSON that serde_json accepts");
                 prop_assert_eq!(toks(&s), reference_tokens(&v));
-                prop_assert_eq!(s.site_domain.as_deref().map(str::to_string), reference_str(&v, "site", "domain"));
-                prop_assert_eq!(s.site_page.as_deref().map(str::to_string), reference_str(&v, "site", "page"));
-                prop_assert_eq!(s.app_bundle.as_deref().map(str::to_string), reference_str(&v, "app", "bundle"));
+                prop_assert_eq!(s.site_domain().map(str::to_string), reference_str(&v, "site", "domain"));
+                prop_assert_eq!(s.site_page().map(str::to_string), reference_str(&v, "site", "page"));
+                prop_assert_eq!(s.app_bundle().map(str::to_string), reference_str(&v, "app", "bundle"));
                 if s.can_splice() {
                     check_all(std::str::from_utf8(&bytes).unwrap());
                 }
@@ -3416,7 +3439,7 @@ mod tests {
             prop_assert_eq!(toks(&s), tokens.clone());
             let v: Value = serde_json::from_str(&input).expect("generated input is JSON");
             prop_assert_eq!(&tokens, &reference_tokens(&v));
-            prop_assert_eq!(s.site_domain.is_some(), req.members.iter().any(|(k, _)| *k == r#""site""#));
+            prop_assert_eq!(s.site_domain().is_some(), req.members.iter().any(|(k, _)| *k == r#""site""#));
             let out = splice(input.as_bytes(), &s, M, J).map(|o| String::from_utf8(o).unwrap());
             prop_assert_eq!(&out, &expected);
             if let Some(out) = out {
