@@ -617,11 +617,7 @@ fn member_json(outcome: &TokenOutcome, policy: &Policy, token_count: usize) -> S
 /// Writes `s` as a JSON string exactly as serde_json does (it escapes `"`, `\\` and control characters);
 /// strings with none of those, such as base64 ids and source domains, are copied as they are.
 fn push_json_string(out: &mut String, s: &str) {
-    // Not `any`: a fold without an early exit is vectorised.
-    let plain = s.bytes().fold(true, |plain, b| {
-        plain & (b >= 0x20) & (b != b'"') & (b != b'\\')
-    });
-    if plain {
+    if json::parts::is_plain_string(s.as_bytes()) {
         out.push('"');
         out.push_str(s);
         out.push('"');

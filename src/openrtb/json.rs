@@ -365,6 +365,11 @@ pub(crate) mod parts {
         super::string_end(bytes, from)
     }
 
+    /// Whether a JSON writer copies `s` between quotes as it is (see [`super::is_plain_string`]).
+    pub(crate) fn is_plain_string(s: &[u8]) -> bool {
+        super::is_plain_string(s)
+    }
+
     /// `raw` (the bytes between a string's quotes, at `offset` in the input) with its escapes resolved.
     pub(crate) fn unescape(raw: &str, offset: usize) -> Result<String, JsonError> {
         super::unescape(raw, offset)
@@ -417,11 +422,7 @@ fn push_member(out: &mut Vec<u8>, name: &str, json: &str) {
 
 fn push_json_string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
-    // Not `any`: a fold without an early exit is vectorised.
-    let plain = s.bytes().fold(true, |plain, b| {
-        plain & (b >= 0x20) & (b != b'"') & (b != b'\\')
-    });
-    if plain {
+    if is_plain_string(s.as_bytes()) {
         // The usual member name: nothing to escape.
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
@@ -438,6 +439,46 @@ fn push_json_string(out: &mut Vec<u8>, s: &str) {
         }
     }
     out.push(b'"');
+}
+
+/// Whether a JSON writer copies `s` between quotes as it is: no `"`, no `\\`, no control character.
+/// Eight bytes per step, the last word overlapping the one before: the strings written (ids, names,
+/// domains) are short, where a byte loop, or a vectorised fold and its scalar tail, costs several
+/// instructions per byte.
+#[inline]
+fn is_plain_string(s: &[u8]) -> bool {
+    let (words, rest) = s.as_chunks::<8>();
+    let last = match s.last_chunk::<8>() {
+        Some(last) if !rest.is_empty() => *last,
+        Some(_) => [b' '; 8],
+        None => {
+            // Shorter than a word: padded with spaces, which need no escape.
+            let mut padded = [b' '; 8];
+            if let Some(head) = padded.get_mut(..s.len()) {
+                head.copy_from_slice(s);
+            }
+            padded
+        }
+    };
+    let hits = words
+        .iter()
+        .chain(std::iter::once(&last))
+        .fold(0, |hits, word| {
+            hits | escape_bytes(u64::from_le_bytes(*word))
+        });
+    hits == 0
+}
+
+/// Nonzero when `w` has a byte below 0x20, a `"` or a `\\` (high bits set, with possible false ones only
+/// above a true one: exact as a whole, not per byte).
+#[inline(always)]
+fn escape_bytes(w: u64) -> u64 {
+    // A byte below n borrows in `x - n` and had its high bit clear (n <= 0x80): the classic `hasless`.
+    let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x;
+    let hits = below(w, 0x20)
+        | below(w ^ (ONES * u64::from(b'"')), 1)
+        | below(w ^ (ONES * u64::from(b'\\')), 1);
+    hits & (ONES << 7)
 }
 
 /// FNV-1a: cheap, and only compared in debug assertions.
@@ -3335,6 +3376,19 @@ mod tests {
                 prop_assert_eq!(quote_and_backslash_16(chunk), (q, b));
                 prop_assert_eq!(quote_and_backslash_16_swar(chunk), (q, b));
             }
+        }
+
+        /// The word-wise check agrees with a byte-wise one, at every length and with the byte that needs
+        /// an escape anywhere.
+        #[test]
+        fn plain_string_check_matches_bytewise(
+            bytes in prop::collection::vec(
+                prop::sample::select(vec![b'a', b' ', b'~', 0x7f, 0x80, 0xc3, 0xff, 0x1f, 0, b'"', b'\\', b'!', b'#', b'[', b'\n']),
+                0..40,
+            ),
+        ) {
+            let naive = bytes.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\');
+            prop_assert_eq!(is_plain_string(&bytes), naive);
         }
 
         /// The carry-less multiply and the shifts compute the same prefix XOR.
