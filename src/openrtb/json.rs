@@ -41,6 +41,7 @@
 //! each against the portable version.
 
 use std::borrow::Cow;
+use std::hint::select_unpredictable;
 
 use memchr::{memchr, memchr2};
 use smallvec::SmallVec;
@@ -1510,17 +1511,17 @@ fn skip_block(
         // a branch on it would mispredict about half the time.
         let open = (byte >> 1) & 1 == 1;
         let curly = u64::from((byte >> 5) & 1);
-        // A closing bracket must match the innermost type (bit 0); an opening one pushes its type.
-        let mismatch = !open & ((stack ^ curly) & 1 == 1);
-        stack = if open {
-            (stack << 1) | curly
-        } else {
-            stack >> 1
-        };
-        // One rarely taken branch for: the mismatch, the end of the value (`stack == 1`, which wraps
-        // below) and the depth limits (`stack >= stack_limit`).
-        if mismatch | (stack.wrapping_sub(2) >= stack_limit - 2) {
-            if mismatch {
+        // A closing bracket must match the innermost type (bit 0): a mismatch empties the register, which
+        // no bracket can do otherwise (the value ends at `stack == 1`), so that the one check below
+        // catches it too. An opening bracket pushes its type. Both selects must stay conditional moves
+        // (hence `select_unpredictable`): the type test is data for an opening bracket too, and as a
+        // branch the compiler would make of it, it mispredicts as often as the open/close one.
+        let popped = select_unpredictable((stack ^ curly) & 1 == 0, stack >> 1, 0);
+        stack = select_unpredictable(open, (stack << 1) | curly, popped);
+        // One rarely taken branch for: the mismatch (`stack == 0`) and the end of the value (`stack ==
+        // 1`), which both wrap below, and the depth limits (`stack >= stack_limit`).
+        if stack.wrapping_sub(2) >= stack_limit - 2 {
+            if stack == 0 {
                 return Err(JsonError::Malformed {
                     offset: base + at,
                     reason: "mismatched bracket",
