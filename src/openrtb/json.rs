@@ -129,8 +129,11 @@ pub struct Scan<'a> {
     app_bundle: Option<Cow<'a, [u8]>>,
     target: Target,
     /// Lets [`splice`] catch, in debug builds, a caller that passes other bytes or another member name than
-    /// it scanned: either would write at offsets that mean nothing.
+    /// it scanned: either would write at offsets that mean nothing. Not kept in release builds, where
+    /// hashing the name cost as much as a member of the request.
+    #[cfg(debug_assertions)]
     input_len: usize,
+    #[cfg(debug_assertions)]
     member_fingerprint: u64,
 }
 
@@ -255,7 +258,9 @@ pub fn scan<'a>(
         site_page,
         app_bundle,
         target,
+        #[cfg(debug_assertions)]
         input_len: input.len(),
+        #[cfg(debug_assertions)]
         member_fingerprint: fingerprint(member_name),
     })
 }
@@ -277,16 +282,19 @@ pub fn splice(
     member_name: &str,
     member_json: &str,
 ) -> Option<Vec<u8>> {
-    debug_assert_eq!(
-        input.len(),
-        scan.input_len,
-        "splice input differs from the scanned one"
-    );
-    debug_assert_eq!(
-        scan.member_fingerprint,
-        fingerprint(member_name),
-        "splice member name differs from the scanned one"
-    );
+    #[cfg(debug_assertions)]
+    {
+        assert_eq!(
+            input.len(),
+            scan.input_len,
+            "splice input differs from the scanned one"
+        );
+        assert_eq!(
+            scan.member_fingerprint,
+            fingerprint(member_name),
+            "splice member name differs from the scanned one"
+        );
+    }
     let (start, end) = match scan.target {
         Target::NoUser | Target::ExtUnusable => return None,
         Target::Insert { at, .. } => (at, at),
@@ -483,6 +491,7 @@ fn escape_bytes(w: u64) -> u64 {
 }
 
 /// FNV-1a: cheap, and only compared in debug assertions.
+#[cfg(debug_assertions)]
 fn fingerprint(name: &str) -> u64 {
     name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
