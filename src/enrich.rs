@@ -5,11 +5,13 @@
 //! the object holding the token); see [`PayloadFormat`].
 //!
 //! Pure: keys, opt-outs, the cache and `now` are arguments; no I/O, no clock. Depends on the token engine
-//! (`uid2`), the request readers/writers (`openrtb`, `formats`), the opt-out rule (`optout`) and the
-//! decrypt cache.
+//! (`uid2`), the request readers/writers (`openrtb`, `formats`), the opt-out rule (`optout`), the
+//! decrypt cache, `itoa` and `smallvec` (the token outcomes, inline).
 
 use std::borrow::Cow;
 use std::cell::OnceCell;
+
+use smallvec::SmallVec;
 
 use crate::cache::DecryptCache;
 use crate::formats::event::{self, JsonPointer};
@@ -216,13 +218,17 @@ pub struct TokenOutcome {
     pub decryption: Decryption,
 }
 
+/// The distinct tokens of a request, the first inline.
+pub type Outcomes = SmallVec<[TokenOutcome; 1]>;
+
 /// A request the enricher handled (with or without tokens).
 #[derive(Clone, Debug)]
 pub struct Enriched<'a> {
     /// The request as it goes on: borrowed (byte-identical) when nothing was added.
     pub output: Cow<'a, [u8]>,
-    /// Distinct tokens in document order.
-    pub tokens: Vec<TokenOutcome>,
+    /// Distinct tokens in document order. Inline: a request nearly always carries one, and a heap
+    /// allocation and its free cost about as much as rendering the member.
+    pub tokens: Outcomes,
     /// Index into `tokens` of the reported token: the first success, else the first.
     pub selected: Option<usize>,
     /// Token occurrences in the request.
@@ -365,11 +371,7 @@ fn enrich_json<'a>(
     let name = OnceCell::new();
     let name = || {
         name.get_or_init(|| {
-            domain::domain_or_app_name(
-                scan.site_domain.as_deref(),
-                scan.site_page.as_deref(),
-                scan.app_bundle.as_deref(),
-            )
+            domain::domain_or_app_name(scan.site_domain(), scan.site_page(), scan.app_bundle())
         })
         .as_deref()
     };
@@ -409,7 +411,7 @@ fn enrich_proto<'a>(
 fn unchanged(payload: &[u8]) -> Enriched<'_> {
     Enriched {
         output: Cow::Borrowed(payload),
-        tokens: Vec::new(),
+        tokens: Outcomes::new(),
         selected: None,
         token_count: 0,
         member_json: None,
@@ -478,7 +480,7 @@ fn decide<'t, 'n>(
     const ON_STACK: usize = 8;
     let mut texts = [""; ON_STACK];
     let mut more_texts: Vec<&str> = Vec::new();
-    let mut tokens: Vec<TokenOutcome> = Vec::new();
+    let mut tokens = Outcomes::new();
     let mut token_count = 0;
     for (token, source_index) in found {
         token_count += 1;
@@ -615,11 +617,7 @@ fn member_json(outcome: &TokenOutcome, policy: &Policy, token_count: usize) -> S
 /// Writes `s` as a JSON string exactly as serde_json does (it escapes `"`, `\\` and control characters);
 /// strings with none of those, such as base64 ids and source domains, are copied as they are.
 fn push_json_string(out: &mut String, s: &str) {
-    // Not `any`: a fold without an early exit is vectorised.
-    let plain = s.bytes().fold(true, |plain, b| {
-        plain & (b >= 0x20) & (b != b'"') & (b != b'\\')
-    });
-    if plain {
+    if json::parts::is_plain_string(s.as_bytes()) {
         out.push('"');
         out.push_str(s);
         out.push('"');

@@ -35,14 +35,16 @@
 //! Dependencies: std (on x86_64, `std::arch`: SSE2 compares, which are part of the baseline, PCLMULQDQ for
 //! the prefix XOR when the build enables it, and AVX2 for the skipper's blocks when the CPU running it has
 //! it, detected at run time; elsewhere a portable 8-bytes-per-word version and shifts), `memchr` (the rest
-//! of long strings), `thiserror`, and `serde_json` (with serde's `IgnoredAny`) only inside
+//! of long strings), `smallvec` (the found tokens, inline), `thiserror`, and `serde_json` (with serde's `IgnoredAny`) only inside
 //! [`validate_strict`]. Pure: no I/O, no clock, no global state (std's cached CPU feature flags aside). The
 //! only `unsafe` is the calls into those `#[target_feature]` functions, which take no pointers; tests check
 //! each against the portable version.
 
 use std::borrow::Cow;
+use std::hint::select_unpredictable;
 
 use memchr::{memchr, memchr2};
+use smallvec::SmallVec;
 
 /// Deepest nesting of objects and arrays accepted anywhere in a request.
 ///
@@ -108,27 +110,49 @@ pub struct FoundToken<'a> {
     pub location: EidLocation,
 }
 
+/// The tokens of a request, the first few inline: nearly every request carries one to four, and a heap
+/// allocation and its free cost more than the rest of reading them.
+pub type Tokens<'a> = SmallVec<[FoundToken<'a>; 4]>;
+
 /// What [`scan`] found: the tokens, the names the domain check needs, and where [`splice`] writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scan<'a> {
     /// Tokens in document order: first every `user.eids[]` entry, then every `user.ext.eids[]` entry, whose
     /// `source` is one of the configured sources (exact string compare after unescaping), each `uids[].id`
     /// string. Duplicates are kept: each occurrence is one entry.
-    pub tokens: Vec<FoundToken<'a>>,
-    /// Top-level `site.domain`, when it is a string.
-    pub site_domain: Option<Cow<'a, str>>,
-    /// Top-level `site.page`, when it is a string.
-    pub site_page: Option<Cow<'a, str>>,
-    /// Top-level `app.bundle`, when it is a string.
-    pub app_bundle: Option<Cow<'a, str>>,
+    pub tokens: Tokens<'a>,
+    // `site.domain`, `site.page` and `app.bundle`, unescaped but still bytes: only a client-side
+    // generated token needs them (see the accessors), and the UTF-8 check of short strings costs more
+    // than finding them.
+    site_domain: Option<Cow<'a, [u8]>>,
+    site_page: Option<Cow<'a, [u8]>>,
+    app_bundle: Option<Cow<'a, [u8]>>,
     target: Target,
     /// Lets [`splice`] catch, in debug builds, a caller that passes other bytes or another member name than
-    /// it scanned: either would write at offsets that mean nothing.
+    /// it scanned: either would write at offsets that mean nothing. Not kept in release builds, where
+    /// hashing the name cost as much as a member of the request.
+    #[cfg(debug_assertions)]
     input_len: usize,
+    #[cfg(debug_assertions)]
     member_fingerprint: u64,
 }
 
 impl Scan<'_> {
+    /// Top-level `site.domain`, when it is a string.
+    pub fn site_domain(&self) -> Option<&str> {
+        as_text(self.site_domain.as_deref())
+    }
+
+    /// Top-level `site.page`, when it is a string.
+    pub fn site_page(&self) -> Option<&str> {
+        as_text(self.site_page.as_deref())
+    }
+
+    /// Top-level `app.bundle`, when it is a string.
+    pub fn app_bundle(&self) -> Option<&str> {
+        as_text(self.app_bundle.as_deref())
+    }
+
     /// Whether the request has a top-level `user` object.
     pub fn has_user(&self) -> bool {
         !matches!(self.target, Target::NoUser)
@@ -149,6 +173,12 @@ impl Scan<'_> {
             }
         )
     }
+}
+
+/// A string [`scan`] kept as bytes. They are UTF-8 (a slice between two ASCII quotes of UTF-8 input, or
+/// unescaped text), so the check cannot fail.
+fn as_text(bytes: Option<&[u8]>) -> Option<&str> {
+    bytes.and_then(|b| std::str::from_utf8(b).ok())
 }
 
 /// Where the member goes, as byte offsets into the scanned input.
@@ -202,7 +232,7 @@ pub fn scan<'a>(
         sources,
         member_name,
     };
-    let mut tokens = Vec::new();
+    let mut tokens = Tokens::new();
     let mut target = Target::NoUser;
     let (mut site_domain, mut site_page, mut app_bundle) = (None, None, None);
     cur.object(0, |cur, key, depth| {
@@ -228,7 +258,9 @@ pub fn scan<'a>(
         site_page,
         app_bundle,
         target,
+        #[cfg(debug_assertions)]
         input_len: input.len(),
+        #[cfg(debug_assertions)]
         member_fingerprint: fingerprint(member_name),
     })
 }
@@ -250,16 +282,19 @@ pub fn splice(
     member_name: &str,
     member_json: &str,
 ) -> Option<Vec<u8>> {
-    debug_assert_eq!(
-        input.len(),
-        scan.input_len,
-        "splice input differs from the scanned one"
-    );
-    debug_assert_eq!(
-        scan.member_fingerprint,
-        fingerprint(member_name),
-        "splice member name differs from the scanned one"
-    );
+    #[cfg(debug_assertions)]
+    {
+        assert_eq!(
+            input.len(),
+            scan.input_len,
+            "splice input differs from the scanned one"
+        );
+        assert_eq!(
+            scan.member_fingerprint,
+            fingerprint(member_name),
+            "splice member name differs from the scanned one"
+        );
+    }
     let (start, end) = match scan.target {
         Target::NoUser | Target::ExtUnusable => return None,
         Target::Insert { at, .. } => (at, at),
@@ -339,6 +374,11 @@ pub(crate) mod parts {
         super::string_end(bytes, from)
     }
 
+    /// Whether a JSON writer copies `s` between quotes as it is (see [`super::is_plain_string`]).
+    pub(crate) fn is_plain_string(s: &[u8]) -> bool {
+        super::is_plain_string(s)
+    }
+
     /// `raw` (the bytes between a string's quotes, at `offset` in the input) with its escapes resolved.
     pub(crate) fn unescape(raw: &str, offset: usize) -> Result<String, JsonError> {
         super::unescape(raw, offset)
@@ -391,11 +431,7 @@ fn push_member(out: &mut Vec<u8>, name: &str, json: &str) {
 
 fn push_json_string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
-    // Not `any`: a fold without an early exit is vectorised.
-    let plain = s.bytes().fold(true, |plain, b| {
-        plain & (b >= 0x20) & (b != b'"') & (b != b'\\')
-    });
-    if plain {
+    if is_plain_string(s.as_bytes()) {
         // The usual member name: nothing to escape.
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
@@ -414,7 +450,48 @@ fn push_json_string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
+/// Whether a JSON writer copies `s` between quotes as it is: no `"`, no `\\`, no control character.
+/// Eight bytes per step, the last word overlapping the one before: the strings written (ids, names,
+/// domains) are short, where a byte loop, or a vectorised fold and its scalar tail, costs several
+/// instructions per byte.
+#[inline]
+fn is_plain_string(s: &[u8]) -> bool {
+    let (words, rest) = s.as_chunks::<8>();
+    let last = match s.last_chunk::<8>() {
+        Some(last) if !rest.is_empty() => *last,
+        Some(_) => [b' '; 8],
+        None => {
+            // Shorter than a word: padded with spaces, which need no escape.
+            let mut padded = [b' '; 8];
+            if let Some(head) = padded.get_mut(..s.len()) {
+                head.copy_from_slice(s);
+            }
+            padded
+        }
+    };
+    let hits = words
+        .iter()
+        .chain(std::iter::once(&last))
+        .fold(0, |hits, word| {
+            hits | escape_bytes(u64::from_le_bytes(*word))
+        });
+    hits == 0
+}
+
+/// Nonzero when `w` has a byte below 0x20, a `"` or a `\\` (high bits set, with possible false ones only
+/// above a true one: exact as a whole, not per byte).
+#[inline(always)]
+fn escape_bytes(w: u64) -> u64 {
+    // A byte below n borrows in `x - n` and had its high bit clear (n <= 0x80): the classic `hasless`.
+    let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x;
+    let hits = below(w, 0x20)
+        | below(w ^ (ONES * u64::from(b'"')), 1)
+        | below(w ^ (ONES * u64::from(b'\\')), 1);
+    hits & (ONES << 7)
+}
+
 /// FNV-1a: cheap, and only compared in debug assertions.
+#[cfg(debug_assertions)]
 fn fingerprint(name: &str) -> u64 {
     name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
@@ -446,7 +523,7 @@ fn parse_user<'a>(
     cur: &mut Cursor<'a>,
     depth: usize,
     ctx: &UserCtx<'_>,
-    tokens: &mut Vec<FoundToken<'a>>,
+    tokens: &mut Tokens<'a>,
 ) -> Result<Target, JsonError> {
     if cur.peek() != Some(b'{') {
         cur.skip_value(depth)?;
@@ -512,7 +589,7 @@ fn parse_user<'a>(
 }
 
 /// A later duplicate of `eids` or `ext` replaces what the earlier one contributed.
-fn drop_location(tokens: &mut Vec<FoundToken<'_>>, location: EidLocation) {
+fn drop_location(tokens: &mut Tokens<'_>, location: EidLocation) {
     if tokens.iter().any(|t| t.location == location) {
         tokens.retain(|t| t.location != location);
     }
@@ -523,7 +600,7 @@ fn parse_ext<'a>(
     cur: &mut Cursor<'a>,
     depth: usize,
     ctx: &UserCtx<'_>,
-    tokens: &mut Vec<FoundToken<'a>>,
+    tokens: &mut Tokens<'a>,
 ) -> Result<Ext, JsonError> {
     let start = cur.pos;
     if cur.peek() != Some(b'{') {
@@ -570,7 +647,7 @@ fn parse_eids<'a>(
     depth: usize,
     sources: &[&str],
     location: EidLocation,
-    tokens: &mut Vec<FoundToken<'a>>,
+    tokens: &mut Tokens<'a>,
 ) -> Result<(), JsonError> {
     // A local copy, written back once: the compiler can then keep the position in a register instead of
     // storing it through `cur` at every step.
@@ -602,7 +679,7 @@ fn compact_eid<'a>(
     cur: &mut Cursor<'a>,
     sources: &[&str],
     location: EidLocation,
-    tokens: &mut Vec<FoundToken<'a>>,
+    tokens: &mut Tokens<'a>,
 ) -> bool {
     let bytes = cur.bytes;
     // Every way out but the last drops what was pushed. A version with one exit (an inner function
@@ -698,7 +775,7 @@ fn parse_eid<'a>(
     depth: usize,
     sources: &[&str],
     location: EidLocation,
-    tokens: &mut Vec<FoundToken<'a>>,
+    tokens: &mut Tokens<'a>,
 ) -> Result<(), JsonError> {
     let first = tokens.len();
     let mut source_index = None;
@@ -762,7 +839,7 @@ fn parse_uids<'a>(
     depth: usize,
     source_index: usize,
     location: EidLocation,
-    tokens: &mut Vec<FoundToken<'a>>,
+    tokens: &mut Tokens<'a>,
 ) -> Result<(), JsonError> {
     cur.array(depth, |cur, depth| {
         if cur.peek() == Some(b'{') {
@@ -779,7 +856,7 @@ fn parse_uid<'a>(
     depth: usize,
     source_index: usize,
     location: EidLocation,
-    tokens: &mut Vec<FoundToken<'a>>,
+    tokens: &mut Tokens<'a>,
 ) -> Result<(), JsonError> {
     let mut id = None;
     cur.object(depth, |cur, key, depth| {
@@ -806,13 +883,14 @@ fn parse_uid<'a>(
 }
 
 /// Reads the string members `names` of an object value (last occurrence wins; other types give `None`),
-/// skipping everything else. A value that is not an object gives all `None`.
+/// unescaped (escapes checked as in any string the scanner reads), skipping everything else. A value that
+/// is not an object gives all `None`.
 fn string_members<'a, const N: usize>(
     cur: &mut Cursor<'a>,
     depth: usize,
     names: [&[u8]; N],
-) -> Result<[Option<Cow<'a, str>>; N], JsonError> {
-    let mut out: [Option<Cow<'a, str>>; N] = std::array::from_fn(|_| None);
+) -> Result<[Option<Cow<'a, [u8]>>; N], JsonError> {
+    let mut out: [Option<Cow<'a, [u8]>>; N] = std::array::from_fn(|_| None);
     if cur.peek() != Some(b'{') {
         cur.skip_value(depth)?;
         return Ok(out);
@@ -826,7 +904,7 @@ fn string_members<'a, const N: usize>(
             .position(|n| **n == *key)
             .and_then(|i| out.get_mut(i))
         {
-            Some(slot) if cur.peek() == Some(b'"') => *slot = Some(cur.string()?.text()?),
+            Some(slot) if cur.peek() == Some(b'"') => *slot = Some(cur.string()?.name()?),
             Some(slot) => {
                 *slot = None;
                 cur.skip_value(depth)?;
@@ -871,7 +949,8 @@ impl<'a> RawStr<'a> {
         }
     }
 
-    /// The unescaped bytes, for comparing member names: no `&str` (and no char boundary checks) needed.
+    /// The unescaped bytes, for comparing member names and for strings kept as bytes: no `&str` (and no
+    /// char boundary checks) needed. Escapes are checked as in [`RawStr::text`].
     #[inline(always)]
     fn name(self) -> Result<Cow<'a, [u8]>, JsonError> {
         if self.escaped {
@@ -1441,17 +1520,17 @@ fn skip_block(
         // a branch on it would mispredict about half the time.
         let open = (byte >> 1) & 1 == 1;
         let curly = u64::from((byte >> 5) & 1);
-        // A closing bracket must match the innermost type (bit 0); an opening one pushes its type.
-        let mismatch = !open & ((stack ^ curly) & 1 == 1);
-        stack = if open {
-            (stack << 1) | curly
-        } else {
-            stack >> 1
-        };
-        // One rarely taken branch for: the mismatch, the end of the value (`stack == 1`, which wraps
-        // below) and the depth limits (`stack >= stack_limit`).
-        if mismatch | (stack.wrapping_sub(2) >= stack_limit - 2) {
-            if mismatch {
+        // A closing bracket must match the innermost type (bit 0): a mismatch empties the register, which
+        // no bracket can do otherwise (the value ends at `stack == 1`), so that the one check below
+        // catches it too. An opening bracket pushes its type. Both selects must stay conditional moves
+        // (hence `select_unpredictable`): the type test is data for an opening bracket too, and as a
+        // branch the compiler would make of it, it mispredicts as often as the open/close one.
+        let popped = select_unpredictable((stack ^ curly) & 1 == 0, stack >> 1, 0);
+        stack = select_unpredictable(open, (stack << 1) | curly, popped);
+        // One rarely taken branch for: the mismatch (`stack == 0`) and the end of the value (`stack ==
+        // 1`), which both wrap below, and the depth limits (`stack >= stack_limit`).
+        if stack.wrapping_sub(2) >= stack_limit - 2 {
+            if stack == 0 {
                 return Err(JsonError::Malformed {
                     offset: base + at,
                     reason: "mismatched bracket",
@@ -1969,6 +2048,8 @@ mod tests {
         assert!(s2.has_member());
         let twice = String::from_utf8(splice(out.as_bytes(), &s2, M, J).unwrap()).unwrap();
         assert_eq!(twice, out, "enriching twice == once");
+        // `Scan` holds a `SmallVec`, whose drop (unlike `Vec`'s) may not outlive the input it borrows.
+        drop(s2);
         out
     }
 
@@ -2071,7 +2152,7 @@ mod tests {
         let input = "{\r\n\t\"user\" :\r\n\t{\r\n\t\t\"eids\" : [ { \"source\" : \"uidapi.com\" , \"uids\" : [ { \"id\" : \"T\" } ] } ] ,\r\n\t\t\"ext\"\t:\t{ \"gdpr\" : 1 }\t\r\n\t} , \"site\" : { \"domain\" :\t\"a.example\" }\r\n}\r\n";
         let s = scan_ok(input);
         assert_eq!(toks(&s), vec![tok("T", 0, UserEids)]);
-        assert_eq!(s.site_domain.as_deref(), Some("a.example"));
+        assert_eq!(s.site_domain(), Some("a.example"));
         let out = check_all(input);
         assert_eq!(
             out,
@@ -2265,7 +2346,7 @@ mod tests {
         let input = r#"{"us\u0065r":{"\u0065ids":[{"sour\u0063e":"uidapi.com","uids":[{"\u0069d":"T"}]}],"e\u0078t":{"uid2\u005fenrichment":1}},"\u0073ite":{"dom\u0061in":"d.example"}}"#;
         let s = scan_ok(input);
         assert_eq!(toks(&s), vec![tok("T", 0, UserEids)]);
-        assert_eq!(s.site_domain.as_deref(), Some("d.example"));
+        assert_eq!(s.site_domain(), Some("d.example"));
         assert!(s.has_member());
         assert_eq!(
             enrich(input).unwrap(),
@@ -2282,20 +2363,20 @@ mod tests {
         let s = scan_ok(
             r#"{"site":{"domain":"old.example"},"site":{"page":"https:\/\/www.caf\u00e9.fr\/x","domain":"www.example.com","publisher":{"domain":"pub.example"}},"app":{"bundle":"com.example.app","storeurl":"x"}}"#,
         );
-        assert_eq!(s.site_domain.as_deref(), Some("www.example.com"));
-        assert_eq!(s.site_page.as_deref(), Some("https://www.café.fr/x"));
-        assert_eq!(s.app_bundle.as_deref(), Some("com.example.app"));
+        assert_eq!(s.site_domain(), Some("www.example.com"));
+        assert_eq!(s.site_page(), Some("https://www.café.fr/x"));
+        assert_eq!(s.app_bundle(), Some("com.example.app"));
         let s = scan_ok(r#"{"site":{"domain":5,"page":null},"app":"x"}"#);
         assert_eq!(
-            (s.site_domain, s.site_page, s.app_bundle),
+            (s.site_domain(), s.site_page(), s.app_bundle()),
             (None, None, None)
         );
         let s = scan_ok(r#"{"site":{"domain":"a.example","domain":["b"]}}"#);
-        assert_eq!(s.site_domain, None);
+        assert_eq!(s.site_domain(), None);
         let s = scan_ok(
             r#"{"imp":[{"site":{"domain":"nested.example"}}],"app":{"publisher":{"bundle":"n"}}}"#,
         );
-        assert_eq!((s.site_domain, s.app_bundle), (None, None));
+        assert_eq!((s.site_domain(), s.app_bundle()), (None, None));
     }
 
     /// Runs `f` on a thread with a small stack: nothing here may recurse per nesting level.
@@ -2699,12 +2780,12 @@ mod tests {
             let s = scan_ok(&input);
             assert_eq!(toks(&s), expected_tokens(name), "{name}");
             assert_eq!(toks(&s), reference_tokens(&v), "{name}");
-            assert_eq!(s.site_domain.as_deref(), domain, "{name}");
+            assert_eq!(s.site_domain(), domain, "{name}");
             assert_eq!(
-                s.site_page.as_deref().map(str::to_string),
+                s.site_page().map(str::to_string),
                 reference_str(&v, "site", "page")
             );
-            assert_eq!(s.app_bundle.as_deref(), bundle, "{name}");
+            assert_eq!(s.app_bundle(), bundle, "{name}");
             assert_eq!(s.can_splice(), splices, "{name}");
             if splices {
                 check_all(&input);
@@ -2713,7 +2794,7 @@ mod tests {
         let uni = fixture("unicode-numbers.json");
         let s = scan_ok(&uni);
         assert_eq!(
-            s.site_page.as_deref(),
+            s.site_page(),
             Some("https://www.café-example.fr/recettes/crêpe?x=1&y=€")
         );
         // The misspelled `apis` and every other byte outside the insertion survive.
@@ -3307,6 +3388,19 @@ mod tests {
             }
         }
 
+        /// The word-wise check agrees with a byte-wise one, at every length and with the byte that needs
+        /// an escape anywhere.
+        #[test]
+        fn plain_string_check_matches_bytewise(
+            bytes in prop::collection::vec(
+                prop::sample::select(vec![b'a', b' ', b'~', 0x7f, 0x80, 0xc3, 0xff, 0x1f, 0, b'"', b'\\', b'!', b'#', b'[', b'\n']),
+                0..40,
+            ),
+        ) {
+            let naive = bytes.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\');
+            prop_assert_eq!(is_plain_string(&bytes), naive);
+        }
+
         /// The carry-less multiply and the shifts compute the same prefix XOR.
         #[test]
         fn prefix_xor_variants_agree(x in any::<u64>()) {
@@ -3339,10 +3433,10 @@ mod tests {
             let input = mutate(base.as_bytes(), &edits);
             prop_assume!(std::str::from_utf8(&input).is_ok());
             let mut fast = Cursor { bytes: &input, pos: 0 };
-            let mut fast_tokens = Vec::new();
+            let mut fast_tokens = Tokens::new();
             if compact_eid(&mut fast, SOURCES, EidLocation::UserEids, &mut fast_tokens) {
                 let mut general = Cursor { bytes: &input, pos: 0 };
-                let mut general_tokens = Vec::new();
+                let mut general_tokens = Tokens::new();
                 prop_assert_eq!(
                     parse_eid(&mut general, 3, SOURCES, EidLocation::UserEids, &mut general_tokens),
                     Ok(())
@@ -3388,9 +3482,9 @@ mod tests {
             if let Ok(v) = serde_json::from_slice::<Value>(&bytes) && v.is_object() {
                 let s = result.expect("scan rejects JSON that serde_json accepts");
                 prop_assert_eq!(toks(&s), reference_tokens(&v));
-                prop_assert_eq!(s.site_domain.as_deref().map(str::to_string), reference_str(&v, "site", "domain"));
-                prop_assert_eq!(s.site_page.as_deref().map(str::to_string), reference_str(&v, "site", "page"));
-                prop_assert_eq!(s.app_bundle.as_deref().map(str::to_string), reference_str(&v, "app", "bundle"));
+                prop_assert_eq!(s.site_domain().map(str::to_string), reference_str(&v, "site", "domain"));
+                prop_assert_eq!(s.site_page().map(str::to_string), reference_str(&v, "site", "page"));
+                prop_assert_eq!(s.app_bundle().map(str::to_string), reference_str(&v, "app", "bundle"));
                 if s.can_splice() {
                     check_all(std::str::from_utf8(&bytes).unwrap());
                 }
@@ -3409,7 +3503,7 @@ mod tests {
             prop_assert_eq!(toks(&s), tokens.clone());
             let v: Value = serde_json::from_str(&input).expect("generated input is JSON");
             prop_assert_eq!(&tokens, &reference_tokens(&v));
-            prop_assert_eq!(s.site_domain.is_some(), req.members.iter().any(|(k, _)| *k == r#""site""#));
+            prop_assert_eq!(s.site_domain().is_some(), req.members.iter().any(|(k, _)| *k == r#""site""#));
             let out = splice(input.as_bytes(), &s, M, J).map(|o| String::from_utf8(o).unwrap());
             prop_assert_eq!(&out, &expected);
             if let Some(out) = out {
