@@ -150,9 +150,9 @@ pub fn decrypt_with_name<'n>(
 }
 
 fn decode_into(token: &str, version: TokenVersion, out: &mut [u8]) -> Option<usize> {
-    // Text in the version's alphabet takes `token_text` (SIMD steps of 32 and 16 characters). Then
-    // canonical text takes base64-simd (CPUs without SSSE3), and anything both reject takes the lenient
-    // path the SDKs' decoders imply (missing padding, non-zero trailing bits, a v4 token in standard
+    // Text in the version's alphabet takes `token_text` (AVX2, 32 characters a step). Then canonical
+    // text takes base64-simd (CPUs without AVX2), and anything both reject takes the lenient path the
+    // SDKs' decoders imply (missing padding, non-zero trailing bits, a v4 token in standard
     // base64). What the first two accept is always what the lenient decoder would give.
     let alphabet = match version {
         TokenVersion::V4 => token_text::Alphabet::UrlSafe,
