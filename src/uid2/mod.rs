@@ -3,7 +3,7 @@
 //!
 //! Pure: no I/O, no clock reads, no environment. `now` is always an argument in milliseconds since the
 //! Unix epoch, and keys arrive as an immutable [`KeySet`]. Depends on std and `core::arch`, aes, aes-gcm,
-//! cbc, base64, base64-simd, bytemuck, subtle, serde/serde_json and thiserror only.
+//! cbc, base64, base64-simd, bytemuck, serde/serde_json and thiserror only.
 
 pub mod cipher;
 pub mod decrypt;

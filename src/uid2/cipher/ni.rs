@@ -1,15 +1,15 @@
 //! AES-256-GCM opening of token-sized blobs with AES-NI and CLMUL, for [`super::Secret`]. Pure; depends
-//! on `core::arch`, bytemuck (safe casts between byte arrays and SIMD registers) and subtle.
+//! on `core::arch` and bytemuck (safe casts between byte arrays and SIMD registers).
 //!
 //! # Why not the `aes` and `ghash` crates
 //! A token layer is 5 to 9 blocks, and both crates are built for long messages: `aes` runs blocks
 //! through its generic in/out buffer machinery, `ghash` clones and finalises a `polyval` state with a
 //! byte reversal per block. For a v4 token those wrappers cost more instructions than the AES rounds and
 //! the carry-less multiplications themselves (callgrind). Here the round keys and the hash key's first
-//! four powers are kept in registers-ready form per key, and each block count (0 to 15) has its own
+//! sixteen powers are kept in registers-ready form per key, and each block count (0 to 15) has its own
 //! instance of the open, so every array has a size known at compile time: the blocks stay in registers,
-//! the counter blocks go through AES in fixed-size groups with the rounds interleaved, and GHASH folds up
-//! to four blocks per reduction (Intel, "Carry-Less Multiplication and Its Usage for Computing the GCM
+//! the counter blocks go through AES together with the rounds interleaved, and GHASH
+//! multiplies each block by its own power of `H` and reduces once per open (Intel, "Carry-Less Multiplication and Its Usage for Computing the GCM
 //! Mode", 2014, algorithms 1 and 5, bit-reflected form). Blocks are read and written as 16 whole bytes,
 //! the last partial one too, which the tag after it makes possible: no variable-length copies.
 //!
@@ -19,11 +19,10 @@
 
 use core::arch::x86_64::{
     __m128i, _mm_aesenc_si128, _mm_aesenclast_si128, _mm_aeskeygenassist_si128, _mm_and_si128,
-    _mm_clmulepi64_si128, _mm_or_si128, _mm_setzero_si128, _mm_shuffle_epi8, _mm_shuffle_epi32,
-    _mm_slli_epi32, _mm_slli_si128, _mm_srli_epi32, _mm_srli_si128, _mm_xor_si128,
+    _mm_clmulepi64_si128, _mm_cmpeq_epi8, _mm_movemask_epi8, _mm_or_si128, _mm_setzero_si128,
+    _mm_shuffle_epi8, _mm_shuffle_epi32, _mm_slli_epi32, _mm_slli_si128, _mm_srli_epi32,
+    _mm_srli_si128, _mm_xor_si128,
 };
-
-use subtle::ConstantTimeEq;
 
 use super::{BLOCK_LEN, CryptoError, GCM_NONCE_LEN, GCM_TAG_LEN, SHORT_GCM_BLOCKS};
 
@@ -43,12 +42,19 @@ const LAST_BLOCK_MASKS: [u8; 2 * BLOCK_LEN] = {
     masks
 };
 
+/// The most blocks GHASH takes in one open: the ciphertext's and the length block.
+const MAX_HASHED: usize = SHORT_GCM_BLOCKS + 1;
+
 /// Round keys of AES-256 and the GHASH key `H = E(0^128)` with its powers, prepared once per key.
 #[derive(Clone, Copy)]
 pub(super) struct ShortGcm {
     round_keys: [__m128i; 15],
-    /// `H`, `H^2`, `H^3`, `H^4`, byte-reversed (the bit-reflected form the multiplication works in).
-    hash_powers: [__m128i; 4],
+    /// `H`, `H^2`, …, `H^16`, byte-reversed (the bit-reflected form the multiplication works in): every
+    /// block of an open has its own power, so the whole hash takes one reduction.
+    hash_powers: [__m128i; MAX_HASHED],
+    /// Each power's two halves XORed together, in the low half: the second factor of the middle
+    /// product in Karatsuba's form (see [`Product::accumulate_karatsuba`]).
+    hash_power_folds: [__m128i; MAX_HASHED],
 }
 
 impl ShortGcm {
@@ -78,12 +84,14 @@ impl ShortGcm {
         let mut zero = [_mm_setzero_si128()];
         encrypt_group(&round_keys, &mut zero);
         let h = reverse(zero[0]);
-        let h2 = multiply(h, h);
-        let h3 = multiply(h2, h);
-        let h4 = multiply(h3, h);
+        let mut hash_powers = [h; MAX_HASHED];
+        for index in 1..MAX_HASHED {
+            hash_powers[index] = multiply(hash_powers[index - 1], h);
+        }
         ShortGcm {
             round_keys,
-            hash_powers: [h, h2, h3, h4],
+            hash_powers,
+            hash_power_folds: hash_powers.map(|power| fold_halves(power)),
         }
     }
 
@@ -122,22 +130,26 @@ impl ShortGcm {
         blob: &mut [u8],
         ciphertext_len: usize,
     ) -> Result<(), CryptoError> {
-        let block_at = |blob: &[u8], at: usize| -> Result<__m128i, CryptoError> {
-            let bytes: [u8; BLOCK_LEN] = blob
-                .get(at..at + BLOCK_LEN)
-                .and_then(|b| b.try_into().ok())
-                .ok_or(CryptoError)?;
-            Ok(bytemuck::cast(bytes))
-        };
-        let nonce = _mm_and_si128(block_at(blob, 0)?, bytemuck::cast(NONCE_MASK));
-        let tag = block_at(blob, ciphertext_len + GCM_NONCE_LEN)?;
+        // The 16 bytes from the nonce's start (its 12 and the ciphertext's first 4), the ciphertext as
+        // `BLOCKS` whole blocks (the last one running into the tag when it is partial), and the tag,
+        // each checked once so that every access below has an index known at compile time.
+        let nonce: [u8; BLOCK_LEN] = *blob.first_chunk().ok_or(CryptoError)?;
+        let nonce = _mm_and_si128(bytemuck::cast(nonce), bytemuck::cast(NONCE_MASK));
+        let tag: [u8; GCM_TAG_LEN] = *blob.last_chunk().ok_or(CryptoError)?;
+        let body = blob.get_mut(GCM_NONCE_LEN..).ok_or(CryptoError)?;
+        let body: &mut [[u8; BLOCK_LEN]; BLOCKS] = body
+            .as_chunks_mut()
+            .0
+            .first_chunk_mut()
+            .ok_or(CryptoError)?;
         // The bytes of the last block that belong to the ciphertext (1..=16; 16 when it is whole).
         let last_len = ciphertext_len + BLOCK_LEN - BLOCKS * BLOCK_LEN;
-        let last_mask = block_at(&LAST_BLOCK_MASKS, BLOCK_LEN - last_len.min(BLOCK_LEN))?;
-        let mut blocks = [_mm_setzero_si128(); BLOCKS];
-        for (index, block) in blocks.iter_mut().enumerate() {
-            *block = block_at(blob, GCM_NONCE_LEN + index * BLOCK_LEN)?;
-        }
+        let last_mask: [u8; BLOCK_LEN] = *LAST_BLOCK_MASKS
+            .get(BLOCK_LEN - last_len.min(BLOCK_LEN)..)
+            .and_then(<[u8]>::first_chunk)
+            .ok_or(CryptoError)?;
+        let last_mask: __m128i = bytemuck::cast(last_mask);
+        let blocks: [__m128i; BLOCKS] = body.map(bytemuck::cast);
 
         // GHASH input: the ciphertext blocks (the last zero-padded) and the length block
         // `[len(A)]64 || [len(C)]64`, no associated data.
@@ -157,10 +169,11 @@ impl ShortGcm {
         for (count, block) in (1u128..).zip(stream.iter_mut()) {
             *block = _mm_or_si128(*block, bytemuck::cast(count << 120));
         }
-        self.encrypt(&mut stream);
+        encrypt_group(&self.round_keys, &mut stream);
 
-        let expected: u128 = bytemuck::cast(_mm_xor_si128(reverse(digest), stream[0]));
-        if !bool::from(expected.ct_eq(&bytemuck::cast::<__m128i, u128>(tag))) {
+        // Compared in constant time: one byte-wise comparison of the whole tag, then its mask.
+        let expected = _mm_xor_si128(reverse(digest), stream[0]);
+        if _mm_movemask_epi8(_mm_cmpeq_epi8(expected, bytemuck::cast(tag))) != 0xffff {
             return Err(CryptoError);
         }
         for (index, (block, keystream)) in blocks.iter().zip(&stream[1..]).enumerate() {
@@ -169,65 +182,32 @@ impl ShortGcm {
             } else {
                 *keystream
             };
-            let plain: [u8; BLOCK_LEN] = bytemuck::cast(_mm_xor_si128(*block, keystream));
-            let at = GCM_NONCE_LEN + index * BLOCK_LEN;
-            blob.get_mut(at..at + BLOCK_LEN)
-                .ok_or(CryptoError)?
-                .copy_from_slice(&plain);
+            body[index] = bytemuck::cast(_mm_xor_si128(*block, keystream));
         }
         Ok(())
     }
 
-    /// AES-256 of each block, in groups of 8, 4, 2 and 1 so every group is unrolled and stays in
-    /// registers, and the rounds of a group's blocks interleave (one block's rounds are a dependent
-    /// chain; AES-NI can run several chains at once).
-    #[target_feature(enable = "aes")]
-    fn encrypt<const N: usize>(&self, blocks: &mut [__m128i; N]) {
-        let (eights, rest) = blocks.as_chunks_mut::<8>();
-        for group in eights {
-            encrypt_group(&self.round_keys, group);
-        }
-        let (fours, rest) = rest.as_chunks_mut::<4>();
-        for group in fours {
-            encrypt_group(&self.round_keys, group);
-        }
-        let (twos, rest) = rest.as_chunks_mut::<2>();
-        for group in twos {
-            encrypt_group(&self.round_keys, group);
-        }
-        for block in rest {
-            encrypt_group(&self.round_keys, std::array::from_mut(block));
-        }
-    }
-
-    /// GHASH of already byte-reversed blocks, from a zero accumulator, in the reversed form. The first
-    /// `len % 4` blocks are folded with the powers that make the rest come in fours.
+    /// GHASH of already byte-reversed blocks, from a zero accumulator, in the reversed form:
+    /// `X1·H^n + X2·H^(n-1) + … + Xn·H`, the products summed unreduced and reduced once. Horner's rule
+    /// (`(X1·H + X2)·H …`) gives the same value but reduces after every block, one long dependent chain.
     #[target_feature(enable = "pclmulqdq,ssse3")]
-    fn ghash(&self, blocks: &[__m128i]) -> __m128i {
-        let (head, fours) = blocks.split_at(blocks.len() % 4);
-        let mut accumulator = _mm_setzero_si128();
-        if !head.is_empty() {
-            let mut product = Product::default();
-            for (index, block) in head.iter().enumerate() {
-                product.accumulate(*block, self.hash_powers[head.len() - 1 - index]);
-            }
-            accumulator = product.reduce();
+    fn ghash<const N: usize>(&self, blocks: &[__m128i; N]) -> __m128i {
+        const { assert!(N <= MAX_HASHED) };
+        let mut product = Product::default();
+        let powers = self.hash_powers[..N]
+            .iter()
+            .zip(&self.hash_power_folds[..N]);
+        for (block, (power, power_fold)) in blocks.iter().zip(powers.rev()) {
+            product.accumulate_karatsuba(*block, *power, *power_fold);
         }
-        let (fours, _) = fours.as_chunks::<4>();
-        for &[x1, x2, x3, x4] in fours {
-            let [h, h2, h3, h4] = self.hash_powers;
-            let mut product = Product::default();
-            product.accumulate(_mm_xor_si128(accumulator, x1), h4);
-            product.accumulate(x2, h3);
-            product.accumulate(x3, h2);
-            product.accumulate(x4, h);
-            accumulator = product.reduce();
-        }
-        accumulator
+        product.middle = _mm_xor_si128(product.middle, _mm_xor_si128(product.low, product.high));
+        product.reduce()
     }
 }
 
-/// The encryption of each block of a fixed-size group.
+/// The encryption of each block of a fixed-size group, the blocks' rounds interleaved: one block's
+/// rounds are a dependent chain, and AES-NI runs several chains at once. Past the registers, the round
+/// keys are read from memory by the `AESENC`s themselves, which costs no extra instruction.
 #[target_feature(enable = "aes")]
 fn encrypt_group<const N: usize>(round_keys: &[__m128i; 15], group: &mut [__m128i; N]) {
     // Written out round by round: as a loop over the round keys it was not unrolled, and each round
@@ -298,6 +278,12 @@ fn reverse(x: __m128i) -> __m128i {
     _mm_shuffle_epi8(x, order)
 }
 
+/// The two 64-bit halves of `x` XORed, in the low half (the high half holds the same).
+#[target_feature(enable = "sse2")]
+fn fold_halves(x: __m128i) -> __m128i {
+    _mm_xor_si128(x, _mm_shuffle_epi32::<0x4e>(x))
+}
+
 /// `a·b` in GF(2^128), bit-reflected form.
 #[target_feature(enable = "pclmulqdq,ssse3")]
 fn multiply(a: __m128i, b: __m128i) -> __m128i {
@@ -339,6 +325,19 @@ impl Product {
         );
     }
 
+    /// [`Self::accumulate`] with three multiplications instead of four (Karatsuba): the middle term
+    /// gets `(a1 ^ a0)·(b1 ^ b0)`, which is the two cross terms plus `a0·b0` and `a1·b1`, so once every
+    /// block is in, the caller XORs `low` and `high` into `middle` a single time. `b_fold` is
+    /// [`fold_halves`] of `b`, prepared with the key. CLMUL is the slow instruction here (several
+    /// micro-ops on the pipes AES needs), so one fewer a block is worth the two cheap ones added.
+    #[target_feature(enable = "pclmulqdq,sse2")]
+    fn accumulate_karatsuba(&mut self, a: __m128i, b: __m128i, b_fold: __m128i) {
+        self.low = _mm_xor_si128(self.low, _mm_clmulepi64_si128::<0x00>(a, b));
+        self.high = _mm_xor_si128(self.high, _mm_clmulepi64_si128::<0x11>(a, b));
+        let middle = _mm_clmulepi64_si128::<0x00>(fold_halves(a), b_fold);
+        self.middle = _mm_xor_si128(self.middle, middle);
+    }
+
     /// Shifts the 256-bit sum left by one bit (the reflected form's product is one bit short) and
     /// reduces it modulo `x^128 + x^7 + x^2 + x + 1` (Intel's white paper, algorithm 5).
     #[target_feature(enable = "sse2")]
@@ -374,8 +373,8 @@ mod tests {
 
     use super::*;
 
-    /// The key schedule and the grouped encryption against the `aes` crate, for every group size, and
-    /// the hash key's powers against repeated multiplication by `H`.
+    /// The key schedule and the grouped encryption against the `aes` crate, for several group sizes, and
+    /// the hash key's powers against one another.
     #[test]
     fn ni_matches_the_aes_crate() {
         let mut rng = fastrand::Rng::with_seed(0x4e49);
@@ -392,27 +391,33 @@ mod tests {
                 reference.encrypt_block(&mut block);
                 <[u8; 16]>::from(block)
             });
-            // 15 blocks take every group size (8, 4, 2, 1), 16 two groups of 8.
-            let mut fifteen: [__m128i; 15] = std::array::from_fn(|i| bytemuck::cast(plain[i]));
+            // One block, an odd count (a v4 token's outer layer: 9) and the most an open takes.
+            let mut one: [__m128i; 1] = [bytemuck::cast(plain[0])];
+            let mut nine: [__m128i; 9] = std::array::from_fn(|i| bytemuck::cast(plain[i]));
             let mut sixteen: [__m128i; 16] = plain.map(bytemuck::cast);
             // SAFETY: `ShortGcm::new` returned Some, so the CPU has the features.
             unsafe {
-                short.encrypt(&mut fifteen);
-                short.encrypt(&mut sixteen);
+                encrypt_group(&short.round_keys, &mut one);
+                encrypt_group(&short.round_keys, &mut nine);
+                encrypt_group(&short.round_keys, &mut sixteen);
             }
             let as_bytes = |block: &__m128i| bytemuck::cast::<__m128i, [u8; 16]>(*block);
-            assert_eq!(fifteen.map(|b| as_bytes(&b)), expected[..15]);
+            assert_eq!(one.map(|b| as_bytes(&b)), expected[..1]);
+            assert_eq!(nine.map(|b| as_bytes(&b)), expected[..9]);
             assert_eq!(sixteen.map(|b| as_bytes(&b)), expected);
-            let h = short.hash_powers[0];
-            // SAFETY: as above.
-            let powers = unsafe {
-                let h2 = multiply(h, h);
-                [h2, multiply(h2, h), multiply(multiply(h2, h), h)]
-            };
-            for (power, expected) in short.hash_powers[1..].iter().zip(powers) {
+            // `H^i · H^j = H^(i+j)` for every pair within the table: the powers were built by
+            // repeated multiplication, so this checks them along other paths.
+            let powers = short.hash_powers;
+            for (i, j) in (0..MAX_HASHED).flat_map(|i| (0..MAX_HASHED - i - 1).map(move |j| (i, j)))
+            {
+                // SAFETY: as above.
+                let product = unsafe { multiply(powers[i], powers[j]) };
                 assert_eq!(
-                    bytemuck::cast::<__m128i, u128>(*power),
-                    bytemuck::cast::<__m128i, u128>(expected)
+                    bytemuck::cast::<__m128i, u128>(product),
+                    bytemuck::cast::<__m128i, u128>(powers[i + j + 1]),
+                    "H^{} · H^{}",
+                    i + 1,
+                    j + 1
                 );
             }
         }
