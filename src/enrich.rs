@@ -635,7 +635,7 @@ fn enrichment_message(
     let d = &outcome.decryption;
     pb::Uid2Enrichment {
         status: Some(d.status.as_str().to_string()),
-        raw_uid2: d.raw_uid2.clone(),
+        raw_uid2: d.raw_uid2.as_deref().map(str::to_owned),
         source: policy
             .sources
             .get(outcome.source_index)

@@ -11,6 +11,7 @@ use base64::Engine as _;
 use super::Status;
 use super::cipher::CBC_IV_LEN;
 use super::keys::KeySet;
+use super::raw_uid::RawUidText;
 use super::token_text;
 use super::wire::{self, IdentityScope, IdentityType, Reader, TokenVersion};
 
@@ -43,7 +44,7 @@ pub const PRIVACY_BIT_CSTG: i32 = 0x2;
 pub struct Decryption {
     pub status: Status,
     /// Standard base64 of the raw UID (v3/v4), or the identity string as carried (v2).
-    pub raw_uid2: Option<String>,
+    pub raw_uid2: Option<RawUidText>,
     pub established_ms: Option<i64>,
     /// The publisher site that generated the token (from the site payload).
     pub site_id: Option<i32>,
@@ -193,7 +194,7 @@ struct Context<'a, 'n> {
 
 /// The fields read from a token's payloads, before the time and domain checks.
 struct Payload {
-    raw_uid2: String,
+    raw_uid2: RawUidText,
     established_ms: i64,
     site_id: i32,
     site_key_site_id: i32,
@@ -263,8 +264,9 @@ impl Context<'_, '_> {
         let id_len = usize::try_from(r.i32().ok_or(Status::InvalidPayload)?)
             .map_err(|_| Status::InvalidPayload)?;
         // Java decodes the identity bytes as UTF-8, replacing what is malformed.
-        let raw_uid2 =
-            String::from_utf8_lossy(r.take(id_len).ok_or(Status::InvalidPayload)?).into_owned();
+        let raw_uid2 = RawUidText::from(&*String::from_utf8_lossy(
+            r.take(id_len).ok_or(Status::InvalidPayload)?,
+        ));
         let privacy_bits = r.i32().ok_or(Status::InvalidPayload)?;
         let established_ms = r.i64().ok_or(Status::InvalidPayload)?;
         Ok(Payload {
@@ -281,8 +283,7 @@ impl Context<'_, '_> {
         })
     }
 
-    /// v3/v4: AES-256-GCM twice, layout in spec §2.3. Decrypts in place: no allocation but the raw UID's
-    /// base64 text.
+    /// v3/v4: AES-256-GCM twice, layout in spec §2.3. Decrypts in place, without an allocation.
     fn read_v3(&self, version: TokenVersion, bytes: &mut [u8]) -> Result<Payload, Early> {
         let (header, master_blob) = bytes
             .split_at_mut_checked(6)

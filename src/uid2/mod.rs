@@ -16,6 +16,7 @@ pub mod wire;
 
 pub use decrypt::{ClientMode, Decryption, decrypt};
 pub use keys::{Key, KeySet, KeysError};
+pub use raw_uid::RawUidText;
 pub use wire::{IdentityScope, IdentityType, TokenVersion};
 
 use std::fmt;
