@@ -310,9 +310,9 @@ impl Context<'_, '_> {
         let mut r = Reader::new(master_fields);
         let expires_ms = r.i64().ok_or(Status::InvalidPayload)?;
         let generated_ms = r.i64().ok_or(Status::InvalidPayload)?;
-        // operator site id (4), operator type (1), operator version (4), operator key id (4): not used.
-        r.take(13).ok_or(Status::InvalidPayload)?;
-        let site_key_id = r.u32().ok_or(Status::InvalidPayload)?;
+        // Then operator site id (4), operator type (1), operator version (4) and operator key id (4),
+        // not used, and the site key id.
+        let site_key_id = site_key_id(master_fields).ok_or(Status::InvalidPayload)?;
         let site_key = self
             .keys
             .key(site_key_id)
@@ -387,4 +387,14 @@ impl Context<'_, '_> {
         lifetime_ms <= i128::from(max_lifetime_s) * 1000
             && skew_ms <= i128::from(self.keys.allow_clock_skew_seconds) * 1000
     }
+}
+
+/// The site key id, the big-endian `u32` at master plaintext bytes 29..33, which `gcm_open` has just
+/// written as 16-byte blocks (bytes 16..32 and 32..48). A 4-byte load across two stores cannot be
+/// forwarded from them: it waits until both reach the cache, on the way to the site key. So bytes
+/// 24..32 and byte 32 are read, each within one store.
+fn site_key_id(master_fields: &[u8]) -> Option<u32> {
+    let head = u64::from_be_bytes(*master_fields.get(24..32)?.first_chunk()?);
+    let last = *master_fields.get(32)?;
+    Some(((head as u32) << 8) | u32::from(last))
 }
