@@ -11,8 +11,8 @@
 //! `target/criterion/decrypt/cache_hit/v4`.
 //!
 //! `gcm_open/{secret,aes_gcm}` opens the same 130-byte AES-256-GCM blob (about a v4 token's outer
-//! layer) with `cipher::Secret::gcm_open` (`cipher::ni`: AES-NI counter blocks in register-resident
-//! groups, CLMUL GHASH folding four blocks per reduction) and with the `aes-gcm` crate's open, side by
+//! layer) with `cipher::Secret::gcm_open` (`cipher::ni`: AES-NI counter blocks in one interleaved
+//! group, CLMUL GHASH with one reduction per open) and with the `aes-gcm` crate's open, side by
 //! side in one run: the reason `Secret` does not open token layers through `aes-gcm`.
 
 use std::hint::black_box;
