@@ -54,7 +54,7 @@ pub(super) struct ShortGcm {
     /// block of an open has its own power, so the whole hash takes one reduction.
     hash_powers: [__m128i; MAX_HASHED],
     /// Each power's two halves XORed together, in the low half: the second factor of the middle
-    /// product in Karatsuba's form (see [`Product::accumulate_karatsuba`]).
+    /// product in Karatsuba's form (see [`Product::accumulate`]).
     hash_power_folds: [__m128i; MAX_HASHED],
 }
 
@@ -199,9 +199,8 @@ impl ShortGcm {
             .iter()
             .zip(&self.hash_power_folds[..N]);
         for (block, (power, power_fold)) in blocks.iter().zip(powers.rev()) {
-            product.accumulate_karatsuba(*block, *power, *power_fold);
+            product.accumulate(*block, *power, *power_fold);
         }
-        product.middle = _mm_xor_si128(product.middle, _mm_xor_si128(product.low, product.high));
         product.reduce()
     }
 }
@@ -289,11 +288,12 @@ fn fold_halves(x: __m128i) -> __m128i {
 #[target_feature(enable = "pclmulqdq,ssse3")]
 fn multiply(a: __m128i, b: __m128i) -> __m128i {
     let mut product = Product::default();
-    product.accumulate(a, b);
+    product.accumulate(a, b, fold_halves(b));
     product.reduce()
 }
 
-/// A sum of unreduced 256-bit carry-less products, as low, middle (the two cross terms) and high halves.
+/// A sum of unreduced 256-bit carry-less products, as low and high halves and Karatsuba's middle term
+/// (the two cross terms plus low and high; [`Product::reduce`] takes those out).
 #[derive(Clone, Copy)]
 struct Product {
     low: __m128i,
@@ -313,38 +313,27 @@ impl Default for Product {
 }
 
 impl Product {
-    #[target_feature(enable = "pclmulqdq")]
-    fn accumulate(&mut self, a: __m128i, b: __m128i) {
-        self.low = _mm_xor_si128(self.low, _mm_clmulepi64_si128::<0x00>(a, b));
-        self.high = _mm_xor_si128(self.high, _mm_clmulepi64_si128::<0x11>(a, b));
-        self.middle = _mm_xor_si128(
-            self.middle,
-            _mm_xor_si128(
-                _mm_clmulepi64_si128::<0x10>(a, b),
-                _mm_clmulepi64_si128::<0x01>(a, b),
-            ),
-        );
-    }
-
-    /// [`Self::accumulate`] with three multiplications instead of four (Karatsuba): the middle term
-    /// gets `(a1 ^ a0)·(b1 ^ b0)`, which is the two cross terms plus `a0·b0` and `a1·b1`, so once every
-    /// block is in, the caller XORs `low` and `high` into `middle` a single time. `b_fold` is
-    /// [`fold_halves`] of `b`, prepared with the key. One CLMUL fewer a block is worth the shuffle and
-    /// XOR added: the 130-byte open went from 82 to 77.5 ns (interleaved criterion runs).
+    /// Adds `a·b` with three multiplications instead of four (Karatsuba): `middle` gets
+    /// `(a1 ^ a0)·(b1 ^ b0)`, which is the two cross terms plus `a0·b0` and `a1·b1`, and [`Self::reduce`]
+    /// takes those two out once for the whole sum. `b_fold` is [`fold_halves`] of `b`, prepared with
+    /// the key for the hash powers. One CLMUL fewer a block is worth the shuffle and XOR added: the
+    /// 130-byte open went from 82 to 77.5 ns (interleaved criterion runs).
     #[target_feature(enable = "pclmulqdq,sse2")]
-    fn accumulate_karatsuba(&mut self, a: __m128i, b: __m128i, b_fold: __m128i) {
+    fn accumulate(&mut self, a: __m128i, b: __m128i, b_fold: __m128i) {
         self.low = _mm_xor_si128(self.low, _mm_clmulepi64_si128::<0x00>(a, b));
         self.high = _mm_xor_si128(self.high, _mm_clmulepi64_si128::<0x11>(a, b));
         let middle = _mm_clmulepi64_si128::<0x00>(fold_halves(a), b_fold);
         self.middle = _mm_xor_si128(self.middle, middle);
     }
 
-    /// Shifts the 256-bit sum left by one bit (the reflected form's product is one bit short) and
-    /// reduces it modulo `x^128 + x^7 + x^2 + x + 1` (Intel's white paper, algorithm 5).
+    /// Takes `low` and `high` out of the Karatsuba middle term, shifts the 256-bit sum left by one bit
+    /// (the reflected form's product is one bit short) and reduces it modulo
+    /// `x^128 + x^7 + x^2 + x + 1` (Intel's white paper, algorithm 5).
     #[target_feature(enable = "sse2")]
     fn reduce(self) -> __m128i {
-        let low = _mm_xor_si128(self.low, _mm_slli_si128::<8>(self.middle));
-        let high = _mm_xor_si128(self.high, _mm_srli_si128::<8>(self.middle));
+        let middle = _mm_xor_si128(self.middle, _mm_xor_si128(self.low, self.high));
+        let low = _mm_xor_si128(self.low, _mm_slli_si128::<8>(middle));
+        let high = _mm_xor_si128(self.high, _mm_srli_si128::<8>(middle));
 
         let low_carries = _mm_srli_epi32::<31>(low);
         let high_carries = _mm_srli_epi32::<31>(high);
