@@ -24,7 +24,8 @@ use arrayvec::ArrayString;
 pub const INLINE_LEN: usize = 44;
 
 /// A raw UID2's text as a decryption returns it: the standard base64 of the raw UID (v3/v4), or the
-/// identity string as carried (v2). Reads as a `&str` (`Deref`, `as_str`); compares with strings.
+/// identity string as carried (v2). Reads as a `&str` (`Deref`, `as_str`). It has no `Display`, so
+/// that a raw UID2 does not end up in a log line by a stray `{}`.
 #[derive(Clone)]
 pub struct RawUidText(Repr);
 
@@ -51,12 +52,6 @@ impl Deref for RawUidText {
     }
 }
 
-impl AsRef<str> for RawUidText {
-    fn as_ref(&self) -> &str {
-        self.as_str()
-    }
-}
-
 impl From<&str> for RawUidText {
     fn from(text: &str) -> RawUidText {
         match ArrayString::from(text) {
@@ -75,12 +70,6 @@ impl From<String> for RawUidText {
     }
 }
 
-impl From<RawUidText> for String {
-    fn from(text: RawUidText) -> String {
-        text.as_str().to_owned()
-    }
-}
-
 impl PartialEq for RawUidText {
     fn eq(&self, other: &RawUidText) -> bool {
         self.as_str() == other.as_str()
@@ -89,39 +78,9 @@ impl PartialEq for RawUidText {
 
 impl Eq for RawUidText {}
 
-impl std::hash::Hash for RawUidText {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state);
-    }
-}
-
-impl PartialEq<str> for RawUidText {
-    fn eq(&self, other: &str) -> bool {
-        self.as_str() == other
-    }
-}
-
-impl PartialEq<&str> for RawUidText {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
-
-impl PartialEq<String> for RawUidText {
-    fn eq(&self, other: &String) -> bool {
-        self.as_str() == other
-    }
-}
-
 impl fmt::Debug for RawUidText {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self.as_str(), f)
-    }
-}
-
-impl fmt::Display for RawUidText {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -267,7 +226,7 @@ mod tests {
                 })
                 .collect();
             assert_eq!(
-                encode(&bytes),
+                encode(&bytes).as_str(),
                 base64_simd::STANDARD.encode_to_string(&bytes),
                 "{bytes:?}"
             );
@@ -281,14 +240,16 @@ mod tests {
         let long_text = "é".repeat(30);
         let long = RawUidText::from(long_text.clone());
         assert!(matches!(long.0, Repr::Heap(_)));
-        assert_eq!(long, long_text);
+        assert_eq!(long, RawUidText::from(long_text.as_str()));
         assert_eq!(long.as_str(), long_text);
-        assert_eq!(short, "ywsvDNINiZOVSsfkHpLpSJzXzhr6Jx9Z/4Q0+lsEUvM=");
+        assert_eq!(
+            short.as_str(),
+            "ywsvDNINiZOVSsfkHpLpSJzXzhr6Jx9Z/4Q0+lsEUvM="
+        );
         assert_eq!(short.len(), 44);
         assert_eq!(
             serde_json::to_string(&short).unwrap(),
             "\"ywsvDNINiZOVSsfkHpLpSJzXzhr6Jx9Z/4Q0+lsEUvM=\""
         );
-        assert_eq!(String::from(long.clone()), long_text);
     }
 }
