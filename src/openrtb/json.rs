@@ -36,9 +36,9 @@
 //! the prefix XOR when the build enables it, and AVX2 for the skipper's blocks when the CPU running it has
 //! it, detected at run time; elsewhere a portable 8-bytes-per-word version and shifts), `memchr` (the rest
 //! of long strings), `smallvec` (the found tokens, inline), `thiserror`, and `serde_json` (with serde's
-//! `IgnoredAny`) only inside [`validate_strict`]. Pure: no I/O, no clock, no global state (std's cached CPU feature flags aside). The
-//! only `unsafe` is the calls into those `#[target_feature]` functions, which take no pointers; tests check
-//! each against the portable version.
+//! `IgnoredAny`) only inside [`validate_strict`]. Pure: no I/O, no clock, no global state (std's cached
+//! CPU feature flags aside). The only `unsafe` is the calls into those `#[target_feature]` functions,
+//! which take no pointers; tests check each against the portable version.
 
 use std::borrow::Cow;
 use std::hint::select_unpredictable;
