@@ -114,18 +114,34 @@ pub fn decrypt_with_name<'n>(
     domain_or_app_name: &dyn Fn() -> Option<&'n str>,
     now_ms: i64,
 ) -> Decryption {
+    // One result, filled in where each field becomes known. Built from parts and returned up the calls,
+    // the result and the raw UID's text in it went through several copies on the stack, some reading
+    // the text across the stores that had just written it (which waits for them to reach the cache).
+    let mut out = Decryption::error(Status::InvalidPayload);
+    out.status = decrypt_into(token, keys, mode, domain_or_app_name, now_ms, &mut out);
+    out
+}
+
+/// [`decrypt_with_name`] into `out`, which comes in as [`Decryption::error`]: fills in the fields it
+/// reads and returns the status.
+fn decrypt_into<'n>(
+    token: &str,
+    keys: Option<&KeySet>,
+    mode: ClientMode,
+    domain_or_app_name: &dyn Fn() -> Option<&'n str>,
+    now_ms: i64,
+    out: &mut Decryption,
+) -> Status {
     let Some(keys) = keys else {
-        return Decryption::error(Status::NotInitialized);
+        return Status::NotInitialized;
     };
     if !keys.is_valid(now_ms) {
-        return Decryption::error(Status::KeysNotSynced);
+        return Status::KeysNotSynced;
     }
     let version = match wire::detect_version(token) {
         Ok(v) => v,
-        Err(wire::DetectError::InvalidPayload) => return Decryption::error(Status::InvalidPayload),
-        Err(wire::DetectError::VersionNotSupported) => {
-            return Decryption::error(Status::VersionNotSupported);
-        }
+        Err(wire::DetectError::InvalidPayload) => return Status::InvalidPayload,
+        Err(wire::DetectError::VersionNotSupported) => return Status::VersionNotSupported,
     };
     let ctx = Context {
         keys,
@@ -138,14 +154,14 @@ pub fn decrypt_with_name<'n>(
     if max_decoded <= STACK_TOKEN_BYTES {
         let mut stack = [0u8; STACK_TOKEN_BYTES + token_text::SLACK];
         match decode_into(token, version, &mut stack) {
-            Some(n) => ctx.decrypt_bytes(version, &mut stack[..n]),
-            None => Decryption::error(Status::InvalidPayload),
+            Some(n) => ctx.decrypt_bytes(version, &mut stack[..n], out),
+            None => Status::InvalidPayload,
         }
     } else {
         let mut heap = Vec::new();
         match wire::decode_token(token, version, &mut heap) {
-            Ok(()) => ctx.decrypt_bytes(version, &mut heap),
-            Err(_) => Decryption::error(Status::InvalidPayload),
+            Ok(()) => ctx.decrypt_bytes(version, &mut heap, out),
+            Err(_) => Status::InvalidPayload,
         }
     }
 }
@@ -193,8 +209,8 @@ struct Context<'a, 'n> {
 }
 
 /// The fields read from a token's payloads, before the time and domain checks.
-struct Payload {
-    raw_uid2: RawUidText,
+struct Payload<'a> {
+    raw_uid2: RawUid<'a>,
     established_ms: i64,
     site_id: i32,
     site_key_site_id: i32,
@@ -207,23 +223,48 @@ struct Payload {
     scope: IdentityScope,
 }
 
+/// The raw UID as the payload holds it. Turned into text only for a token that passes the checks, and
+/// then right where the result is built: the text is written once, in place, instead of being moved
+/// through the payload into the result.
+enum RawUid<'a> {
+    /// v3/v4: the raw UID's bytes, returned as standard base64.
+    Bytes(&'a [u8]),
+    /// v2: the identity string, as carried.
+    Text(RawUidText),
+}
+
+impl RawUid<'_> {
+    fn into_text(self) -> RawUidText {
+        match self {
+            RawUid::Bytes(bytes) => super::raw_uid::encode(bytes),
+            RawUid::Text(text) => text,
+        }
+    }
+}
+
 /// A failure while reading the payloads: a bare status with no fields.
 type Early = Status;
 
 impl Context<'_, '_> {
-    fn decrypt_bytes(&self, version: TokenVersion, bytes: &mut [u8]) -> Decryption {
+    /// Reads and checks the token's bytes into `out` (a bare error so far) and returns the status.
+    fn decrypt_bytes(
+        &self,
+        version: TokenVersion,
+        bytes: &mut [u8],
+        out: &mut Decryption,
+    ) -> Status {
         let payload = match version {
             TokenVersion::V2 => self.read_v2(bytes),
             TokenVersion::V3 | TokenVersion::V4 => self.read_v3(version, bytes),
         };
         match payload {
-            Ok(payload) => self.check(payload),
-            Err(status) => Decryption::error(status),
+            Ok(payload) => self.check(payload, out),
+            Err(status) => status,
         }
     }
 
     /// v2: AES-256-CBC, layout in spec §2.2.
-    fn read_v2(&self, bytes: &mut [u8]) -> Result<Payload, Early> {
+    fn read_v2(&self, bytes: &mut [u8]) -> Result<Payload<'static>, Early> {
         let mut r = Reader::new(bytes);
         if r.u8() != Some(wire::V2_VERSION_BYTE) {
             return Err(Status::VersionNotSupported);
@@ -264,9 +305,9 @@ impl Context<'_, '_> {
         let id_len = usize::try_from(r.i32().ok_or(Status::InvalidPayload)?)
             .map_err(|_| Status::InvalidPayload)?;
         // Java decodes the identity bytes as UTF-8, replacing what is malformed.
-        let raw_uid2 = RawUidText::from(&*String::from_utf8_lossy(
+        let raw_uid2 = RawUid::Text(RawUidText::from(&*String::from_utf8_lossy(
             r.take(id_len).ok_or(Status::InvalidPayload)?,
-        ));
+        )));
         let privacy_bits = r.i32().ok_or(Status::InvalidPayload)?;
         let established_ms = r.i64().ok_or(Status::InvalidPayload)?;
         Ok(Payload {
@@ -284,7 +325,11 @@ impl Context<'_, '_> {
     }
 
     /// v3/v4: AES-256-GCM twice, layout in spec §2.3. Decrypts in place, without an allocation.
-    fn read_v3(&self, version: TokenVersion, bytes: &mut [u8]) -> Result<Payload, Early> {
+    fn read_v3<'b>(
+        &self,
+        version: TokenVersion,
+        bytes: &'b mut [u8],
+    ) -> Result<Payload<'b>, Early> {
         let (header, master_blob) = bytes
             .split_at_mut_checked(6)
             .ok_or(Status::InvalidPayload)?;
@@ -329,7 +374,7 @@ impl Context<'_, '_> {
         let privacy_bits = r.i32().ok_or(Status::InvalidPayload)?;
         let established_ms = r.i64().ok_or(Status::InvalidPayload)?;
         let _refreshed_ms = r.i64().ok_or(Status::InvalidPayload)?;
-        let raw_uid2 = super::raw_uid::encode(r.rest());
+        let raw_uid2 = RawUid::Bytes(r.rest());
         Ok(Payload {
             raw_uid2,
             established_ms,
@@ -345,7 +390,7 @@ impl Context<'_, '_> {
     }
 
     /// Steps 8–12 of spec §5.2: expiry, CSTG domain/app check (bidstream only), lifetime and clock skew.
-    fn check(&self, p: Payload) -> Decryption {
+    fn check(&self, p: Payload, out: &mut Decryption) -> Status {
         let cstg = p.privacy_bits & PRIVACY_BIT_CSTG != 0;
         let status = if p.expires_ms < self.now_ms {
             Status::ExpiredToken
@@ -361,19 +406,19 @@ impl Context<'_, '_> {
         } else {
             Status::Success
         };
-        Decryption {
-            status,
-            raw_uid2: (status == Status::Success).then_some(p.raw_uid2),
-            established_ms: Some(p.established_ms),
-            site_id: Some(p.site_id),
-            site_key_site_id: Some(p.site_key_site_id),
-            identity_type: p.identity_type,
-            token_version: Some(p.version),
-            cstg: Some(cstg),
-            expires_ms: Some(p.expires_ms),
-            generated_ms: p.generated_ms,
-            scope: Some(p.scope),
+        out.established_ms = Some(p.established_ms);
+        out.site_id = Some(p.site_id);
+        out.site_key_site_id = Some(p.site_key_site_id);
+        out.identity_type = p.identity_type;
+        out.token_version = Some(p.version);
+        out.cstg = Some(cstg);
+        out.expires_ms = Some(p.expires_ms);
+        out.generated_ms = p.generated_ms;
+        out.scope = Some(p.scope);
+        if status == Status::Success {
+            out.raw_uid2 = Some(p.raw_uid2.into_text());
         }
+        status
     }
 
     fn lifetime_is_valid(&self, generated_ms: i64, expires_ms: i64) -> bool {
