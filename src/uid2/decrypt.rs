@@ -116,7 +116,8 @@ pub fn decrypt_with_name<'n>(
 ) -> Decryption {
     // One result, filled in where each field becomes known. Built from parts and returned up the calls,
     // the result and the raw UID's text in it went through several copies on the stack, some reading
-    // the text across the stores that had just written it (which waits for them to reach the cache).
+    // the text across the stores that had just written it (which waits for them to reach the cache);
+    // one copy is left, into the caller's.
     let mut out = Decryption::error(Status::InvalidPayload);
     out.status = decrypt_into(token, keys, mode, domain_or_app_name, now_ms, &mut out);
     out

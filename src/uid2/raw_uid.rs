@@ -153,8 +153,9 @@ mod ssse3 {
     }
 
     /// The 44 characters of 32 or 33 bytes, read as three blocks of 16 (the last one ending at the
-    /// last byte), kept in registers until they are stored in the result, so that nothing is read
-    /// back from a store that has just been made.
+    /// last byte) and kept in registers until they are stored in the result. The version before wrote
+    /// them to a buffer, stored the `=` into it and read it back for the ASCII check and again for the
+    /// copy into the result, each read crossing stores that had just been made.
     fn encode_44<const N: usize>(
         bytes: &[u8; N],
         tail_order: [u8; 16],
