@@ -722,10 +722,36 @@ fn replay_bare_line(job: &Job, line: &[u8], out: &mut Vec<u8>) -> Result<&'stati
                     .into(),
         });
     };
-    let transformed = transform(job, line, now_ms)?;
-    out.extend_from_slice(&transformed.output);
+    let status = match job.direction {
+        // Straight into the batch's buffer: no buffer of its own per request, no second copy.
+        Direction::Enrich => {
+            let (status, appended) = {
+                let ctx = enrich_context(job, now_ms);
+                let enriched = enrich::enrich_into(line, job.format, &ctx, &job.policy, out)?;
+                (enriched.status_header(), enriched.body_enriched)
+            };
+            if !appended {
+                out.extend_from_slice(line);
+            }
+            status
+        }
+        Direction::Tokenize => {
+            let transformed = transform(job, line, now_ms)?;
+            out.extend_from_slice(&transformed.output);
+            transformed.status
+        }
+    };
     out.push(b'\n');
-    Ok(transformed.status)
+    Ok(status)
+}
+
+fn enrich_context(job: &Job, now_ms: i64) -> enrich::Context<'_> {
+    enrich::Context {
+        keys: enrich::Keys::single(job.keys.as_ref()),
+        optouts: job.optouts.as_ref(),
+        cache: job.cache.as_ref(),
+        now_ms,
+    }
 }
 
 fn replay_capture_line(
@@ -772,12 +798,7 @@ struct Transformed<'a> {
 fn transform<'a>(job: &Job, payload: &'a [u8], now_ms: i64) -> Result<Transformed<'a>, Malformed> {
     match job.direction {
         Direction::Enrich => {
-            let ctx = enrich::Context {
-                keys: enrich::Keys::single(job.keys.as_ref()),
-                optouts: job.optouts.as_ref(),
-                cache: job.cache.as_ref(),
-                now_ms,
-            };
+            let ctx = enrich_context(job, now_ms);
             let enriched = enrich::enrich(payload, job.format, &ctx, &job.policy)?;
             Ok(Transformed {
                 status: enriched.status_header(),

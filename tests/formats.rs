@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use proptest::prelude::*;
 use serde_json::Value;
-use uid2_enricher::enrich::{Context, Keys, Malformed, PayloadFormat, Policy, enrich};
+use uid2_enricher::enrich::{Context, Keys, Malformed, PayloadFormat, Policy, enrich, enrich_into};
 use uid2_enricher::formats::event::JsonPointer;
 use uid2_enricher::formats::pixel;
 use uid2_enricher::optout::NoOptOuts;
@@ -50,10 +50,41 @@ fn raw_encoded() -> String {
 }
 
 fn enrich_pixel(input: &[u8], policy: &Policy) -> Result<(String, &'static str), Malformed> {
+    check_enrich_into(input, PayloadFormat::Pixel, policy);
     enrich(input, PayloadFormat::Pixel, &ctx(), policy).map(|e| {
         let status = e.status_header();
         (String::from_utf8(e.output.into_owned()).unwrap(), status)
     })
+}
+
+/// `enrich_into` gives what `enrich` gives, appended after what the buffer held (nothing appended when
+/// the payload is unchanged), for an empty buffer and a used one; an error leaves the buffer as it was.
+fn check_enrich_into(input: &[u8], format: PayloadFormat, policy: &Policy) {
+    let expected = enrich(input, format, &ctx(), policy);
+    for prefix in [&b""[..], b"earlier\n"] {
+        let mut buffer = prefix.to_vec();
+        let into = enrich_into(input, format, &ctx(), policy, &mut buffer);
+        let appended = match (&expected, into) {
+            (Ok(want), Ok(got)) => {
+                assert_eq!(got.output, want.output);
+                assert_eq!(got.body_enriched, want.body_enriched);
+                assert_eq!(got.member_json, want.member_json);
+                assert_eq!(got.status(), want.status());
+                want.body_enriched.then(|| want.output.to_vec())
+            }
+            (Err(want), Err(got)) => {
+                assert_eq!(&got, want);
+                None
+            }
+            (want, got) => panic!(
+                "enrich gave {want:?}, enrich_into {:?}",
+                got.map(|e| e.output)
+            ),
+        };
+        let mut expected_buffer = prefix.to_vec();
+        expected_buffer.extend(appended.unwrap_or_default());
+        assert_eq!(buffer, expected_buffer);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -262,6 +293,7 @@ proptest! {
 // ---------------------------------------------------------------------------------------------------
 
 fn enrich_event(input: &str, policy: &Policy) -> (String, &'static str, Option<String>) {
+    check_enrich_into(input.as_bytes(), PayloadFormat::Event, policy);
     let e = enrich(input.as_bytes(), PayloadFormat::Event, &ctx(), policy).unwrap();
     (
         String::from_utf8(e.output.to_vec()).unwrap(),

@@ -17,7 +17,7 @@ use common::*;
 use proptest::prelude::*;
 use prost::Message as _;
 use serde_json::Value;
-use uid2_enricher::enrich::{Context, Keys, PayloadFormat, Policy, enrich};
+use uid2_enricher::enrich::{Context, Enriched, Keys, PayloadFormat, Policy, enrich, enrich_into};
 use uid2_enricher::openrtb::proto::pb;
 use uid2_enricher::optout::NoOptOuts;
 use uid2_enricher::traffic::{Case, Generator, Mix};
@@ -112,6 +112,43 @@ fn apply(bytes: &[u8], m: &Mutation) -> Vec<u8> {
     out
 }
 
+/// `enrich_into` agrees with `enrich` (`expected`, from the same input and context): the same output and
+/// statuses, appended after what the buffer held, nothing appended when unchanged; with an empty buffer
+/// and with a used one.
+fn check_enrich_into(
+    input: &[u8],
+    format: PayloadFormat,
+    ctx: &Context<'_>,
+    expected: &Enriched<'_>,
+) -> Result<(), TestCaseError> {
+    for prefix in [&b""[..], b"earlier line\n"] {
+        let mut buffer = prefix.to_vec();
+        let into = enrich_into(input, format, ctx, &Policy::default(), &mut buffer)
+            .expect("enrich succeeded on this input");
+        prop_assert_eq!(into.output.as_ref(), expected.output.as_ref());
+        prop_assert_eq!(into.body_enriched, expected.body_enriched);
+        prop_assert_eq!(&into.member_json, &expected.member_json);
+        prop_assert_eq!(into.status(), expected.status());
+        let appended = into.body_enriched;
+        let output = into.output.to_vec();
+        prop_assert_eq!(
+            buffer.get(..prefix.len()),
+            Some(prefix),
+            "what was there stays"
+        );
+        let added = buffer.get(prefix.len()..).unwrap_or_default();
+        if appended {
+            prop_assert_eq!(added, output.as_slice());
+        } else {
+            prop_assert!(
+                added.is_empty(),
+                "nothing appended for an unchanged request"
+            );
+        }
+    }
+    Ok(())
+}
+
 fn token_of(version: u8, expired: bool, seed: u8) -> String {
     let mut t = Token::new(ALL_VERSIONS[usize::from(version % 3)]);
     t.nonce_seed = seed;
@@ -165,9 +202,17 @@ proptest! {
         let keys = generator.key_set();
         let request = generator.next_request();
         let input = apply(&request.bytes, &m);
-        let Ok(out) = enrich(&input, PayloadFormat::Json, &ctx(&keys), &Policy::default()) else {
-            return Ok(());
+        let out = match enrich(&input, PayloadFormat::Json, &ctx(&keys), &Policy::default()) {
+            Ok(out) => out,
+            Err(malformed) => {
+                let mut buffer = b"earlier line\n".to_vec();
+                let into = enrich_into(&input, PayloadFormat::Json, &ctx(&keys), &Policy::default(), &mut buffer);
+                prop_assert_eq!(into.err().map(|e| e.reason), Some(malformed.reason));
+                prop_assert_eq!(buffer.as_slice(), b"earlier line\n".as_slice(), "untouched on error");
+                return Ok(());
+            }
         };
+        check_enrich_into(&input, PayloadFormat::Json, &ctx(&keys), &out)?;
         let Ok(text_in) = std::str::from_utf8(&input) else {
             return Ok(());
         };
@@ -242,6 +287,7 @@ proptest! {
         let again = enrich(&out.output, PayloadFormat::Protobuf, &ctx(keys()), &Policy::default())
             .expect("the output enriches again");
         prop_assert_eq!(again.output.as_ref(), out.output.as_ref(), "idempotent");
+        check_enrich_into(&input, PayloadFormat::Protobuf, &ctx(keys()), &out)?;
     }
 
     /// Configuration text: real tables and keys with random values, garbage lines, random secrets.
