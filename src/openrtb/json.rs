@@ -317,7 +317,13 @@ pub fn splice_into(
     let (Some(head), Some(tail)) = (input.get(..start), input.get(end..)) else {
         return false;
     };
-    out.reserve(input.len() + member_name.len() + member_json.len() + 16);
+    let needed = input.len() + member_name.len() + member_json.len() + 16;
+    if out.capacity() == 0 {
+        // A new buffer (`splice`): allocated at its size, without `reserve`'s growth path.
+        *out = Vec::with_capacity(needed);
+    } else {
+        out.reserve(needed);
+    }
     out.extend_from_slice(head);
     match scan.target {
         Target::Insert {
