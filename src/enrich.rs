@@ -829,6 +829,36 @@ mod tests {
         }
     }
 
+    /// Tokens found, but a `user.ext` that is neither an object nor null cannot carry the member: the
+    /// body goes on exactly as it came and only the header carries the member. (Until `2a0a1e9` the
+    /// output was empty here: the body was lost.)
+    #[test]
+    fn a_body_that_cannot_carry_the_member_goes_on_unchanged() {
+        let policy = Policy::default();
+        for ext in [r#""x""#, "1", "[]", "true"] {
+            let request = format!(
+                r#"{{"id":"r","user":{{"ext":{ext},"eids":[{{"source":"uidapi.com","uids":[{{"id":"t"}}]}}]}}}}"#
+            );
+            let out = enrich(request.as_bytes(), PayloadFormat::Json, &ctx(), &policy).unwrap();
+            assert_eq!(out.tokens.len(), 1, "{ext}");
+            assert!(out.member_json.is_some() && !out.body_enriched, "{ext}");
+            assert_eq!(&*out.output, request.as_bytes(), "{ext}");
+            let mut buffer = b"kept".to_vec();
+            let output = enrich_into(
+                request.as_bytes(),
+                PayloadFormat::Json,
+                &ctx(),
+                &policy,
+                &mut buffer,
+            )
+            .unwrap()
+            .output
+            .to_vec();
+            assert_eq!(output, request.as_bytes(), "{ext}");
+            assert_eq!(buffer, b"kept", "{ext}: nothing appended");
+        }
+    }
+
     /// More sources than fit on the stack, and more distinct tokens than fit on the stack: counted and
     /// ordered as before.
     #[test]
