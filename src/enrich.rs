@@ -329,15 +329,17 @@ pub fn enrich_into<'a>(
         PayloadFormat::Json => enrich_json(payload, ctx, policy, out)?,
         _ => {
             let mut enriched = enrich(payload, format, ctx, policy)?;
-            if let Cow::Owned(bytes) = std::mem::take(&mut enriched.output) {
-                if out.capacity() == 0 {
-                    *out = bytes;
-                } else {
-                    out.extend_from_slice(&bytes);
+            match std::mem::take(&mut enriched.output) {
+                Cow::Owned(bytes) => {
+                    if out.capacity() == 0 {
+                        *out = bytes;
+                    } else {
+                        out.extend_from_slice(&bytes);
+                    }
+                    // Set from the bytes themselves: the output is read back from `out` below.
+                    enriched.body_enriched = true;
                 }
-                enriched.body_enriched = true;
-            } else {
-                enriched.output = Cow::Borrowed(payload);
+                borrowed => enriched.output = borrowed,
             }
             enriched
         }
