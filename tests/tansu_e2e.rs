@@ -10,8 +10,8 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::broker::{
-    broker, create_topics, free_port, produce_paced, scratch, stage_counts, start_instance,
-    terminate,
+    broker, create_topics, free_port, http_get, produce_paced, scratch, stage_counts,
+    start_instance, terminate,
 };
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -188,6 +188,19 @@ level = "info"
     let elapsed = started.elapsed();
     let (in_a, acked_a) = stage_counts(port_a);
     let (in_b, acked_b) = stage_counts(port_b);
+    if in_a + in_b != count as u64 {
+        // Which partitions the instances stopped short on, from their own lag gauges: tells a broker
+        // that never served part of a partition from a consumer that stopped fetching one.
+        for (name, port) in [("instance-a", port_a), ("instance-b", port_b)] {
+            let (_, metrics) = http_get(port, "/metrics");
+            for line in metrics
+                .lines()
+                .filter(|l| l.starts_with("uid2_enricher_consumer_lag_records"))
+            {
+                eprintln!("tansu e2e: {name}: {line}");
+            }
+        }
+    }
     terminate(a, "instance-a");
     terminate(b, "instance-b");
     // Whatever the instances wrote while stopping is counted too.

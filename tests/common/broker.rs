@@ -152,17 +152,22 @@ pub fn kill9(mut instance: Instance) {
 /// Produces `records` (key, payload) to `topic` one record per batch (see `tests/tansu_e2e.rs` on
 /// tansu's mid-batch fetch), at most `per_second` records a second; returns when all are acknowledged.
 ///
-/// Panics if the broker acknowledges nothing for [`PRODUCE_STALL`]. The bound is on progress, not on
+/// Panics if any record is refused, or if the broker acknowledges nothing for [`PRODUCE_STALL`]; queued
+/// records never expire. The bound is on progress, not on
 /// the whole load: tansu on two shared cores took 190 s for one 100,000-record phase of `tansu_e2e` on
 /// a quiet machine and more than 300 s (the former fixed bound) in a slow phase of the same VM.
 pub fn produce_paced(brokers: &str, topic: &str, records: &[(String, Vec<u8>)], per_second: u64) {
     use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-    let producer: ThreadedProducer<_> = ClientConfig::new()
+    let producer: ThreadedProducer<CountFailures> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("batch.num.messages", "1")
         .set("linger.ms", "0")
         .set("queue.buffering.max.messages", "1000000")
-        .create()
+        // Never expire a queued record: with librdkafka's default (300 s), records still queued when a
+        // slow broker had not taken them yet were dropped with only a delivery error, and the test then
+        // counted them as lost by the stage (seen twice on 2026-12-02).
+        .set("message.timeout.ms", "0")
+        .create_with_context(CountFailures::default())
         .unwrap();
     let started = Instant::now();
     for (i, (key, payload)) in records.iter().enumerate() {
@@ -194,6 +199,27 @@ pub fn produce_paced(brokers: &str, topic: &str, records: &[(String, Vec<u8>)], 
             last_progress.elapsed() < PRODUCE_STALL,
             "the broker acknowledged nothing for {PRODUCE_STALL:?}, {now} records still in flight: {e}"
         );
+    }
+    let failed = producer
+        .context()
+        .0
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(failed, 0, "records the broker did not accept");
+}
+
+/// Counts failed deliveries: the default context only logs them.
+#[derive(Default)]
+pub struct CountFailures(std::sync::atomic::AtomicU64);
+
+impl rdkafka::ClientContext for CountFailures {}
+
+impl rdkafka::producer::ProducerContext for CountFailures {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &rdkafka::producer::DeliveryResult<'_>, _: ()) {
+        if result.is_err() {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 
