@@ -153,9 +153,9 @@ pub fn kill9(mut instance: Instance) {
 /// tansu's mid-batch fetch), at most `per_second` records a second; returns when all are acknowledged.
 ///
 /// Panics if any record is refused, or if the broker acknowledges nothing for [`PRODUCE_STALL`]; queued
-/// records never expire. The bound is on progress, not on
-/// the whole load: tansu on two shared cores took 190 s for one 100,000-record phase of `tansu_e2e` on
-/// a quiet machine and more than 300 s (the former fixed bound) in a slow phase of the same VM.
+/// records never expire. The bound is on progress, not on the whole load: tansu on two shared cores
+/// took 190 s for one 100,000-record phase of `tansu_e2e` on a quiet machine and more than 300 s (the
+/// former fixed bound) in a slow phase of the same VM.
 pub fn produce_paced(brokers: &str, topic: &str, records: &[(String, Vec<u8>)], per_second: u64) {
     use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
     let producer: ThreadedProducer<CountFailures> = ClientConfig::new()
