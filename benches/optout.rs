@@ -16,6 +16,11 @@
 //!   stream of users: no opt-outs, a 10,000-entry set (always in cache), and the 10M set with the check
 //!   where it was before the prefetch (right after decrypting), late without the prefetch, and late with
 //!   it (what `enrich` does).
+//! * `memory_probe`: what this machine does with one cold cache line, without any of this crate's
+//!   code: a dependent chain of multiplications (`work_*`, ~0.35 and ~1.4 µs here) and, per iteration, one
+//!   random 8-byte read of a 512 MiB buffer after that work, with and without a software prefetch of
+//!   it issued before the work. Subtracting `work_*` gives what one cold line adds when the prefetch
+//!   had the whole work to arrive in: ~0 where prefetches are carried out, a memory latency where not.
 //!
 //! Two more modes, for `scripts/bench-optout.sh` (which runs this binary under `/usr/bin/time -v`):
 //! * `OPTOUT_BENCH_GEN=FILE OPTOUT_BENCH_COUNT=N`: writes N random opt-outs as CSV and exits;
@@ -409,7 +414,68 @@ fn cold_users_interleaved(rounds: usize) {
     }
 }
 
-criterion_group!(benches, lookups);
+/// One step of a dependent chain the CPU cannot shorten (each multiply waits for the one before).
+/// The constants come through `black_box` so the compiler cannot fold steps together.
+fn work(mut x: u64, steps: u64) -> u64 {
+    let (multiplier, increment) =
+        black_box((6_364_136_223_846_793_005u64, 1_442_695_040_888_963_407u64));
+    for _ in 0..steps {
+        x = x.wrapping_mul(multiplier).wrapping_add(increment);
+    }
+    x
+}
+
+#[cfg(target_arch = "x86_64")]
+fn prefetch(at: &u64) {
+    use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+    // SAFETY: a prefetch never faults, and `at` is a valid reference anyway.
+    unsafe { _mm_prefetch::<_MM_HINT_T0>((at as *const u64).cast::<i8>()) }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn prefetch(_at: &u64) {}
+
+fn memory_probe(c: &mut Criterion) {
+    const WORDS: usize = 64 << 20; // 512 MiB: far past every cache and the TLBs' reach
+    let memory: Vec<u64> = (0..WORDS as u64).collect();
+    let mut rng = fastrand::Rng::with_seed(7);
+    let lines: Vec<usize> = (0..QUERIES).map(|_| rng.usize(..WORDS / 8) * 8).collect();
+    let mut group = c.benchmark_group("memory_probe");
+    for (label, steps) in [("0.35us", 256u64), ("1.4us", 1024)] {
+        let steps = black_box(steps);
+        let mut x = 1u64;
+        group.bench_function(format!("work_{label}"), |b| {
+            b.iter(|| {
+                x = work(x, steps);
+                x
+            })
+        });
+        for prefetched in [false, true] {
+            let name = if prefetched {
+                "prefetch_work_read"
+            } else {
+                "work_read"
+            };
+            let mut i = 0usize;
+            group.bench_function(format!("{name}_{label}"), |b| {
+                b.iter(|| {
+                    i = (i + 1) & (QUERIES - 1);
+                    let line = &memory[lines[i]];
+                    if prefetched {
+                        prefetch(line);
+                    }
+                    // The read feeds the next iteration's chain, so its latency is not hidden by
+                    // out-of-order execution beyond what the prefetch already brought in.
+                    x = work(x, steps).wrapping_add(*black_box(line));
+                    x
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, memory_probe, lookups);
 
 fn gen_file(path: &str, count: usize) {
     use std::io::Write;
