@@ -356,8 +356,13 @@ fn parse_size_range(text: &str) -> anyhow::Result<(usize, usize)> {
 
 /// Reads and parses a keys file, naming the file and the fix in the error.
 pub fn load_keys(path: &Path) -> anyhow::Result<KeySet> {
-    let text =
-        std::fs::read(path).with_context(|| format!("reading keys file {}", path.display()))?;
+    let text = std::fs::read(path).with_context(|| {
+        format!(
+            "reading keys file {}: give the decrypted response of /v2/key/bidstream or \
+             /v2/key/sharing (`uid2-enricher gen --keys-out FILE` writes a test key set)",
+            path.display()
+        )
+    })?;
     KeySet::parse_json(&text).with_context(|| {
         format!(
             "parsing keys file {}: it must hold what a key endpoint returns once decrypted, \
@@ -368,9 +373,18 @@ pub fn load_keys(path: &Path) -> anyhow::Result<KeySet> {
 }
 
 /// Parses `--now`: integer milliseconds since the epoch, or an RFC 3339 timestamp.
+///
+/// Ten- and eleven-digit numbers are refused: as milliseconds they fall in 1970–1973, and they are nearly
+/// always seconds given by mistake, which would decrypt every token as of January 1970 and report a
+/// misleading lifetime status.
 pub fn parse_time(text: &str) -> anyhow::Result<i64> {
     let text = text.trim();
     if let Ok(ms) = text.parse::<i64>() {
+        if (1_000_000_000..100_000_000_000).contains(&ms) {
+            bail!(
+                "--now {text}: this looks like seconds since the Unix epoch; give milliseconds ({ms}000) or RFC 3339 (2026-01-01T00:00:00Z)"
+            );
+        }
         return Ok(ms);
     }
     match chrono::DateTime::parse_from_rfc3339(text) {

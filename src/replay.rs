@@ -70,15 +70,10 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// File → Kafka: send at most N records per second.
-    #[arg(
-        long,
-        value_name = "N",
-        conflicts_with = "speed",
-        requires = "to_topic"
-    )]
+    #[arg(long, value_name = "N", conflicts_with = "speed")]
     pub rate: Option<f64>,
     /// File → Kafka: keep the captured timing (`ts` of capture records), X times faster (2 = twice as fast).
-    #[arg(long, value_name = "X", requires = "to_topic")]
+    #[arg(long, value_name = "X")]
     pub speed: Option<f64>,
     /// Key-endpoint JSON (the decrypted response of /v2/key/bidstream or /v2/key/sharing, whole or body).
     #[arg(long, value_name = "KEYS.json")]
@@ -283,6 +278,16 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<bool> {
         }
         to_topic(args, topic)?
     } else {
+        for (given, flag) in [
+            (args.rate.is_some(), "--rate"),
+            (args.speed.is_some(), "--speed"),
+        ] {
+            if given {
+                bail!(
+                    "{flag} paces --to-topic TOPIC (file → Kafka); file output runs as fast as it can"
+                );
+            }
+        }
         let Some(output) = &args.output else {
             bail!(
                 "say where the records go: --output FILE|- (file → file) or --to-topic TOPIC --config C"

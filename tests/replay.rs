@@ -146,6 +146,74 @@ fn gen_then_replay_gives_every_case_its_intended_status() {
     assert_eq!(s["statuses"]["success"], success);
 }
 
+/// Usage mistakes are refused with the fix: seconds given to `--now` (which would decrypt as of January
+/// 1970), `--rate`/`--speed` without `--to-topic` (once silently ignored), a missing keys file.
+#[test]
+fn usage_mistakes_are_refused_with_the_fix() {
+    let dir = scratch("now_in_seconds");
+    let (requests, keys) = (dir.join("requests.jsonl"), dir.join("keys.json"));
+    let gen_at = |now: &str| {
+        bin(&[
+            "gen",
+            "--count",
+            "1",
+            "--output",
+            path(&requests),
+            "--keys-out",
+            path(&keys),
+            "--now",
+            now,
+        ])
+    };
+    let refused = gen_at("1767225600");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("looks like seconds") && stderr.contains("1767225600000"),
+        "{stderr}"
+    );
+    assert!(!keys.exists(), "nothing is written when --now is refused");
+    assert!(gen_at("1767225600000").status.success());
+    let token = "A4AAAAAAAAAA";
+    let decrypted = bin(&[
+        "decrypt",
+        "--keys",
+        path(&keys),
+        "--now",
+        "1767225600",
+        token,
+    ]);
+    let stderr = String::from_utf8_lossy(&decrypted.stderr);
+    assert_eq!(decrypted.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("1767225600000"), "{stderr}");
+    for pacing in ["--rate", "--speed"] {
+        let paced = bin(&[
+            "replay",
+            "--input",
+            path(&requests),
+            "--output",
+            path(&dir.join("out.jsonl")),
+            "--keys",
+            path(&keys),
+            pacing,
+            "2",
+        ]);
+        let stderr = String::from_utf8_lossy(&paced.stderr);
+        assert_eq!(paced.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains(pacing) && stderr.contains("--to-topic"),
+            "{stderr}"
+        );
+    }
+    let missing = bin(&["decrypt", "--keys", path(&dir.join("nope.json")), token]);
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("nope.json") && stderr.contains("gen --keys-out"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn now_capture_decrypts_old_captures_as_they_were_seen_and_keeps_the_shape() {
     let dir = scratch("now-capture");
