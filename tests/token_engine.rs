@@ -703,3 +703,33 @@ fn a_hundred_kilobyte_token_is_just_invalid() {
         Status::NotAuthorizedForMasterKey
     );
 }
+
+/// The README's `decrypt` example, run as written there (its keys are the cross-SDK vectors' in
+/// `tests/fixtures/cross-sdk-keys.json`), prints exactly the line the README shows.
+#[test]
+fn the_readme_decrypt_example_prints_what_the_readme_shows() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let mut lines = readme.lines();
+    let command = lines
+        .by_ref()
+        .find_map(|l| l.strip_prefix("$ uid2-enricher decrypt "))
+        .expect("the README shows a decrypt example");
+    let shown = lines.next().expect("the example's output line");
+    assert!(
+        command.contains(CROSS_SDK_V4),
+        "the example decrypts the cross-SDK v4 vector"
+    );
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_uid2-enricher"))
+        .current_dir(root)
+        .arg("decrypt")
+        .args(command.split_whitespace())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8(output.stdout).unwrap().trim_end(), shown);
+}
