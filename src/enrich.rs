@@ -434,12 +434,18 @@ fn enrich_json<'a>(
     if scan.tokens.is_empty() {
         return Ok(unchanged(payload));
     }
-    // Derived only if a token needs the domain check (a public-suffix lookup costs more than a scan of
-    // the site's members), and then once.
+    // Derived only if a token needs the domain check (reading `site`'s members and a public-suffix
+    // lookup cost more than the rest of the scan), and then once.
     let name = OnceCell::new();
     let name = || {
         name.get_or_init(|| {
-            domain::domain_or_app_name(scan.site_domain(), scan.site_page(), scan.app_bundle())
+            let fields = scan.domain_fields();
+            domain::domain_or_app_name(
+                fields.site_domain.as_deref(),
+                fields.site_page.as_deref(),
+                fields.app_bundle.as_deref(),
+            )
+            .map(|name| Cow::Owned(name.into_owned()))
         })
         .as_deref()
     };

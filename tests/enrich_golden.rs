@@ -316,6 +316,16 @@ fn cstg_tokens_are_checked_against_the_request_domain() {
             Status::DomainOrAppNameCheckFailed,
         ),
         (r#""device":{}"#, Status::DomainOrAppNameCheckFailed),
+        // `site` is read only for this check: members malformed inside it count as absent (the
+        // request is enriched, not dead-lettered), and a later `site` replaces an earlier one.
+        (
+            r#""site":{"domain":"example.com","page":"\q"}"#,
+            Status::DomainOrAppNameCheckFailed,
+        ),
+        (
+            r#""site":{"domain":"foo.com"},"site":{"domain":"example.com"}"#,
+            Status::Success,
+        ),
     ] {
         let request = format!(
             r#"{{{site_or_app},"user":{{"eids":[{{"source":"uidapi.com","uids":[{{"id":"{token}"}}]}}]}}}}"#
