@@ -435,7 +435,7 @@ fn enrich_json<'a>(
         return Ok(unchanged(payload));
     }
     // Derived only if a token needs the domain check (reading `site`'s members and a public-suffix
-    // lookup cost more than the rest of the scan), and then once.
+    // lookup are work nearly no request needs), and then once.
     let name = OnceCell::new();
     let name = || {
         name.get_or_init(|| {
