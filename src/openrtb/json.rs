@@ -166,21 +166,6 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// Top-level `site.domain`, when it is a string (see [`Scan::domain_fields`]).
-    pub fn site_domain(&self) -> Option<Cow<'a, str>> {
-        self.domain_fields().site_domain
-    }
-
-    /// Top-level `site.page`, when it is a string (see [`Scan::domain_fields`]).
-    pub fn site_page(&self) -> Option<Cow<'a, str>> {
-        self.domain_fields().site_page
-    }
-
-    /// Top-level `app.bundle`, when it is a string (see [`Scan::domain_fields`]).
-    pub fn app_bundle(&self) -> Option<Cow<'a, str>> {
-        self.domain_fields().app_bundle
-    }
-
     /// Whether the request has a top-level `user` object.
     pub fn has_user(&self) -> bool {
         !matches!(self.target, Target::NoUser)
@@ -2224,7 +2209,7 @@ mod tests {
         let input = "{\r\n\t\"user\" :\r\n\t{\r\n\t\t\"eids\" : [ { \"source\" : \"uidapi.com\" , \"uids\" : [ { \"id\" : \"T\" } ] } ] ,\r\n\t\t\"ext\"\t:\t{ \"gdpr\" : 1 }\t\r\n\t} , \"site\" : { \"domain\" :\t\"a.example\" }\r\n}\r\n";
         let s = scan_ok(input);
         assert_eq!(toks(&s), vec![tok("T", 0, UserEids)]);
-        assert_eq!(s.site_domain().as_deref(), Some("a.example"));
+        assert_eq!(s.domain_fields().site_domain.as_deref(), Some("a.example"));
         let out = check_all(input);
         assert_eq!(
             out,
@@ -2418,7 +2403,7 @@ mod tests {
         let input = r#"{"us\u0065r":{"\u0065ids":[{"sour\u0063e":"uidapi.com","uids":[{"\u0069d":"T"}]}],"e\u0078t":{"uid2\u005fenrichment":1}},"\u0073ite":{"dom\u0061in":"d.example"}}"#;
         let s = scan_ok(input);
         assert_eq!(toks(&s), vec![tok("T", 0, UserEids)]);
-        assert_eq!(s.site_domain().as_deref(), Some("d.example"));
+        assert_eq!(s.domain_fields().site_domain.as_deref(), Some("d.example"));
         assert!(s.has_member());
         assert_eq!(
             enrich(input).unwrap(),
@@ -2456,25 +2441,37 @@ mod tests {
         let s = scan_ok(
             r#"{"site":{"domain":"old.example"},"site":{"page":"https:\/\/www.caf\u00e9.fr\/x","domain":"www.example.com","publisher":{"domain":"pub.example"}},"app":{"bundle":"com.example.app","storeurl":"x"}}"#,
         );
-        assert_eq!(s.site_domain().as_deref(), Some("www.example.com"));
-        assert_eq!(s.site_page().as_deref(), Some("https://www.café.fr/x"));
-        assert_eq!(s.app_bundle().as_deref(), Some("com.example.app"));
+        assert_eq!(
+            s.domain_fields().site_domain.as_deref(),
+            Some("www.example.com")
+        );
+        assert_eq!(
+            s.domain_fields().site_page.as_deref(),
+            Some("https://www.café.fr/x")
+        );
+        assert_eq!(
+            s.domain_fields().app_bundle.as_deref(),
+            Some("com.example.app")
+        );
         let s = scan_ok(r#"{"site":{"domain":5,"page":null},"app":"x"}"#);
         assert_eq!(
             (
-                s.site_domain().as_deref(),
-                s.site_page().as_deref(),
-                s.app_bundle().as_deref()
+                s.domain_fields().site_domain.as_deref(),
+                s.domain_fields().site_page.as_deref(),
+                s.domain_fields().app_bundle.as_deref()
             ),
             (None, None, None)
         );
         let s = scan_ok(r#"{"site":{"domain":"a.example","domain":["b"]}}"#);
-        assert_eq!(s.site_domain().as_deref(), None);
+        assert_eq!(s.domain_fields().site_domain.as_deref(), None);
         let s = scan_ok(
             r#"{"imp":[{"site":{"domain":"nested.example"}}],"app":{"publisher":{"bundle":"n"}}}"#,
         );
         assert_eq!(
-            (s.site_domain().as_deref(), s.app_bundle().as_deref()),
+            (
+                s.domain_fields().site_domain.as_deref(),
+                s.domain_fields().app_bundle.as_deref()
+            ),
             (None, None)
         );
     }
@@ -2879,12 +2876,12 @@ mod tests {
             let s = scan_ok(&input);
             assert_eq!(toks(&s), expected_tokens(name), "{name}");
             assert_eq!(toks(&s), reference_tokens(&v), "{name}");
-            assert_eq!(s.site_domain().as_deref(), domain, "{name}");
+            assert_eq!(s.domain_fields().site_domain.as_deref(), domain, "{name}");
             assert_eq!(
-                s.site_page().as_deref().map(str::to_string),
+                s.domain_fields().site_page.as_deref().map(str::to_string),
                 reference_str(&v, "site", "page")
             );
-            assert_eq!(s.app_bundle().as_deref(), bundle, "{name}");
+            assert_eq!(s.domain_fields().app_bundle.as_deref(), bundle, "{name}");
             assert_eq!(s.can_splice(), splices, "{name}");
             if splices {
                 check_all(&input);
@@ -2893,7 +2890,7 @@ mod tests {
         let uni = fixture("unicode-numbers.json");
         let s = scan_ok(&uni);
         assert_eq!(
-            s.site_page().as_deref(),
+            s.domain_fields().site_page.as_deref(),
             Some("https://www.café-example.fr/recettes/crêpe?x=1&y=€")
         );
         // The misspelled `apis` and every other byte outside the insertion survive.
@@ -3581,9 +3578,9 @@ mod tests {
             if let Ok(v) = serde_json::from_slice::<Value>(&bytes) && v.is_object() {
                 let s = result.expect("scan rejects JSON that serde_json accepts");
                 prop_assert_eq!(toks(&s), reference_tokens(&v));
-                prop_assert_eq!(s.site_domain().as_deref().map(str::to_string), reference_str(&v, "site", "domain"));
-                prop_assert_eq!(s.site_page().as_deref().map(str::to_string), reference_str(&v, "site", "page"));
-                prop_assert_eq!(s.app_bundle().as_deref().map(str::to_string), reference_str(&v, "app", "bundle"));
+                prop_assert_eq!(s.domain_fields().site_domain.as_deref().map(str::to_string), reference_str(&v, "site", "domain"));
+                prop_assert_eq!(s.domain_fields().site_page.as_deref().map(str::to_string), reference_str(&v, "site", "page"));
+                prop_assert_eq!(s.domain_fields().app_bundle.as_deref().map(str::to_string), reference_str(&v, "app", "bundle"));
                 if s.can_splice() {
                     check_all(std::str::from_utf8(&bytes).unwrap());
                 }
@@ -3602,7 +3599,7 @@ mod tests {
             prop_assert_eq!(toks(&s), tokens.clone());
             let v: Value = serde_json::from_str(&input).expect("generated input is JSON");
             prop_assert_eq!(&tokens, &reference_tokens(&v));
-            prop_assert_eq!(s.site_domain().as_deref().is_some(), req.members.iter().any(|(k, _)| *k == r#""site""#));
+            prop_assert_eq!(s.domain_fields().site_domain.as_deref().is_some(), req.members.iter().any(|(k, _)| *k == r#""site""#));
             let out = splice(input.as_bytes(), &s, M, J).map(|o| String::from_utf8(o).unwrap());
             prop_assert_eq!(&out, &expected);
             if let Some(out) = out {
