@@ -723,13 +723,18 @@ fn parse_eids<'a>(
     Ok(())
 }
 
-/// Reads an eid of the compact shape nearly every eid has in real traffic (what Prebid Server writes):
+/// Reads eids of the compact shape nearly every eid has in real traffic (what Prebid Server writes):
 /// `{"source":"…","uids":[{"id":"…","atype":N},…]}`, no whitespace, no escapes, `atype` absent or a
 /// number, and no other members in the eid or its uids. Literal compares cost a fraction of the general
 /// member walk, which was most of a scan (about 40 ns per eid that is not UID2).
 ///
-/// Returns `false` for anything else, having moved nothing and pushed nothing; [`parse_eid`] then reads
-/// the eid from the same place. Whatever this accepts, `parse_eid` accepts with the same tokens, so the
+/// Takes the eid at the cursor and every compact eid that follows it, each after one comma, and leaves the
+/// cursor after the last one taken (at the `,` or `]` that follows it). Going from one eid to the next
+/// here, instead of through [`Cursor::array`], saved ~40 instructions per eid (callgrind).
+///
+/// Returns `false` when the first eid is not compact, having moved nothing and pushed nothing; [`parse_eid`]
+/// then reads the eid from the same place. An eid after the first that is not compact is likewise left,
+/// untouched, to the array walk. Whatever this accepts, `parse_eid` accepts with the same tokens, so the
 /// shortcut never changes a result.
 #[inline]
 fn compact_eid<'a>(
@@ -739,77 +744,89 @@ fn compact_eid<'a>(
     tokens: &mut Tokens<'a>,
 ) -> bool {
     let bytes = cur.bytes;
-    // Every way out but the last drops what was pushed. A version with one exit (an inner function
-    // returning `Option`) cost ~350 more instructions per 2 KB request (callgrind), so the exits repeat.
-    let first = tokens.len();
-    let Some((source, mut pos)) = compact_string(bytes, cur.pos, b"{\"source\":\"") else {
-        return false;
-    };
-    if !bytes
-        .get(pos..)
-        .is_some_and(|rest| rest.starts_with(b",\"uids\":["))
-    {
-        return false;
-    }
-    pos += b",\"uids\":[".len();
-    let source_index = sources.iter().position(|name| name.as_bytes() == source);
+    let mut pos = cur.pos;
+    let mut taken = false;
+    // Every way out of an eid but the last drops what it pushed. A version with one exit (an inner
+    // function returning `Option`) cost ~350 more instructions per 2 KB request (callgrind), so the exits
+    // repeat.
     loop {
-        let Some((id, after_id)) = compact_string(bytes, pos, b"{\"id\":\"") else {
-            tokens.truncate(first);
-            return false;
+        let first = tokens.len();
+        let Some((source, after_source)) = compact_string(bytes, pos, b"{\"source\":\"") else {
+            return taken;
         };
-        pos = after_id;
-        if bytes
+        pos = after_source;
+        if !bytes
             .get(pos..)
-            .is_some_and(|rest| rest.starts_with(b",\"atype\":"))
+            .is_some_and(|rest| rest.starts_with(b",\"uids\":["))
         {
-            pos += b",\"atype\":".len();
-            let digits = bytes
-                .get(pos..)
-                .unwrap_or_default()
-                .iter()
-                .take_while(|b| b.is_ascii_digit())
-                .count();
-            if digits == 0 {
+            return taken;
+        }
+        pos += b",\"uids\":[".len();
+        let source_index = sources.iter().position(|name| name.as_bytes() == source);
+        loop {
+            let Some((id, after_id)) = compact_string(bytes, pos, b"{\"id\":\"") else {
                 tokens.truncate(first);
-                return false;
+                return taken;
+            };
+            pos = after_id;
+            if bytes
+                .get(pos..)
+                .is_some_and(|rest| rest.starts_with(b",\"atype\":"))
+            {
+                pos += b",\"atype\":".len();
+                let digits = bytes
+                    .get(pos..)
+                    .unwrap_or_default()
+                    .iter()
+                    .take_while(|b| b.is_ascii_digit())
+                    .count();
+                if digits == 0 {
+                    tokens.truncate(first);
+                    return taken;
+                }
+                pos += digits;
             }
-            pos += digits;
+            if bytes.get(pos) != Some(&b'}') {
+                tokens.truncate(first);
+                return taken;
+            }
+            if let Some(source_index) = source_index {
+                debug_assert!(std::str::from_utf8(id).is_ok());
+                // SAFETY: `scan` checked that the whole input is UTF-8, and `id` lies between two `"`
+                // bytes, which are ASCII and so never inside a multi-byte character: `id` starts and ends
+                // on character boundaries. (`from_utf8` here cost ~1 instruction per byte of every
+                // token, about 2% of a 2 KB request.)
+                let id = unsafe { std::str::from_utf8_unchecked(id) };
+                tokens.push(FoundToken {
+                    id: Cow::Borrowed(id),
+                    source_index,
+                    location,
+                });
+            }
+            match bytes.get(pos + 1) {
+                Some(b',') => pos += 2,
+                Some(b']') => {
+                    pos += 2;
+                    break;
+                }
+                _ => {
+                    tokens.truncate(first);
+                    return taken;
+                }
+            }
         }
         if bytes.get(pos) != Some(&b'}') {
             tokens.truncate(first);
-            return false;
+            return taken;
         }
-        if let Some(source_index) = source_index {
-            // Cannot fail: the input is UTF-8 and the quotes around the id are ASCII.
-            let Ok(id) = std::str::from_utf8(id) else {
-                tokens.truncate(first);
-                return false;
-            };
-            tokens.push(FoundToken {
-                id: Cow::Borrowed(id),
-                source_index,
-                location,
-            });
+        pos += 1;
+        cur.pos = pos;
+        taken = true;
+        if bytes.get(pos) != Some(&b',') {
+            return true;
         }
-        match bytes.get(pos + 1) {
-            Some(b',') => pos += 2,
-            Some(b']') => {
-                pos += 2;
-                break;
-            }
-            _ => {
-                tokens.truncate(first);
-                return false;
-            }
-        }
+        pos += 1;
     }
-    if bytes.get(pos) != Some(&b'}') {
-        tokens.truncate(first);
-        return false;
-    }
-    cur.pos = pos + 1;
-    true
 }
 
 /// At `at`, `prefix` (ending in an opening quote) and then a string without escapes: the string's bytes
@@ -3512,31 +3529,48 @@ mod tests {
             prop_assert_eq!(is_utf8(&bytes), std::str::from_utf8(&bytes).is_ok());
         }
 
-        /// The compact-eid shortcut never changes a result: wherever it takes an eid (compact ones and
-        /// near misses made by random edits), the general walk takes it too, ending at the same place with
-        /// the same tokens; where it declines, it has moved nothing and pushed nothing.
+        /// The compact-eid shortcut never changes a result: wherever it takes eids (a run of compact ones
+        /// and near misses made by random edits, one comma between them), the general walk takes the same
+        /// eids too, ending at the same place with the same tokens; where it declines, it has moved nothing
+        /// and pushed nothing.
         #[test]
         fn compact_eid_agrees_with_the_general_walk(
-            base in prop::sample::select(vec![
-                r#"{"source":"uidapi.com","uids":[{"id":"A4AAAAB-_x","atype":3}]}"#,
-                r#"{"source":"uidapi.com","uids":[{"id":"t1","atype":3},{"id":"t2"},{"id":"t3","atype":12}]}"#,
-                r#"{"source":"liveramp.com","uids":[{"id":"x","atype":1}]}"#,
-                r#"{"source":"euid.eu","uids":[{"id":"e"}]}"#,
-                r#"{"source":"uidapi.com","uids":[]}"#,
-            ]),
-            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), any::<u8>()), 0..4),
+            eids in prop::collection::vec(
+                (
+                    prop::sample::select(vec![
+                        r#"{"source":"uidapi.com","uids":[{"id":"A4AAAAB-_x","atype":3}]}"#,
+                        r#"{"source":"uidapi.com","uids":[{"id":"t1","atype":3},{"id":"t2"},{"id":"t3","atype":12}]}"#,
+                        r#"{"source":"liveramp.com","uids":[{"id":"x","atype":1}]}"#,
+                        r#"{"source":"euid.eu","uids":[{"id":"e"}]}"#,
+                        r#"{"source":"uidapi.com","uids":[]}"#,
+                    ]),
+                    prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), any::<u8>()), 0..3),
+                ),
+                1..4,
+            ),
         ) {
-            let input = mutate(base.as_bytes(), &edits);
+            let input = eids
+                .iter()
+                .map(|(base, edits)| mutate(base.as_bytes(), edits))
+                .collect::<Vec<_>>()
+                .join(&b',');
             prop_assume!(std::str::from_utf8(&input).is_ok());
             let mut fast = Cursor { bytes: &input, pos: 0 };
             let mut fast_tokens = Tokens::new();
             if compact_eid(&mut fast, SOURCES, EidLocation::UserEids, &mut fast_tokens) {
                 let mut general = Cursor { bytes: &input, pos: 0 };
                 let mut general_tokens = Tokens::new();
-                prop_assert_eq!(
-                    parse_eid(&mut general, 3, SOURCES, EidLocation::UserEids, &mut general_tokens),
-                    Ok(())
-                );
+                loop {
+                    prop_assert_eq!(
+                        parse_eid(&mut general, 3, SOURCES, EidLocation::UserEids, &mut general_tokens),
+                        Ok(())
+                    );
+                    if general.pos >= fast.pos {
+                        break;
+                    }
+                    prop_assert_eq!(general.peek(), Some(b','));
+                    general.pos += 1;
+                }
                 prop_assert_eq!(fast.pos, general.pos);
                 prop_assert_eq!(fast_tokens, general_tokens);
             } else {
