@@ -41,8 +41,9 @@
 //! it, detected at run time; elsewhere a portable 8-bytes-per-word version and shifts), `memchr` (the rest
 //! of long strings), `smallvec` (the found tokens, inline), `thiserror`, and `serde_json` (with serde's
 //! `IgnoredAny`) only inside [`validate_strict`]. Pure: no I/O, no clock, no global state (std's cached
-//! CPU feature flags aside). The only `unsafe` is the calls into those `#[target_feature]` functions,
-//! which take no pointers; tests check each against the portable version.
+//! CPU feature flags aside). `unsafe` appears in two places: the calls into those `#[target_feature]`
+//! functions, which take no pointers (tests check each against the portable version), and the `&str` of a
+//! token id in [`compact_eid`], bytes between two quotes of input already checked to be UTF-8.
 
 use std::borrow::Cow;
 use std::hint::select_unpredictable;
