@@ -165,8 +165,14 @@ pub struct DecryptArgs {
     #[arg(long, value_enum, default_value_t = ModeArg::Bidstream)]
     pub mode: ModeArg,
     /// Registrable domain or app name of the request, for client-side-generated tokens (bidstream mode).
+    /// Passed to the check as given, as the SDKs take it.
     #[arg(long, value_name = "D")]
     pub domain: Option<String>,
+    /// The request's `site.domain` or `site.page` (a host or URL): reduced to its registrable domain,
+    /// lower-cased, as the enricher does before the check (`https://News.Example.co.uk/a` gives
+    /// `example.co.uk`). Instead of `--domain`.
+    #[arg(long, value_name = "HOST|URL", conflicts_with = "domain")]
+    pub site: Option<String>,
     /// Decrypt as of this time: milliseconds since the Unix epoch, or RFC 3339 (2026-01-01T00:00:00Z).
     /// Default: now.
     #[arg(long, value_name = "MS|RFC3339")]
@@ -257,11 +263,15 @@ fn decrypt_command(args: &DecryptArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.token.clone()
     };
+    let site_name = args
+        .site
+        .as_deref()
+        .and_then(|site| crate::openrtb::domain::domain_or_app_name(Some(site), None, None));
     let result = decrypt(
         token.trim(),
         Some(&keys),
         args.mode.into(),
-        args.domain.as_deref(),
+        site_name.as_deref().or(args.domain.as_deref()),
         now_ms,
     );
     println!("{}", decryption_json(&result));

@@ -733,3 +733,57 @@ fn the_readme_decrypt_example_prints_what_the_readme_shows() {
     );
     assert_eq!(String::from_utf8(output.stdout).unwrap().trim_end(), shown);
 }
+
+/// `decrypt --site` reduces a host or URL as the enricher reduces `site.domain`/`site.page`; `--domain`
+/// is passed to the check as given, as the SDKs take it.
+#[test]
+fn decrypt_site_is_reduced_to_the_registrable_domain_and_domain_is_taken_as_given() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/token-engine-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let keys = write_bidstream_keys(dir.join("decrypt-site-keys.json"));
+    let mut t = Token::new(TokenVersion::V4);
+    t.privacy_bits = 0x2;
+    let token = t.build();
+    let run = |name_args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_uid2-enricher"))
+            .arg("decrypt")
+            .arg("--keys")
+            .arg(&keys)
+            .args(["--now", &NOW.to_string()])
+            .args(name_args)
+            .arg(&token)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        (output.status.code(), stdout)
+    };
+    let status_of = |stdout: &str| -> String {
+        let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        v["status"].as_str().unwrap().to_string()
+    };
+    for site in [
+        "https://News.Example.com/markets?x=1",
+        "www.EXAMPLE.com",
+        "example.org.",
+    ] {
+        let (code, stdout) = run(&["--site", site]);
+        assert_eq!(
+            (code, status_of(&stdout).as_str()),
+            (Some(0), "success"),
+            "{site}"
+        );
+    }
+    for (flag, name) in [
+        ("--site", "www.example.net"),
+        ("--domain", "www.example.com"),
+    ] {
+        let (code, stdout) = run(&[flag, name]);
+        assert_eq!(
+            (code, status_of(&stdout).as_str()),
+            (Some(1), "domain_or_app_name_check_failed"),
+            "{flag} {name}"
+        );
+    }
+    let (code, _) = run(&["--site", "example.com", "--domain", "example.com"]);
+    assert_eq!(code, Some(2), "--site and --domain together are refused");
+}
