@@ -66,7 +66,7 @@ pub struct VerifyArgs {
     /// record key).
     #[arg(long, default_value = "/id")]
     pub id_field: String,
-    /// Give up reading one topic after this many seconds.
+    /// Give up reading one topic after this many seconds (connecting and its metadata included).
     #[arg(long, default_value_t = 120)]
     pub timeout: u64,
     /// Print the report as JSON instead of a table.

@@ -35,19 +35,21 @@ use rdkafka::{Offset, TopicPartitionList};
 /// Why a verification could not run (not what it found: that is the [`Report`]).
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
-    #[error("creating a Kafka consumer for {brokers}: {source}")]
+    #[error("creating a Kafka consumer for {brokers}")]
     Client {
         brokers: String,
         source: rdkafka::error::KafkaError,
     },
-    #[error("reading the metadata of topic {topic}: {source} (does it exist?)")]
+    #[error(
+        "reading the metadata of topic {topic} (is the broker reachable, and does the topic exist?)"
+    )]
     Metadata {
         topic: String,
         source: rdkafka::error::KafkaError,
     },
     #[error("topic {0} does not exist or has no partitions")]
     NoSuchTopic(String),
-    #[error("reading topic {topic}: {source}")]
+    #[error("reading topic {topic}")]
     Read {
         topic: String,
         source: rdkafka::error::KafkaError,
@@ -385,7 +387,7 @@ pub struct VerifyOptions {
     pub dlq: String,
     /// JSON pointer of the request id.
     pub id_field: String,
-    /// Give up reading a topic after this long.
+    /// Give up reading a topic after this long, its metadata and watermarks included.
     pub timeout: Duration,
     /// Once every partition reached the end it had when reading started, stop after this long without a
     /// new record (brokers such as tansu report watermarks per batch, so the end is confirmed by quiet).
@@ -422,6 +424,15 @@ pub fn read_topic_counting(
     options: &VerifyOptions,
     topic: &str,
 ) -> Result<(Vec<Seen>, i64), VerifyError> {
+    let started = Instant::now();
+    // Each broker request waits at most 10 s, and never past the topic's timeout: an unreachable broker
+    // then fails the read within `timeout`, not 10 s per partition later.
+    let request_timeout = || {
+        options
+            .timeout
+            .saturating_sub(started.elapsed())
+            .clamp(Duration::from_millis(1), Duration::from_secs(10))
+    };
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &options.brokers)
         // A group id librdkafka wants for its fetcher; nothing joins the group or commits to it.
@@ -437,7 +448,7 @@ pub fn read_topic_counting(
             source,
         })?;
     let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .fetch_metadata(Some(topic), request_timeout())
         .map_err(|source| VerifyError::Metadata {
             topic: topic.to_string(),
             source,
@@ -457,7 +468,7 @@ pub fn read_topic_counting(
     let mut deleted = 0;
     for &p in &partitions {
         let (low, high) = consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .fetch_watermarks(topic, p, request_timeout())
             .map_err(|source| VerifyError::Read {
                 topic: topic.to_string(),
                 source,
@@ -477,7 +488,6 @@ pub fn read_topic_counting(
         source,
     })?;
     let mut by_partition: BTreeMap<i32, Vec<Seen>> = BTreeMap::new();
-    let started = Instant::now();
     let mut last_record = Instant::now();
     while started.elapsed() < options.timeout {
         // Done once every partition reached its end and nothing more came for `idle`; or when nothing
@@ -619,6 +629,22 @@ pub fn command(args: &crate::cli::VerifyArgs) -> anyhow::Result<std::process::Ex
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Nothing listens on port 1: the metadata request can only time out or fail, and `timeout` bounds
+    /// it (it used to wait a fixed 10 s, whatever `--timeout` said).
+    #[test]
+    fn an_unreachable_broker_fails_the_read_within_the_timeout() {
+        let mut options = VerifyOptions::new("127.0.0.1:1", "in", "out", "dlq");
+        options.timeout = Duration::from_secs(1);
+        let started = Instant::now();
+        let result = read_topic(&options, "in");
+        let took = started.elapsed();
+        assert!(
+            matches!(result, Err(VerifyError::Metadata { .. })),
+            "{result:?}"
+        );
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+    }
 
     fn seen(id: &str, partition: i32, offset: i64) -> Seen {
         Seen {
