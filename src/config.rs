@@ -464,6 +464,23 @@ pub fn load_with_env(
     parse_with_env(&text, &origin, env)
 }
 
+/// [`load`] for a command that takes everything from the file but the operator's credentials: `replay`
+/// given `--keys`, or writing into a topic (no decryption at all). The file is validated whole, `[uid2]`
+/// included, but [`ENV_API_KEY`] and [`ENV_SECRET_KEY`] need not be set, so a production config can be
+/// used on a machine without the production secrets. When they are not set and `[uid2]` names an
+/// operator, the `KeysFrom::Operator` returned carries placeholder credentials: the caller must not
+/// fetch keys with it (replay never does).
+pub fn load_without_operator_credentials(path: &Path) -> Result<Settings, ConfigError> {
+    const PLACEHOLDER_SECRET: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    load_with_env(path, &|name| {
+        std::env::var(name).ok().or_else(|| match name {
+            ENV_API_KEY => Some("unused".to_string()),
+            ENV_SECRET_KEY => Some(PLACEHOLDER_SECRET.to_string()),
+            _ => None,
+        })
+    })
+}
+
 /// Parses and validates configuration `text`; `origin` names it in messages (usually the path).
 /// Secrets come from the process environment.
 pub fn parse(text: &str, origin: &str) -> Result<Settings, ConfigError> {

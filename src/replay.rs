@@ -357,11 +357,13 @@ struct Done {
 }
 
 fn to_file(args: &ReplayArgs, output_path: &Path, now: Now) -> anyhow::Result<Summary> {
-    let settings = args
-        .config
-        .as_deref()
-        .map(crate::config::load)
-        .transpose()?;
+    // With --keys the config's operator is not used, and neither are its credentials.
+    let load = if args.keys.is_some() {
+        crate::config::load_without_operator_credentials
+    } else {
+        crate::config::load
+    };
+    let settings = args.config.as_deref().map(load).transpose()?;
     let keys_path = match (&args.keys, &settings) {
         (Some(path), _) => Some(path.clone()),
         (None, Some(s)) => match &s.uid2.keys {
@@ -876,7 +878,8 @@ fn to_topic(args: &ReplayArgs, topic: &str) -> anyhow::Result<Summary> {
     let Some(config_path) = &args.config else {
         bail!("--to-topic needs --config C for the brokers and [kafka.producer] settings");
     };
-    let settings = crate::config::load(config_path)?;
+    // Records go out as they are: nothing is decrypted, so the operator's credentials are not needed.
+    let settings = crate::config::load_without_operator_credentials(config_path)?;
     let overrides: Vec<(String, String)> = settings
         .kafka
         .producer

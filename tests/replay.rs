@@ -659,3 +659,74 @@ fn optouts_from_a_file_apply_the_rule_offline() {
         "{stderr}"
     );
 }
+
+/// A production config names an operator whose credentials live in the environment. Replaying with
+/// `--keys` uses neither, so it works without them; without `--keys` the missing credential is named.
+/// The rest of the file is still checked.
+#[test]
+fn replay_with_keys_does_not_need_the_operator_credentials_of_its_config() {
+    let dir = scratch("operator_config");
+    let (requests, keys, out) = (
+        dir.join("requests.jsonl"),
+        dir.join("keys.json"),
+        dir.join("out.jsonl"),
+    );
+    let now = "1767225600000";
+    assert!(
+        bin(&[
+            "gen",
+            "--count",
+            "5",
+            "--output",
+            path(&requests),
+            "--keys-out",
+            path(&keys),
+            "--now",
+            now,
+        ])
+        .status
+        .success()
+    );
+    let config = dir.join("production.toml");
+    std::fs::write(&config, "[uid2]\nbase_url = \"https://prod.uidapi.com\"\n").unwrap();
+    let replay = |config: &Path, with_keys: bool| {
+        let mut args = vec![
+            "replay",
+            "--input",
+            path(&requests),
+            "--output",
+            path(&out),
+            "--now",
+            now,
+            "--config",
+            path(config),
+        ];
+        if with_keys {
+            args.extend(["--keys", path(&keys)]);
+        }
+        Command::new(env!("CARGO_BIN_EXE_uid2-enricher"))
+            .args(&args)
+            .env_remove("UID2_API_KEY")
+            .env_remove("UID2_SECRET_KEY")
+            .output()
+            .unwrap()
+    };
+    let with_keys = replay(&config, true);
+    assert!(
+        with_keys.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with_keys.stderr)
+    );
+    assert_eq!(lines(&out).len(), 5);
+    let without_keys = replay(&config, false);
+    let stderr = String::from_utf8_lossy(&without_keys.stderr);
+    assert_eq!(without_keys.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("UID2_API_KEY"), "{stderr}");
+    // The file is still validated whole: a bad [uid2] is refused even with --keys.
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[uid2]\nbase_url = \"http://prod.uidapi.com\"\n").unwrap();
+    let refused = replay(&bad, true);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("base_url"), "{stderr}");
+}
