@@ -307,9 +307,9 @@ pub fn enrich<'a>(
     }
 }
 
-/// [`enrich`] for callers that reuse one output buffer across requests (replay's batches, benchmarks):
-/// the enriched request is appended to `out`, and `output` borrows those bytes. An unchanged request
-/// appends nothing, and `output` borrows `payload`, as with [`enrich`].
+/// [`enrich`] for callers that reuse one output buffer across requests (the Kafka stage, replay,
+/// benchmarks): the enriched request is appended to `out`, and `output` borrows those bytes. An unchanged
+/// request appends nothing, and `output` borrows `payload`, as with [`enrich`].
 ///
 /// For a JSON request this saves the fresh buffer [`enrich`] allocates, which for a 2 KB request costs
 /// more (glibc's path for blocks past its per-thread cache) than splicing the member in. Other formats
