@@ -18,6 +18,8 @@
 //! descend into is skipped by length, so it costs no stack; groups are skipped iteratively up to
 //! [`MAX_DEPTH`] levels (prost's recursion limit).
 //!
+//! `unsafe` appears once: a string field confirmed ASCII becomes a `&str` without std's second check.
+//!
 //! Pure: no I/O. Depends on std, prost (the generated [`pb`] types, and encoding the appended
 //! [`pb::Uid2Enrichment`]) and thiserror.
 
@@ -454,10 +456,12 @@ fn read_user(
 }
 
 /// Requests carry up to a few dozen eids: one allocation for the usual number instead of a doubling series.
+/// 64 ranges are 1 KB, which glibc still serves from its per-thread cache; with 16, a request of 20 eids
+/// paid a `realloc` of ~600 instructions (callgrind, the 2 KB bench request).
 #[inline(always)]
 fn push_range(ranges: &mut Vec<Range<usize>>, range: Range<usize>) {
     if ranges.capacity() == 0 {
-        ranges.reserve(16);
+        ranges.reserve(64);
     }
     ranges.push(range);
 }
@@ -521,8 +525,17 @@ fn read_eid<'a>(
     Ok(())
 }
 
+/// The string field at `range`. Tokens, domains and URLs are ASCII, which `is_ascii` confirms in a few
+/// instructions per 8 bytes; std's validation cost ~3 per byte here (callgrind, ~900 instructions per
+/// 2 KB request), and runs only for other text.
 fn utf8(input: &[u8], range: Range<usize>) -> Result<&str, ProtoError> {
-    std::str::from_utf8(&input[range]).map_err(|_| ProtoError::InvalidUtf8)
+    let bytes = input.get(range).ok_or(ProtoError::Truncated)?;
+    if bytes.is_ascii() {
+        // SAFETY: ASCII is UTF-8.
+        Ok(unsafe { std::str::from_utf8_unchecked(bytes) })
+    } else {
+        std::str::from_utf8(bytes).map_err(|_| ProtoError::InvalidUtf8)
+    }
 }
 
 /// One field of a message. Offsets are into the whole input.
@@ -1134,6 +1147,12 @@ mod tests {
         assert_eq!(scan(&bad_source, &SOURCES), Err(ProtoError::InvalidUtf8));
         let bad_domain = len(BID_REQUEST_SITE, &len(SITE_DOMAIN, &bad));
         assert_eq!(scan(&bad_domain, &SOURCES), Err(ProtoError::InvalidUtf8));
+        // Text that is UTF-8 but not ASCII takes std's validation, and is read as it is.
+        let unicode_domain = len(BID_REQUEST_SITE, &len(SITE_DOMAIN, "bücher.de".as_bytes()));
+        assert_eq!(
+            scan(&unicode_domain, &SOURCES).map(|s| s.site_domain),
+            Ok(Some("bücher.de"))
+        );
 
         // Not read: another source's uid, user.id, site.name, an unknown top-level field.
         let other_source = cat(&[
