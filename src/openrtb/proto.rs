@@ -550,8 +550,8 @@ fn read_eid_fields<'a>(
 /// cursor walks (the source, the uids, each uid's fields), which were most of a protobuf scan.
 ///
 /// Returns `false`, having pushed nothing, for any other layout (a token of UID2's length has a two-byte
-/// length, so its eid is one of them), and for a non-UTF-8 source or id; [`read_eid`] then reads the
-/// eid, finds the same tokens, and reports the errors.
+/// length, so its eid is one of them), and for a source or id that is not ASCII; [`read_eid`] then reads
+/// the eid, finds the same tokens, and reports the errors.
 fn compact_eid<'a>(
     input: &'a [u8],
     eid: Range<usize>,
