@@ -386,7 +386,7 @@ async fn partition_task(
     let mut acked_next: Option<i64> = None;
     let mut stored_next: Option<i64> = None;
     let mut open = true;
-    // The enriched JSON of one record at a time: the producer copies it before `process` returns, so one
+    // The enriched body of one record at a time: the producer copies it before `process` returns, so one
     // buffer serves the partition. A fresh buffer per record costs more than splicing the member in
     // (glibc's path for blocks past its per-thread cache; README, Performance, `json` vs `json_into`).
     let mut output_buffer = Vec::new();
@@ -469,8 +469,8 @@ type PendingDelivery = std::pin::Pin<
 /// Enriches one record and hands its output (or dead letter) to the producer; returns the delivery to
 /// await, or a fatal reason.
 ///
-/// `output_buffer` receives the enriched JSON (cleared first); its bytes are handed to the producer,
-/// which copies them, before this returns.
+/// `output_buffer` receives the enriched JSON or protobuf body (cleared first); its bytes are handed to
+/// the producer, which copies them, before this returns.
 async fn process(
     shared: &Arc<Shared>,
     job: Job,
@@ -718,7 +718,8 @@ fn tokenize_record<'m>(shared: &Shared, message: &'m OwnedMessage) -> Outcome<'m
     }
 }
 
-/// An enriched JSON request is written to `output_buffer` (empty on entry) and the outcome borrows it.
+/// An enriched JSON or protobuf request is written to `output_buffer` (empty on entry), and the outcome
+/// borrows it.
 fn enrich_record<'m>(
     shared: &Shared,
     message: &'m OwnedMessage,

@@ -307,16 +307,32 @@ pub fn append_enrichment(
     scan: &ProtoScan<'_>,
     enrichment: &pb::Uid2Enrichment,
 ) -> Vec<u8> {
+    let mut out = Vec::new();
+    append_enrichment_into(input, scan, enrichment, &mut out);
+    out
+}
+
+/// [`append_enrichment`], written after what `out` already holds (a buffer reused across requests).
+pub fn append_enrichment_into(
+    input: &[u8],
+    scan: &ProtoScan<'_>,
+    enrichment: &pb::Uid2Enrichment,
+    out: &mut Vec<u8>,
+) {
     let body = enrichment.encode_to_vec();
     let inner_len = varint_len(tag(USER_UID2_ENRICHMENT, WIRE_LEN))
         + varint_len(body.len() as u64)
         + body.len();
-    let mut out = Vec::with_capacity(
-        input.len()
-            + varint_len(tag(BID_REQUEST_USER, WIRE_LEN))
-            + varint_len(inner_len as u64)
-            + inner_len,
-    );
+    let needed = input.len()
+        + varint_len(tag(BID_REQUEST_USER, WIRE_LEN))
+        + varint_len(inner_len as u64)
+        + inner_len;
+    if out.capacity() == 0 {
+        // A new buffer: allocated at its size, without `reserve`'s growth path.
+        *out = Vec::with_capacity(needed);
+    } else {
+        out.reserve(needed);
+    }
 
     let strips: &[Strip] = if scan.input_len == input.len() && strips_fit(&scan.strips, input.len())
     {
@@ -331,7 +347,7 @@ pub fn append_enrichment(
         let kept = strip.payload.len() - removed;
         if kept > 0 {
             out.extend_from_slice(&input[strip.record.start..strip.len_at]);
-            put_varint(&mut out, kept as u64);
+            put_varint(out, kept as u64);
             let mut from = strip.payload.start;
             for cut in &strip.remove {
                 out.extend_from_slice(&input[from..cut.start]);
@@ -343,12 +359,11 @@ pub fn append_enrichment(
     }
     out.extend_from_slice(&input[at..]);
 
-    put_varint(&mut out, tag(BID_REQUEST_USER, WIRE_LEN));
-    put_varint(&mut out, inner_len as u64);
-    put_varint(&mut out, tag(USER_UID2_ENRICHMENT, WIRE_LEN));
-    put_varint(&mut out, body.len() as u64);
+    put_varint(out, tag(BID_REQUEST_USER, WIRE_LEN));
+    put_varint(out, inner_len as u64);
+    put_varint(out, tag(USER_UID2_ENRICHMENT, WIRE_LEN));
+    put_varint(out, body.len() as u64);
     out.extend_from_slice(&body);
-    out
 }
 
 /// Whether the strips are ordered, non-overlapping and inside a buffer of `len` bytes (always true for a
