@@ -501,11 +501,9 @@ fn report(how: &str, seconds: f64, entries: u64, heap: usize) {
 
 fn feed(brokers: String, topic: String) -> optout_feed::FeedConfig {
     optout_feed::FeedConfig {
-        brokers,
+        kafka: uid2_enricher::kafka::KafkaClients::from_brokers(&brokers),
         group_id: "optout-bench".into(),
         topic,
-        consumer_overrides: Vec::new(),
-        producer_overrides: Vec::new(),
     }
 }
 

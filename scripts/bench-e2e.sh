@@ -18,7 +18,7 @@
 # Peak RSS: VmHWM of the stage process (the peer: ru_maxrss).
 #
 # Needs: cargo, python3 (venv with uid2-client + confluent-kafka, scripts/lib/python-venv.sh), curl,
-# tansu 0.6.0 with the dynostore feature ($TANSU, default ~/.cargo/bin/tansu or tansu on PATH).
+# tansu 0.6.0 with the dynostore feature ($TANSU; default: tansu on PATH, else the copy scripts/test.sh builds).
 # Writes target/bench-e2e/summary.json. Goal lines are informational: the exit status is 0 when every
 # contender finished.
 set -euo pipefail
@@ -42,7 +42,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 OUT="$REPO/target/bench-e2e"
 mkdir -p "$OUT"
-TANSU="${TANSU:-$(command -v tansu || echo "$HOME/.cargo/bin/tansu")}"
+TANSU="${TANSU:-$(command -v tansu || echo "$HOME/.cache/uid2-enricher/tansu-0.6.0-dynostore-libsql/bin/tansu")}"
 [[ -x "$TANSU" ]] || { echo "bench-e2e: tansu not found (set TANSU=...)" >&2; exit 1; }
 
 # --- cleanup: every process this script started, by pid -------------------------------------------

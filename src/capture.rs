@@ -14,6 +14,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::jsonl::{CaptureRecord, Output};
+use crate::kafka::Logged;
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
@@ -25,9 +26,8 @@ Example:
   uid2-enricher capture --config config/enricher.toml --topic bid-requests --from end --duration 60 \\
       --output capture.jsonl.zst")]
 pub struct CaptureArgs {
-    /// The stage configuration: [kafka] brokers and [kafka.consumer] settings (security, …).
-    #[arg(long, value_name = "FILE")]
-    pub config: PathBuf,
+    #[command(flatten)]
+    pub cluster: crate::kafka::ClusterArgs,
     /// The topic to capture.
     #[arg(long, value_name = "TOPIC")]
     pub topic: String,
@@ -83,7 +83,7 @@ enum Start {
 /// # Errors
 /// Unreadable configuration, unknown topic, broker errors, or the output cannot be written.
 pub async fn run(args: &CaptureArgs) -> anyhow::Result<CaptureSummary> {
-    let settings = crate::config::load(&args.config)?;
+    let kafka = args.cluster.clients()?;
     let start = match args.from.as_str() {
         "beginning" | "earliest" => Start::Beginning,
         "end" | "latest" => Start::End,
@@ -92,40 +92,21 @@ pub async fn run(args: &CaptureArgs) -> anyhow::Result<CaptureSummary> {
                 .with_context(|| format!("--from {other:?}: expected beginning, end, or a time"))?,
         ),
     };
-    let mut config = rdkafka::ClientConfig::new();
-    config
-        .set("bootstrap.servers", &settings.kafka.brokers)
-        .set("enable.partition.eof", "false")
-        .set("fetch.wait.max.ms", "100");
-    for (k, v) in settings.kafka.consumer.iter() {
-        config.set(k, v);
-    }
-    match &args.group {
-        Some(group) => {
-            config
-                .set("group.id", group)
-                .set("enable.auto.commit", "true")
-                .set(
-                    "auto.offset.reset",
-                    match start {
-                        Start::End => "latest",
-                        _ => "earliest",
-                    },
-                );
-        }
-        None => {
-            // A group id librdkafka requires for a consumer; never joined (assign only) nor committed.
-            config
-                .set(
-                    "group.id",
-                    format!("uid2-enricher-capture-{}", std::process::id()),
-                )
-                .set("enable.auto.commit", "false");
-        }
-    }
-    let consumer: StreamConsumer = config
-        .create()
-        .with_context(|| format!("creating a consumer for {}", settings.kafka.brokers))?;
+    let config = match &args.group {
+        Some(group) => kafka.group_reader(
+            group,
+            match start {
+                Start::End => "latest",
+                _ => "earliest",
+            },
+        ),
+        // Never joined (assign only) nor committed.
+        None => kafka.reader(&format!("uid2-enricher-capture-{}", std::process::id())),
+    };
+    let consumer: StreamConsumer<Logged> = config
+        .create_with_context(Logged("capture"))
+        .map_err(crate::kafka::creation_error)
+        .with_context(|| format!("creating a consumer for {}", kafka.brokers()))?;
     let timeout = Duration::from_secs(10);
     let metadata = consumer
         .fetch_metadata(Some(&args.topic), timeout)
@@ -140,7 +121,7 @@ pub async fn run(args: &CaptureArgs) -> anyhow::Result<CaptureSummary> {
         bail!(
             "topic {} does not exist on {} (or has no partitions)",
             args.topic,
-            settings.kafka.brokers
+            kafka.brokers()
         );
     }
     // Where each partition ends now: --until-caught-up stops there.

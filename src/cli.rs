@@ -50,9 +50,8 @@ pub enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct VerifyArgs {
-    /// Bootstrap brokers, host:port, comma-separated.
-    #[arg(long, default_value = "127.0.0.1:9092")]
-    pub brokers: String,
+    #[command(flatten)]
+    pub cluster: crate::kafka::ClusterArgs,
     /// An input topic of the stage (repeat for several).
     #[arg(long, required = true)]
     pub input: Vec<String>,

@@ -12,9 +12,17 @@
 //! are read from the environment and held in [`Redacted`], which prints `<redacted>`. A secret-looking key
 //! in the file (`api_key`, `secret_key`, `secret`, `token`, …) is rejected with the variable to use.
 //!
-//! `[kafka.consumer]` and `[kafka.producer]` are librdkafka properties passed through as strings (string,
-//! integer, float or boolean values; dotted keys may be quoted or bare), except the properties the stage
-//! owns and sets itself.
+//! `[kafka.client]` (every Kafka client), `[kafka.consumer]` and `[kafka.producer]` are librdkafka
+//! properties passed through as strings (string, integer, float or boolean values; dotted keys may be
+//! quoted or bare), except the properties the stage owns and sets itself. A property that carries a
+//! secret (`sasl.password`, `ssl.key.password`, `sasl.oauthbearer.client.secret`, `ssl.key.pem`, any name
+//! with password or secret in it) must come from the environment: a literal value is refused.
+//!
+//! Any string value may be, or contain, `${NAME}` or `${NAME:-default}`: the environment variable, or the
+//! default when it is unset or empty (the convention of Vector, Redpanda Connect and Kafka's config
+//! providers). `$${` writes a literal `${`. An unset variable without a default is an error naming the
+//! file, line and column and the variable. References are replaced before anything else is checked, so
+//! every value is validated as the stage will use it.
 //!
 //! Relative paths (`[uid2] keys_file`) resolve against the current directory of the process, and are
 //! stored absolute, so a later change of directory does not move them.
@@ -133,6 +141,16 @@ impl Default for RefreshSettings {
 pub struct KafkaProps(Vec<(String, String)>);
 
 impl KafkaProps {
+    /// These properties plus `props` (later ones win in librdkafka, which applies them in order).
+    pub fn with<K: Into<String>, V: Into<String>>(
+        mut self,
+        props: impl IntoIterator<Item = (K, V)>,
+    ) -> KafkaProps {
+        self.0
+            .extend(props.into_iter().map(|(k, v)| (k.into(), v.into())));
+        self
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
@@ -157,7 +175,7 @@ impl fmt::Debug for KafkaProps {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut map = f.debug_map();
         for (k, v) in &self.0 {
-            if is_sensitive_property(k) {
+            if is_secret_property(k) {
                 map.entry(k, &"<redacted>");
             } else {
                 map.entry(k, v);
@@ -167,13 +185,22 @@ impl fmt::Debug for KafkaProps {
     }
 }
 
-fn is_sensitive_property(key: &str) -> bool {
+/// Whether a librdkafka property carries a secret: its value must come from the environment, and is never
+/// shown (`sasl.password`, `ssl.key.password`, `ssl.keystore.password`, `sasl.oauthbearer.client.secret`,
+/// `ssl.key.pem`, `sasl.oauthbearer.config`, `sasl.oauthbearer.assertion.private.key.pem` and
+/// `…passphrase`, and any name with password, passphrase, secret or token in it; not a `….url`).
+pub fn is_secret_property(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
+    // An endpoint's address is not a secret, whatever its name says (`sasl.oauthbearer.token.endpoint.url`).
+    if key.ends_with(".url") {
+        return false;
+    }
     [
         "password",
+        "passphrase",
         "secret",
         "sasl.oauthbearer.config",
-        "ssl.key.pem",
+        "key.pem",
         "ssl_key",
         "token",
     ]
@@ -191,9 +218,11 @@ pub struct KafkaSettings {
     pub input_topics: Vec<String>,
     pub output_topic: String,
     pub dlq_topic: String,
-    /// Applied last to the consumer configuration.
+    /// `[kafka.client]`: applied to every Kafka client the binary makes.
+    pub client: KafkaProps,
+    /// `[kafka.consumer]`: applied after `client` to consumers.
     pub consumer: KafkaProps,
-    /// Applied last to the producer configuration.
+    /// `[kafka.producer]`: applied after `client` to producers and admin clients.
     pub producer: KafkaProps,
 }
 
@@ -337,7 +366,7 @@ pub const ENV_SECRET_KEY: &str = "UID2_SECRET_KEY";
 pub const ENV_OPTOUT_TOKEN: &str = "UID2_OPTOUT_TOKEN";
 
 /// Every table and its keys, for "did you mean" and "belongs in [x]" hints. The pass-through tables
-/// `kafka.consumer` and `kafka.producer` accept any key.
+/// `kafka.client`, `kafka.consumer` and `kafka.producer` accept any key.
 pub const KNOWN_KEYS: &[(&str, &[&str])] = &[
     (
         "",
@@ -351,6 +380,7 @@ pub const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "input_topics",
             "output_topic",
             "dlq_topic",
+            "client",
             "consumer",
             "producer",
         ],
@@ -495,12 +525,185 @@ pub fn parse_with_env(
 ) -> Result<Settings, ConfigError> {
     let cx = Cx { text, origin };
     // Syntax first, with spans for every key and value.
-    let doc = DeTable::parse(text).map_err(|e| cx.syntax_error(&e))?;
-    let doc = doc.get_ref();
+    let mut doc = DeTable::parse(text).map_err(|e| cx.syntax_error(&e))?;
     // A secret in the file is reported before anything else, whatever else is wrong.
-    check_no_secrets(&cx, doc, &mut Vec::new())?;
-    let raw: RawConfig = toml::from_str(text).map_err(|e| cx.serde_error(doc, &e))?;
-    build(&cx, doc, raw, env)
+    check_no_secrets(&cx, doc.get_ref(), &mut Vec::new())?;
+    interpolate_table(&cx, doc.get_mut(), &mut Vec::new(), env)?;
+    let raw = RawConfig::deserialize(toml::de::Deserializer::from(doc.clone()))
+        .map_err(|e| cx.serde_error(doc.get_ref(), &e))?;
+    build(&cx, doc.get_ref(), raw, env)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Environment references
+// ---------------------------------------------------------------------------------------------------------
+
+/// Replaces `${NAME}` / `${NAME:-default}` in every string value of `table`, and refuses a literal
+/// secret in the librdkafka pass-through tables.
+fn interpolate_table(
+    cx: &Cx<'_>,
+    table: &mut DeTable<'_>,
+    path: &mut Vec<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    for (key, value) in table.iter_mut() {
+        path.push(key.get_ref().to_string());
+        interpolate_value(cx, value, path, env)?;
+        path.pop();
+    }
+    Ok(())
+}
+
+fn interpolate_value(
+    cx: &Cx<'_>,
+    value: &mut Spanned<DeValue<'_>>,
+    path: &mut Vec<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    let span = value.span();
+    if let Some(property) = pass_through_property(path)
+        && is_secret_property(&property)
+    {
+        // Only references, and none with a default: anything else is a secret written in the file.
+        let from_env_only = match value.get_ref() {
+            DeValue::String(text) => {
+                text.contains("${")
+                    && expand_env(text, &|_| Some(String::new())).as_deref() == Ok("")
+            }
+            _ => false,
+        };
+        if !from_env_only {
+            return Err(cx.at(
+                    span,
+                    &format!(
+                        "librdkafka property `{property}` in [{}] is a secret written in the file",
+                        path[..2].join(".")
+                    ),
+                    &format!(
+                        "secrets come from the environment: write \"{property}\" = \"${{{}}}\" and set that variable (from a Kubernetes Secret or a systemd EnvironmentFile)",
+                    suggested_variable(&property)
+                ),
+            ));
+        }
+    }
+    match value.get_mut() {
+        DeValue::String(text) if text.contains('$') => {
+            let expanded = expand_env(text, env).map_err(|e| {
+                let at = match pass_through_property(path) {
+                    Some(p) => format!("`{p}` in [{}]", path[..2].join(".")),
+                    None => format!("`{}`", path.join(".")),
+                };
+                cx.at(span.clone(), &format!("{at}: {}", e.problem), &e.hint)
+            })?;
+            *text = expanded.into();
+        }
+        DeValue::Array(items) => {
+            for item in items.iter_mut() {
+                interpolate_value(cx, item, path, env)?;
+            }
+        }
+        DeValue::Table(inner) => interpolate_table(cx, inner, path, env)?,
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The librdkafka property a value at `path` sets, when `path` is inside a pass-through table.
+fn pass_through_property(path: &[String]) -> Option<String> {
+    match path {
+        [kafka, table, rest @ ..]
+            if kafka == "kafka"
+                && !rest.is_empty()
+                && matches!(table.as_str(), "client" | "consumer" | "producer") =>
+        {
+            Some(rest.join("."))
+        }
+        _ => None,
+    }
+}
+
+/// `sasl.password` → `KAFKA_SASL_PASSWORD`.
+fn suggested_variable(property: &str) -> String {
+    let mut name = String::from("KAFKA_");
+    name.extend(property.chars().map(|c| {
+        if c.is_ascii_alphanumeric() {
+            c.to_ascii_uppercase()
+        } else {
+            '_'
+        }
+    }));
+    name
+}
+
+/// Why a string's environment references cannot be expanded.
+#[derive(Debug, PartialEq, Eq)]
+pub struct EnvError {
+    pub problem: String,
+    pub hint: String,
+}
+
+/// Expands `${NAME}` and `${NAME:-default}` in `text` (`$${` is a literal `${`; any other `$` is kept).
+/// An unset or empty variable takes the default; without one, an unset variable is an error (an empty one
+/// expands to nothing). The error never contains a variable's value.
+///
+/// # Errors
+/// An unset variable without a default, an unterminated `${`, or a name that is not
+/// `[A-Za-z_][A-Za-z0-9_]*`.
+pub fn expand_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, EnvError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        if let Some(after) = tail.strip_prefix("$${") {
+            out.push_str("${");
+            rest = after;
+            continue;
+        }
+        let Some(body_start) = tail.strip_prefix("${") else {
+            out.push('$');
+            rest = &tail[1..];
+            continue;
+        };
+        let Some(end) = body_start.find('}') else {
+            return Err(EnvError {
+                problem: "`${` without a closing `}`".to_string(),
+                hint: "write ${NAME} or ${NAME:-default}; $${ writes a literal ${".to_string(),
+            });
+        };
+        let body = &body_start[..end];
+        let (name, default) = match body.split_once(":-") {
+            Some((name, default)) => (name, Some(default)),
+            None => (body, None),
+        };
+        let valid_name = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid_name {
+            return Err(EnvError {
+                problem: format!("`${{{body}}}` is not an environment reference"),
+                hint: "names are letters, digits and _, not starting with a digit: ${KAFKA_PASSWORD} or ${KAFKA_PASSWORD:-default}".to_string(),
+            });
+        }
+        match (env(name), default) {
+            (Some(value), Some(default)) if value.is_empty() => out.push_str(default),
+            (Some(value), _) => out.push_str(&value),
+            (None, Some(default)) => out.push_str(default),
+            (None, None) => {
+                return Err(EnvError {
+                    problem: format!("environment variable {name} is not set"),
+                    hint: format!(
+                        "set {name} in the stage's environment, or give a default: ${{{name}:-value}}"
+                    ),
+                });
+            }
+        }
+        rest = &body_start[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -529,6 +732,7 @@ struct RawKafka {
     output_topic: Field<String>,
     dlq_topic: Field<String>,
     // Pass-through: any keys; read again from the spanned document for positions.
+    client: Option<toml::Table>,
     consumer: Option<toml::Table>,
     producer: Option<toml::Table>,
 }
@@ -705,6 +909,7 @@ fn build_kafka(
         ));
     }
 
+    let client = pass_through(cx, doc, raw.client.as_ref(), "client")?;
     let consumer = pass_through(cx, doc, raw.consumer.as_ref(), "consumer")?;
     let producer = pass_through(cx, doc, raw.producer.as_ref(), "producer")?;
     Ok(KafkaSettings {
@@ -713,6 +918,7 @@ fn build_kafka(
         input_topics,
         output_topic,
         dlq_topic,
+        client,
         consumer,
         producer,
     })
@@ -1591,7 +1797,10 @@ fn check_no_secrets(
     table: &DeTable<'_>,
     path: &mut Vec<String>,
 ) -> Result<(), ConfigError> {
-    if path.len() == 2 && path[0] == "kafka" && (path[1] == "consumer" || path[1] == "producer") {
+    if path.len() == 2
+        && path[0] == "kafka"
+        && matches!(path[1].as_str(), "client" | "consumer" | "producer")
+    {
         return Ok(());
     }
     for (key, value) in table {
@@ -1975,6 +2184,87 @@ mod tests {
         assert!(!e.contains("hunter2"), "{e}");
     }
 
+    fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn environment_references_expand() {
+        let env = env_of(&[("A", "x"), ("EMPTY", "")]);
+        let expand = |t: &str| expand_env(t, &env);
+        assert_eq!(expand("${A}").unwrap(), "x");
+        assert_eq!(expand("pre-${A}-post").unwrap(), "pre-x-post");
+        assert_eq!(expand("${B:-dflt}").unwrap(), "dflt");
+        assert_eq!(expand("${EMPTY:-dflt}").unwrap(), "dflt");
+        assert_eq!(expand("${EMPTY}").unwrap(), "");
+        assert_eq!(expand("$${A} and $5").unwrap(), "${A} and $5");
+        assert!(expand("${B}").unwrap_err().problem.contains("B is not set"));
+        assert!(expand("${A").unwrap_err().problem.contains("closing"));
+        assert!(
+            expand("${1A}")
+                .unwrap_err()
+                .problem
+                .contains("not an environment reference")
+        );
+    }
+
+    #[test]
+    fn any_string_value_may_come_from_the_environment() {
+        let text = minimal(
+            "[kafka]\nbrokers = \"${BROKERS}\"\ngroup_id = \"${GROUP:-g1}\"\n[kafka.client]\n\"sasl.username\" = \"${USER_NAME}\"\n\"sasl.password\" = \"${KAFKA_SASL_PASSWORD}\"\n",
+        );
+        let env = env_of(&[
+            ("BROKERS", "k1:9093,k2:9093"),
+            ("USER_NAME", "alice"),
+            ("KAFKA_SASL_PASSWORD", "hunter2-secret"),
+        ]);
+        let s = parse_with_env(&text, "x.toml", &env).unwrap();
+        assert_eq!(s.kafka.brokers, "k1:9093,k2:9093");
+        assert_eq!(s.kafka.group_id, "g1");
+        assert_eq!(s.kafka.client.get("sasl.username"), Some("alice"));
+        assert_eq!(s.kafka.client.get("sasl.password"), Some("hunter2-secret"));
+        assert!(
+            !format!("{s:?}").contains("hunter2"),
+            "Debug shows a secret"
+        );
+    }
+
+    #[test]
+    fn an_unset_variable_names_itself_and_where() {
+        let text = minimal("[kafka]\nbrokers = \"${KAFKA_BROKERS}\"\n");
+        let e = err(&text);
+        assert!(e.contains("KAFKA_BROKERS is not set"), "{e}");
+        assert!(e.contains("x.toml:4:11"), "{e}");
+        assert!(e.contains("${KAFKA_BROKERS:-value}"), "{e}");
+    }
+
+    #[test]
+    fn a_literal_secret_property_is_refused_with_the_fix() {
+        for (table, line) in [
+            ("client", "\"sasl.password\" = \"hunter2\""),
+            ("consumer", "sasl.password = \"hunter2\""),
+            ("producer", "\"ssl.key.password\" = \"hunter2\""),
+            ("client", "\"sasl.oauthbearer.client.secret\" = \"hunter2\""),
+            ("client", "\"ssl.keystore.password\" = 123456"),
+            (
+                "client",
+                "\"sasl.password\" = \"${KAFKA_SASL_PASSWORD:-hunter2}\"",
+            ),
+            ("client", "\"sasl.password\" = \"hunter2${X}\""),
+        ] {
+            let e = err(&minimal(&format!("[kafka.{table}]\n{line}\n")));
+            assert!(e.contains("is a secret written in the file"), "{e}");
+            assert!(e.contains("x.toml:4:"), "{e}");
+            assert!(e.contains("= \"${KAFKA_"), "{e}");
+            assert!(!e.contains("hunter2") && !e.contains("123456"), "{e}");
+        }
+    }
+
     #[test]
     fn redacted_never_prints() {
         let r = Redacted::new("hunter2".to_string());
@@ -2071,7 +2361,7 @@ mod tests {
             }
             for key in *keys {
                 let value = match *key {
-                    "consumer" | "producer" | "formats" => "{}".to_string(),
+                    "client" | "consumer" | "producer" | "formats" => "{}".to_string(),
                     "input_topics" | "sources" | "event_token_pointers" | "tokenize_pointers" => {
                         "[]".to_string()
                     }

@@ -11,13 +11,13 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
 use crate::enrich::{PayloadFormat, Policy};
+use crate::kafka::{KafkaClients, Logged};
 use crate::metrics::Metrics;
 use crate::optout::NoOptOuts;
 use crate::pipeline::{
@@ -84,14 +84,14 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let keys = Arc::new(generator.key_set());
     let mut expected: BTreeMap<&'static str, u64> = BTreeMap::new();
 
+    let kafka =
+        KafkaClients::from_brokers(&brokers).with_consumer([("session.timeout.ms", "6000")]);
     let config = StageConfig {
-        brokers: brokers.clone(),
+        kafka: kafka.clone(),
         group_id: "uid2-enricher-demo".into(),
         input_topics: vec![INPUT.into()],
         output_topic: OUTPUT.into(),
         dlq_topic: DLQ.into(),
-        consumer_overrides: vec![("session.timeout.ms".into(), "6000".into())],
-        producer_overrides: vec![],
         policy: Policy::default(),
         format: PayloadFormat::Json,
         topic_formats: Vec::new(),
@@ -116,11 +116,10 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let stage = tokio::spawn(pipeline::run(config, deps, shutdown.clone()));
 
     // Feed the input while the stage runs, as a live stream would.
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("linger.ms", "5")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()
+    let producer: FutureProducer<Logged> = kafka
+        .producer()?
+        .create_with_context(Logged("demo input producer"))
+        .map_err(crate::kafka::creation_error)
         .context("creating the demo's input producer")?;
     let started = Instant::now();
     let mut deliveries = Vec::with_capacity(options.count as usize);
@@ -178,11 +177,12 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     stage.await.context("the stage task panicked")??;
 
     let (out_count, dlq_count) = tokio::task::spawn_blocking({
-        let brokers = brokers.clone();
+        let kafka = kafka.clone();
         move || -> anyhow::Result<(i64, i64)> {
-            let consumer: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &brokers)
-                .create()?;
+            let consumer: BaseConsumer<Logged> = kafka
+                .reader("uid2-enricher-demo-count")
+                .create_with_context(Logged("demo counter"))
+                .map_err(crate::kafka::creation_error)?;
             let count = |topic: &str, partitions: i32| -> anyhow::Result<i64> {
                 let mut total = 0;
                 for p in 0..partitions {

@@ -1,22 +1,29 @@
-//! Kafka clients for the stage (rust-rdkafka over its bundled librdkafka): client configuration with the
-//! settings at-least-once depends on, the consumer context that drains revoked partitions before letting
-//! them go, and header helpers. Depends on rdkafka, tokio and the metrics.
+//! Kafka clients (rust-rdkafka over its bundled librdkafka). Every client the binary makes — the stage's
+//! consumer and producer, the opt-out follower, publisher and admin client, `capture`, `verify`,
+//! `replay --to-topic`, `demo` — is configured by [`KafkaClients`] from the same `[kafka]` settings, so a
+//! security or codec property set once applies to all of them. Also here: how librdkafka's errors are
+//! classified and logged (once per cause, rate-limited, secrets scrubbed), the consumer context that drains
+//! revoked partitions before letting them go, and header helpers. Depends on rdkafka, tokio, the
+//! configuration's `[kafka]` section and the metrics.
 //!
-//! Delivery contract (`../shared/spec/kafka.md` §1): offsets are stored by the stage only after the output
-//! (or dead-letter) record of that offset and of every earlier offset of the partition was acknowledged;
+//! Delivery contract (at-least-once): offsets are stored by the stage only after the output (or
+//! dead-letter) record of that offset and of every earlier offset of the partition was acknowledged;
 //! librdkafka's auto-commit then commits what was stored (and commits it on revoke and close).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::statistics::Statistics;
 use tokio::task::JoinHandle;
 
+use crate::config::{KafkaProps, KafkaSettings};
 use crate::metrics::{Metrics, PartitionLabel, ReasonLabel};
 
 /// Consumer properties the stage sets itself and that pass-through tables may not override.
@@ -33,61 +40,571 @@ pub struct OwnedPropertyError {
     pub hint: &'static str,
 }
 
-fn check_overrides(
-    overrides: &[(String, String)],
+fn check_overrides<'a>(
+    mut overrides: impl Iterator<Item = (&'a str, &'a str)>,
     owned: &[&str],
 ) -> Result<(), OwnedPropertyError> {
-    match overrides.iter().find(|(k, _)| owned.contains(&k.as_str())) {
+    match overrides.find(|(k, _)| owned.contains(k)) {
         Some((key, _)) => Err(OwnedPropertyError {
-            key: key.clone(),
+            key: key.to_string(),
             hint: "use [kafka] brokers / group_id; offsets are stored only after delivery and the producer is always idempotent",
         }),
         None => Ok(()),
     }
 }
 
-/// The consumer's configuration: cooperative-sticky assignment, earliest reset, manual offset store with
-/// auto-commit, statistics for the lag metric; `overrides` are applied last.
-pub fn consumer_config(
-    brokers: &str,
-    group_id: &str,
-    overrides: &[(String, String)],
-) -> Result<ClientConfig, OwnedPropertyError> {
-    check_overrides(overrides, OWNED_CONSUMER_KEYS)?;
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", brokers)
-        .set("group.id", group_id)
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false")
-        .set("statistics.interval.ms", "5000")
-        .set("fetch.wait.max.ms", "100");
-    for (k, v) in overrides {
-        c.set(k, v);
-    }
-    Ok(c)
+/// The one place every Kafka client's configuration is made: the brokers, then what the client's role
+/// needs, then `[kafka.client]` (every client), then `[kafka.consumer]` or `[kafka.producer]` (clients of
+/// that kind; admin clients count as producers, as in librdkafka), then the few keys a role must own.
+#[derive(Clone, Debug, Default)]
+pub struct KafkaClients {
+    brokers: String,
+    client: KafkaProps,
+    consumer: KafkaProps,
+    producer: KafkaProps,
 }
 
-/// The producer's configuration: idempotent (acks=all, ordered retries), batched; `overrides` last.
-pub fn producer_config(
-    brokers: &str,
-    overrides: &[(String, String)],
-) -> Result<ClientConfig, OwnedPropertyError> {
-    check_overrides(overrides, OWNED_PRODUCER_KEYS)?;
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "1000000")
-        .set("message.timeout.ms", "300000");
-    for (k, v) in overrides {
-        c.set(k, v);
+impl KafkaClients {
+    /// The clients of a configuration file's `[kafka]` section.
+    pub fn new(settings: &KafkaSettings) -> KafkaClients {
+        KafkaClients {
+            brokers: settings.brokers.clone(),
+            client: settings.client.clone(),
+            consumer: settings.consumer.clone(),
+            producer: settings.producer.clone(),
+        }
     }
-    Ok(c)
+
+    /// Clients of an open cluster at `brokers` (`--brokers`), with no extra properties.
+    pub fn from_brokers(brokers: &str) -> KafkaClients {
+        KafkaClients {
+            brokers: brokers.to_string(),
+            ..KafkaClients::default()
+        }
+    }
+
+    /// Adds properties for every client (as `[kafka.client]` does).
+    pub fn with_client<K: Into<String>, V: Into<String>>(
+        mut self,
+        props: impl IntoIterator<Item = (K, V)>,
+    ) -> KafkaClients {
+        self.client = self.client.with(props);
+        self
+    }
+
+    /// Adds consumer properties (as `[kafka.consumer]` does).
+    pub fn with_consumer<K: Into<String>, V: Into<String>>(
+        mut self,
+        props: impl IntoIterator<Item = (K, V)>,
+    ) -> KafkaClients {
+        self.consumer = self.consumer.with(props);
+        self
+    }
+
+    /// Adds producer properties (as `[kafka.producer]` does).
+    pub fn with_producer<K: Into<String>, V: Into<String>>(
+        mut self,
+        props: impl IntoIterator<Item = (K, V)>,
+    ) -> KafkaClients {
+        self.producer = self.producer.with(props);
+        self
+    }
+
+    /// `bootstrap.servers`, for messages.
+    pub fn brokers(&self) -> &str {
+        &self.brokers
+    }
+
+    /// The value a consumer would get for `key` from the pass-through tables, if any.
+    pub fn consumer_property(&self, key: &str) -> Option<&str> {
+        self.consumer.get(key).or_else(|| self.client.get(key))
+    }
+
+    /// The value a producer would get for `key` from the pass-through tables, if any.
+    pub fn producer_property(&self, key: &str) -> Option<&str> {
+        self.producer.get(key).or_else(|| self.client.get(key))
+    }
+
+    fn base(&self, defaults: &[(&str, &str)], role: &KafkaProps) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        for (k, v) in defaults {
+            c.set(*k, *v);
+        }
+        for (k, v) in self.client.iter().chain(role.iter()) {
+            c.set(k, v);
+        }
+        register_secrets(self.client.iter().chain(role.iter()));
+        c
+    }
+
+    /// The stage's consumer: cooperative-sticky assignment, earliest reset, manual offset store with
+    /// auto-commit, statistics for the lag metric.
+    ///
+    /// # Errors
+    /// A pass-through table sets a property the stage owns.
+    pub fn stage_consumer(&self, group_id: &str) -> Result<ClientConfig, OwnedPropertyError> {
+        check_overrides(
+            self.client.iter().chain(self.consumer.iter()),
+            OWNED_CONSUMER_KEYS,
+        )?;
+        let mut c = self.base(
+            &[
+                ("partition.assignment.strategy", "cooperative-sticky"),
+                ("auto.offset.reset", "earliest"),
+                ("enable.auto.commit", "true"),
+                ("auto.commit.interval.ms", "1000"),
+                ("enable.partition.eof", "false"),
+                ("statistics.interval.ms", "5000"),
+                ("fetch.wait.max.ms", "100"),
+            ],
+            &self.consumer,
+        );
+        c.set("group.id", group_id)
+            .set("enable.auto.offset.store", "false");
+        Ok(c)
+    }
+
+    /// An idempotent producer (acks=all, ordered retries), batched: the stage's, the opt-out publisher's
+    /// and `replay --to-topic`'s.
+    ///
+    /// # Errors
+    /// A pass-through table sets a property the stage owns.
+    pub fn producer(&self) -> Result<ClientConfig, OwnedPropertyError> {
+        check_overrides(
+            self.client.iter().chain(self.producer.iter()),
+            OWNED_PRODUCER_KEYS,
+        )?;
+        let mut c = self.base(
+            &[
+                ("linger.ms", "5"),
+                ("batch.num.messages", "10000"),
+                ("queue.buffering.max.messages", "1000000"),
+                ("message.timeout.ms", "300000"),
+            ],
+            &self.producer,
+        );
+        c.set("enable.idempotence", "true");
+        Ok(c)
+    }
+
+    /// A consumer that assigns partitions itself and never joins a group nor commits (`capture`,
+    /// `verify`, the opt-out follower). librdkafka wants a `group.id` even so: `group_id` names it.
+    pub fn reader(&self, group_id: &str) -> ClientConfig {
+        let mut c = self.base(
+            &[
+                ("enable.partition.eof", "false"),
+                ("fetch.wait.max.ms", "100"),
+            ],
+            &self.consumer,
+        );
+        c.set("group.id", group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false");
+        c
+    }
+
+    /// A consumer group member that commits what it read (`capture --group`).
+    pub fn group_reader(&self, group_id: &str, offset_reset: &str) -> ClientConfig {
+        let mut c = self.base(
+            &[
+                ("enable.partition.eof", "false"),
+                ("fetch.wait.max.ms", "100"),
+                ("auto.offset.reset", offset_reset),
+            ],
+            &self.consumer,
+        );
+        c.set("group.id", group_id)
+            .set("enable.auto.commit", "true");
+        c
+    }
+
+    /// An admin client (creating topics): `[kafka.client]` and `[kafka.producer]`.
+    pub fn admin(&self) -> ClientConfig {
+        self.base(&[], &self.producer)
+    }
+
+    /// Every client kind the stage makes, for `validate`-style checks: creating each proves librdkafka
+    /// accepts the properties (names, values, and features such as TLS or a codec), without connecting.
+    ///
+    /// # Errors
+    /// The first client librdkafka refuses, with its role and librdkafka's reason (secrets scrubbed).
+    pub fn check(&self, group_id: &str) -> Result<(), ClientCheckError> {
+        use rdkafka::admin::AdminClient;
+        use rdkafka::consumer::BaseConsumer;
+        use rdkafka::producer::BaseProducer;
+        let fail = |role: &'static str, e: String| ClientCheckError {
+            role,
+            reason: scrub(&e),
+        };
+        let consumer = self
+            .stage_consumer(group_id)
+            .map_err(|e| fail("consumer", e.to_string()))?;
+        consumer
+            .create_with_context::<_, BaseConsumer<Quiet>>(Quiet)
+            .map_err(|e| fail("consumer", e.to_string()))?;
+        let producer = self
+            .producer()
+            .map_err(|e| fail("producer", e.to_string()))?;
+        producer
+            .create_with_context::<_, BaseProducer<Quiet>>(Quiet)
+            .map_err(|e| fail("producer", e.to_string()))?;
+        self.admin()
+            .create_with_context::<_, AdminClient<Quiet>>(Quiet)
+            .map_err(|e| fail("admin client", e.to_string()))?;
+        Ok(())
+    }
+}
+
+/// Where a tool finds the cluster: `--config` (its `[kafka]` section: brokers, security, codecs) and/or
+/// `--brokers` (which wins over the file's brokers), as kcat's `-F` and `-b`.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ClusterArgs {
+    /// The stage's configuration file: its [kafka] brokers and client properties (TLS, SASL, …) are used.
+    /// Environment references in it are expanded; UID2 operator credentials need not be set.
+    #[arg(long, value_name = "FILE", required_unless_present = "brokers")]
+    pub config: Option<std::path::PathBuf>,
+    /// Bootstrap brokers, host:port, comma-separated (overrides the config file's).
+    #[arg(long, value_name = "HOST:PORT,...")]
+    pub brokers: Option<String>,
+}
+
+impl ClusterArgs {
+    /// The clients these arguments describe.
+    ///
+    /// # Errors
+    /// The configuration file cannot be read or is invalid (the message says where and how to fix it).
+    pub fn clients(&self) -> anyhow::Result<KafkaClients> {
+        clients_from(self.config.as_deref(), self.brokers.as_deref())
+    }
+}
+
+/// The clients of a tool given `--config` and/or `--brokers`.
+///
+/// # Errors
+/// Neither is given, or the configuration file cannot be read or is invalid.
+pub fn clients_from(
+    config: Option<&std::path::Path>,
+    brokers: Option<&str>,
+) -> anyhow::Result<KafkaClients> {
+    let mut clients = match config {
+        Some(path) => {
+            KafkaClients::new(&crate::config::load_without_operator_credentials(path)?.kafka)
+        }
+        None => KafkaClients::default(),
+    };
+    match brokers {
+        Some(b) if !b.trim().is_empty() => clients.brokers = b.to_string(),
+        _ if config.is_some() => {}
+        _ => anyhow::bail!(
+            "no cluster given: pass --config FILE (the stage's configuration, for a secured cluster) or --brokers HOST:PORT"
+        ),
+    }
+    Ok(clients)
+}
+
+/// A client librdkafka refused to create.
+#[derive(Debug, thiserror::Error)]
+#[error("librdkafka refused the {role} configuration: {reason}")]
+pub struct ClientCheckError {
+    pub role: &'static str,
+    pub reason: String,
+}
+
+/// A context that logs nothing: clients made only to check a configuration.
+struct Quiet;
+
+impl ClientContext for Quiet {
+    fn log(&self, _: RDKafkaLogLevel, _: &str, _: &str) {}
+    fn error(&self, _: KafkaError, _: &str) {}
+}
+
+impl ConsumerContext for Quiet {}
+
+impl rdkafka::producer::ProducerContext for Quiet {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: ()) {}
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// What librdkafka reports, and how the stage treats it
+// ---------------------------------------------------------------------------------------------------------
+
+/// What a consumer error means for the records of its partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsumerErrorClass {
+    /// A connection, leader or coordinator problem: librdkafka retries and resumes where it was; no record
+    /// is skipped. Logged (rate-limited), the stage goes on.
+    Transient,
+    /// Authentication or TLS failed: librdkafka keeps retrying, and nothing is read until the cause is
+    /// fixed. Logged loudly once per cause; the stage goes on (not ready while nothing can be read).
+    Authentication,
+    /// A record batch that cannot be read (corrupt, compressed with a codec this build lacks, or an
+    /// unsupported format). librdkafka either retries it forever (the partition stalls) or skips it (its
+    /// records are lost): the stage stops instead, with nothing committed past the last record delivered,
+    /// so the next owner re-reads from there and an orchestrator restarts and alerts.
+    UnreadableBatch,
+    /// The client cannot go on (fatal error, authorization refused, bad subscription): the stage stops.
+    Fatal,
+}
+
+/// Classifies an error returned by a consumer's `recv`/`poll`.
+pub fn classify_consumer_error(e: &KafkaError) -> ConsumerErrorClass {
+    use ConsumerErrorClass::*;
+    match e {
+        KafkaError::MessageConsumptionFatal(_)
+        | KafkaError::Subscription(_)
+        | KafkaError::ClientCreation(_)
+        | KafkaError::ClientConfig(..) => return Fatal,
+        KafkaError::PartitionEOF(_) => return Transient,
+        _ => {}
+    }
+    match e.rdkafka_error_code() {
+        Some(code) => classify_code(code),
+        None => Transient,
+    }
+}
+
+/// Classifies a librdkafka error code seen by a consumer.
+pub fn classify_code(code: RDKafkaErrorCode) -> ConsumerErrorClass {
+    use ConsumerErrorClass::*;
+    use RDKafkaErrorCode as C;
+    match code {
+        C::BadMessage
+        | C::BadCompression
+        | C::NotImplemented
+        | C::InvalidMessage
+        | C::InvalidRecord
+        | C::UnsupportedCompressionType
+        | C::UnsupportedForMessageFormat
+        | C::MessageSizeTooLarge
+        | C::Underflow
+        | C::InvalidDifferentRecord => UnreadableBatch,
+        C::Authentication
+        | C::SaslAuthenticationFailed
+        | C::SSL
+        | C::UnsupportedSASLMechanism
+        | C::IllegalSASLState => Authentication,
+        C::Fatal
+        | C::GroupAuthorizationFailed
+        | C::TopicAuthorizationFailed
+        | C::ClusterAuthorizationFailed
+        | C::InvalidGroupId
+        | C::InconsistentGroupProtocol
+        | C::UnsupportedFeature
+        | C::Fenced
+        | C::InvalidArgument => Fatal,
+        _ => Transient,
+    }
+}
+
+/// Classifies an error librdkafka reports for a client as a whole (`error_cb`). A TLS failure the broker
+/// signals with an alert after the handshake (a missing or refused client certificate under TLS 1.3)
+/// reaches librdkafka as a failed receive, a transport error: its text says what it is.
+pub fn classify_client_error(error: &KafkaError, reason: &str) -> ConsumerErrorClass {
+    let code = error.rdkafka_error_code();
+    let tls_failure = ["SSL routines", "SSL handshake", "certificate"]
+        .iter()
+        .any(|s| reason.contains(s));
+    match code {
+        Some(RDKafkaErrorCode::BrokerTransportFailure) if tls_failure => {
+            ConsumerErrorClass::Authentication
+        }
+        Some(code) => classify_code(code),
+        None => ConsumerErrorClass::Transient,
+    }
+}
+
+/// How long a repeated client error stays quiet after it was logged.
+pub const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// librdkafka's errors and log lines, logged once per cause and then at most once per
+/// [`ERROR_LOG_INTERVAL`] with the count of repeats, with every secret value of the configuration
+/// scrubbed. librdkafka repeats a failing connection's error on every retry (every second or so): left
+/// alone, a wrong password floods the log and buries the one line that says why.
+#[derive(Default)]
+pub struct ClientLog {
+    seen: Mutex<HashMap<String, (Instant, u64)>>,
+    last_error: Mutex<Option<String>>,
+}
+
+/// The process's client log (librdkafka's callbacks have no other way back to the stage).
+pub fn client_log() -> &'static ClientLog {
+    static LOG: OnceLock<ClientLog> = OnceLock::new();
+    LOG.get_or_init(ClientLog::default)
+}
+
+impl ClientLog {
+    /// Whether a line with this cause should be logged now, and how many were held back since the last.
+    fn admit(&self, cause: &str) -> Option<u64> {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        match seen.get_mut(cause) {
+            Some((last, held)) if now.duration_since(*last) < ERROR_LOG_INTERVAL => {
+                *held += 1;
+                None
+            }
+            Some((last, held)) => {
+                let repeats = *held;
+                *last = now;
+                *held = 0;
+                Some(repeats)
+            }
+            None => {
+                if seen.len() > 1024 {
+                    seen.clear();
+                }
+                seen.insert(cause.to_string(), (now, 0));
+                Some(0)
+            }
+        }
+    }
+
+    /// An error librdkafka reported for a client (`error_cb`).
+    pub fn error(&self, client: &str, error: &KafkaError, reason: &str) {
+        let reason = scrub(reason);
+        let error_text = scrub(&error.to_string());
+        let class = classify_client_error(error, &reason);
+        let cause = format!("{client}|{error_text}|{}", cause_key(&reason));
+        if class != ConsumerErrorClass::Transient {
+            *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(format!("{error_text}: {reason}"));
+        }
+        let Some(repeats) = self.admit(&cause) else {
+            return;
+        };
+        match class {
+            ConsumerErrorClass::Authentication => tracing::error!(
+                client,
+                error = %error_text,
+                reason = %reason,
+                repeats,
+                "Kafka authentication or TLS failed; nothing is read or written until it succeeds. Check the security.protocol, sasl.* and ssl.* properties in [kafka.client]."
+            ),
+            ConsumerErrorClass::Fatal => {
+                tracing::error!(client, error = %error_text, reason = %reason, repeats, "Kafka client error.")
+            }
+            _ => {
+                tracing::warn!(client, error = %error_text, reason = %reason, repeats, "Kafka client error (librdkafka retries).")
+            }
+        }
+    }
+
+    /// A librdkafka log line (`log_cb`).
+    pub fn log(&self, client: &str, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        let message = scrub(message);
+        let quiet = matches!(
+            level,
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info | RDKafkaLogLevel::Debug
+        );
+        if quiet {
+            tracing::debug!(client, facility, "librdkafka: {message}");
+            return;
+        }
+        let Some(repeats) = self.admit(&format!("{client}|{facility}|{}", cause_key(&message)))
+        else {
+            return;
+        };
+        match level {
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(client, facility, repeats, "librdkafka: {message}")
+            }
+            _ => tracing::error!(client, facility, repeats, "librdkafka: {message}"),
+        }
+    }
+
+    /// The last authentication, TLS or fatal client error, for `/readyz`.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// A message's cause without the parts that change between repeats (timings, counts, broker ids), so the
+/// same failure maps to one rate-limit slot.
+fn cause_key(message: &str) -> String {
+    // librdkafka appends "(after 30ms in state AUTH_REQ, 2 identical error(s) suppressed)".
+    let message = message.split(" (after ").next().unwrap_or(message);
+    let mut key = String::with_capacity(message.len());
+    let mut last_digit = false;
+    for c in message.chars().take(200) {
+        if c.is_ascii_digit() {
+            if !last_digit {
+                key.push('#');
+            }
+            last_digit = true;
+        } else {
+            key.push(c);
+            last_digit = false;
+        }
+    }
+    key
+}
+
+fn secrets() -> &'static Mutex<Vec<String>> {
+    static SECRETS: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+    SECRETS.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+/// Remembers the values of secret-bearing properties, so [`scrub`] can take them out of any text
+/// librdkafka hands back.
+fn register_secrets<'a>(props: impl Iterator<Item = (&'a str, &'a str)>) {
+    let mut known = secrets().lock().unwrap_or_else(|e| e.into_inner());
+    for (key, value) in props {
+        if crate::config::is_secret_property(key)
+            && value.len() >= 4
+            && !known.iter().any(|s| s == value)
+        {
+            known.push(value.to_string());
+        }
+    }
+}
+
+/// `text` with every secret value of the Kafka configuration replaced by `<redacted>`.
+pub fn scrub(text: &str) -> String {
+    let known = secrets().lock().unwrap_or_else(|e| e.into_inner());
+    let mut out = text.to_string();
+    for secret in known.iter() {
+        if out.contains(secret.as_str()) {
+            out = out.replace(secret.as_str(), "<redacted>");
+        }
+    }
+    out
+}
+
+/// A client-creation error as an `anyhow` error, with secret values scrubbed: librdkafka's configuration
+/// errors quote the value they refused.
+pub fn creation_error(error: KafkaError) -> anyhow::Error {
+    anyhow::anyhow!(scrub(&error.to_string()))
+}
+
+/// A client context for tools and helper clients: librdkafka's errors and logs go through
+/// [`client_log`] under the client's name.
+#[derive(Clone, Copy, Debug)]
+pub struct Logged(pub &'static str);
+
+impl ClientContext for Logged {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        client_log().log(self.0, level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        client_log().error(self.0, &error, reason);
+    }
+}
+
+impl ConsumerContext for Logged {}
+
+/// librdkafka's version and the features it was built with, as `kcat -V` prints them.
+pub fn library_info() -> String {
+    let (_, version) = rdkafka::util::get_rdkafka_version();
+    let features = ClientConfig::new()
+        .create_native_config()
+        .and_then(|c| c.get("builtin.features"))
+        .unwrap_or_else(|e| format!("unknown ({e})"));
+    format!("librdkafka {version} builtin.features={features}")
 }
 
 /// (topic, partition)
@@ -114,6 +631,14 @@ pub struct StageContext<J> {
 }
 
 impl<J: Send + 'static> ClientContext for StageContext<J> {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        client_log().log("stage consumer", level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        client_log().error("stage consumer", &error, reason);
+    }
+
     fn stats(&self, statistics: Statistics) {
         for (topic, t) in &statistics.topics {
             for (id, p) in &t.partitions {
@@ -217,4 +742,165 @@ pub fn headers_with(input: Option<&OwnedHeaders>, extra: &[(&str, &[u8])]) -> Ow
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consumer_errors_are_classified() {
+        use ConsumerErrorClass::*;
+        use RDKafkaErrorCode as C;
+        let consumption = |c| classify_consumer_error(&KafkaError::MessageConsumption(c));
+        // Records of a batch that cannot be read: stop, never skip.
+        for code in [
+            C::BadCompression,
+            C::BadMessage,
+            C::NotImplemented,
+            C::InvalidRecord,
+            C::InvalidMessage,
+            C::UnsupportedCompressionType,
+        ] {
+            assert_eq!(consumption(code), UnreadableBatch, "{code:?}");
+        }
+        // librdkafka retries these and resumes where it was.
+        for code in [
+            C::BrokerTransportFailure,
+            C::AllBrokersDown,
+            C::OperationTimedOut,
+            C::NotLeaderForPartition,
+            C::UnknownTopicOrPartition,
+            C::CoordinatorNotAvailable,
+            C::AutoOffsetReset,
+        ] {
+            assert_eq!(consumption(code), Transient, "{code:?}");
+        }
+        for code in [C::Authentication, C::SSL, C::SaslAuthenticationFailed] {
+            assert_eq!(consumption(code), Authentication, "{code:?}");
+        }
+        for code in [
+            C::Fatal,
+            C::TopicAuthorizationFailed,
+            C::GroupAuthorizationFailed,
+        ] {
+            assert_eq!(consumption(code), Fatal, "{code:?}");
+        }
+        assert_eq!(
+            classify_consumer_error(&KafkaError::MessageConsumptionFatal(
+                C::BrokerTransportFailure
+            )),
+            Fatal
+        );
+        assert_eq!(
+            classify_consumer_error(&KafkaError::PartitionEOF(3)),
+            Transient
+        );
+        assert_eq!(
+            classify_consumer_error(&KafkaError::Subscription("x".into())),
+            Fatal
+        );
+    }
+
+    #[test]
+    fn a_tls_alert_after_the_handshake_is_an_authentication_failure() {
+        let transport = KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure);
+        assert_eq!(
+            classify_client_error(
+                &transport,
+                "ssl://k:9093/bootstrap: Receive failed: error:0A00045C:SSL routines::tlsv13 alert certificate required: SSL alert number 116"
+            ),
+            ConsumerErrorClass::Authentication
+        );
+        assert_eq!(
+            classify_client_error(&transport, "k:9092/1: Disconnected (after 5ms in state UP)"),
+            ConsumerErrorClass::Transient
+        );
+        assert_eq!(
+            classify_client_error(
+                &KafkaError::Global(RDKafkaErrorCode::SSL),
+                "SSL handshake failed: certificate verify failed"
+            ),
+            ConsumerErrorClass::Authentication
+        );
+    }
+
+    #[test]
+    fn repeated_causes_are_logged_once_per_interval() {
+        let log = ClientLog::default();
+        assert_eq!(log.admit("a"), Some(0));
+        assert_eq!(log.admit("a"), None);
+        assert_eq!(log.admit("a"), None);
+        assert_eq!(log.admit("b"), Some(0), "another cause is logged at once");
+        // Once the interval has passed, the next line says how many were held back.
+        log.seen.lock().unwrap().get_mut("a").unwrap().0 -= ERROR_LOG_INTERVAL;
+        assert_eq!(log.admit("a"), Some(2));
+        assert_eq!(log.admit("a"), None);
+    }
+
+    #[test]
+    fn causes_ignore_what_changes_between_repeats() {
+        assert_eq!(
+            cause_key("127.0.0.1:9092/1: Disconnected (after 12ms in state UP)"),
+            cause_key(
+                "127.0.0.1:9092/1: Disconnected (after 4031ms in state UP, 1 identical error(s) suppressed)"
+            )
+        );
+        assert_ne!(
+            cause_key("SSL handshake failed"),
+            cause_key("SASL authentication error")
+        );
+    }
+
+    #[test]
+    fn secret_values_are_scrubbed_and_other_values_kept() {
+        let clients = KafkaClients::from_brokers("k:9093").with_client([
+            ("sasl.username", "alice-user"),
+            ("sasl.password", "Scrub-Me-Pw-1"),
+            ("ssl.key.password", "Scrub-Me-Key-2"),
+        ]);
+        let _ = clients.producer().unwrap();
+        let text = scrub("auth failed for alice-user with Scrub-Me-Pw-1 (key Scrub-Me-Key-2)");
+        assert_eq!(
+            text,
+            "auth failed for alice-user with <redacted> (key <redacted>)"
+        );
+    }
+
+    #[test]
+    fn every_client_gets_the_shared_properties_and_its_role_its_own() {
+        let clients = KafkaClients::from_brokers("k1:9093,k2:9093")
+            .with_client([("security.protocol", "SSL"), ("client.id", "c")])
+            .with_consumer([("client.id", "consumer"), ("fetch.wait.max.ms", "10")])
+            .with_producer([("compression.type", "zstd")]);
+        let consumer = clients.stage_consumer("g").unwrap();
+        let producer = clients.producer().unwrap();
+        let reader = clients.reader("r");
+        let admin = clients.admin();
+        for c in [&consumer, &producer, &reader, &admin] {
+            assert_eq!(c.get("bootstrap.servers"), Some("k1:9093,k2:9093"));
+            assert_eq!(c.get("security.protocol"), Some("SSL"));
+        }
+        assert_eq!(
+            consumer.get("client.id"),
+            Some("consumer"),
+            "role wins over shared"
+        );
+        assert_eq!(
+            consumer.get("fetch.wait.max.ms"),
+            Some("10"),
+            "the file wins over defaults"
+        );
+        assert_eq!(consumer.get("enable.auto.offset.store"), Some("false"));
+        assert_eq!(producer.get("client.id"), Some("c"));
+        assert_eq!(producer.get("compression.type"), Some("zstd"));
+        assert_eq!(producer.get("enable.idempotence"), Some("true"));
+        assert_eq!(admin.get("compression.type"), Some("zstd"));
+        assert_eq!(reader.get("compression.type"), None);
+        assert_eq!(reader.get("enable.auto.commit"), Some("false"));
+        let owned = KafkaClients::from_brokers("k")
+            .with_client([("enable.idempotence", "false")])
+            .producer();
+        assert!(owned.is_err(), "a shared table cannot turn idempotence off");
+    }
 }

@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
@@ -36,6 +35,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::kafka::{self, KafkaClients, Logged};
 use crate::metrics::{Metrics, OutcomeLabel};
 use crate::optout::{
     Applied, LineFormat, LiveOptOuts, OptOutRecord, OptOutSet, RawUid2, parse_line,
@@ -128,30 +128,20 @@ pub fn load_bytes(bytes: &[u8], origin: &str) -> anyhow::Result<OptOutSet> {
 /// What the follower and the publisher need from the settings.
 #[derive(Clone, Debug)]
 pub struct FeedConfig {
-    pub brokers: String,
+    /// The brokers and pass-through properties (`[kafka.client]`, `[kafka.consumer]`, `[kafka.producer]`).
+    pub kafka: KafkaClients,
     /// `[kafka] group_id`: the follower names itself after it (librdkafka wants a group id even for a
     /// consumer that only assigns); it never joins that group nor commits.
     pub group_id: String,
     pub topic: String,
-    /// `[kafka.consumer]` (security and tuning), applied before the follower's own keys.
-    pub consumer_overrides: Vec<(String, String)>,
-    /// `[kafka.producer]`, applied before the publisher's own keys.
-    pub producer_overrides: Vec<(String, String)>,
 }
 
 impl FeedConfig {
     pub fn from_settings(s: &Settings) -> FeedConfig {
-        let props = |p: &crate::config::KafkaProps| {
-            p.iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        };
         FeedConfig {
-            brokers: s.kafka.brokers.clone(),
+            kafka: KafkaClients::new(&s.kafka),
             group_id: s.kafka.group_id.clone(),
             topic: s.optout.topic.clone(),
-            consumer_overrides: props(&s.kafka.consumer),
-            producer_overrides: props(&s.kafka.producer),
         }
     }
 }
@@ -160,15 +150,14 @@ impl FeedConfig {
 /// replication. An existing topic is left as it is (its policy is the operator's business). Failing to
 /// create it is logged, not fatal: the follower waits for the topic to appear.
 pub async fn ensure_topic(cfg: &FeedConfig) {
-    let mut client = ClientConfig::new();
-    for (k, v) in &cfg.producer_overrides {
-        client.set(k, v);
-    }
-    client.set("bootstrap.servers", &cfg.brokers);
-    let admin: AdminClient<DefaultClientContext> = match client.create() {
+    let admin: AdminClient<Logged> = match cfg
+        .kafka
+        .admin()
+        .create_with_context(Logged("opt-out admin"))
+    {
         Ok(a) => a,
         Err(e) => {
-            tracing::warn!(error = %e, "Cannot create an admin client to check the opt-out topic.");
+            tracing::warn!(error = %kafka::scrub(&e.to_string()), "Cannot create an admin client to check the opt-out topic.");
             return;
         }
     };
@@ -207,21 +196,15 @@ pub async fn ensure_topic(cfg: &FeedConfig) {
 /// nothing (every start reads from the beginning); end-of-partition events for the caught-up signal;
 /// short fetch waits so opt-outs arrive quickly.
 pub fn follower_config(cfg: &FeedConfig) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    for (k, v) in &cfg.consumer_overrides {
-        c.set(k, v);
-    }
-    c.set("bootstrap.servers", &cfg.brokers)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "true")
+    let mut c = cfg
+        .kafka
+        .reader(&format!("{}-optout-follower", cfg.group_id));
+    c.set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "50")
         // The initial load reads the whole topic: large fetches (records are ~60 bytes).
         .set("max.partition.fetch.bytes", "16777216")
         .set("fetch.max.bytes", "67108864");
-    // librdkafka refuses assign() without a group id, although an assign-only consumer never uses it.
-    c.set("group.id", format!("{}-optout-follower", cfg.group_id));
     c.remove("partition.assignment.strategy");
     c
 }
@@ -231,11 +214,15 @@ pub fn follower_config(cfg: &FeedConfig) -> ClientConfig {
 pub struct FollowerContext;
 
 impl rdkafka::client::ClientContext for FollowerContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        kafka::client_log().log("opt-out follower", level, fac, log_message);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         let eof = matches!(error, KafkaError::PartitionEOF(_))
             || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF);
         if !eof {
-            tracing::warn!(%error, reason, "Opt-out follower: Kafka client error (librdkafka retries).");
+            kafka::client_log().error("opt-out follower", &error, reason);
         }
     }
 }
@@ -288,6 +275,7 @@ pub fn spawn_follower(
 ) -> anyhow::Result<Follower> {
     let consumer: FollowerConsumer = follower_config(cfg)
         .create_with_context(FollowerContext)
+        .map_err(kafka::creation_error)
         .with_context(|| {
             format!(
                 "creating the opt-out follower for topic {} (check [kafka.consumer])",
@@ -364,7 +352,9 @@ fn follow(
                     tracing::warn!(%topic, reason = %e, "Waiting for the opt-out topic; not ready until it is read.");
                     logged = Instant::now();
                 }
-                std::thread::sleep(Duration::from_millis(500));
+                // Polling (rather than sleeping) hands librdkafka's queued errors and log lines to the
+                // context: a refused password or certificate is reported now, not once the topic is read.
+                let _ = consumer.poll(Duration::from_millis(500));
             }
         }
     };
@@ -419,7 +409,6 @@ fn follow(
     // lie inside the last batch; the rest of that batch is in the local queue by then.)
     let mut drain_started: Option<Instant> = None;
     let mut last_refresh = Instant::now();
-    let mut errors_logged = Instant::now() - Duration::from_secs(60);
     while !stop.is_cancelled() {
         if pending.is_empty() {
             let since = *drain_started.get_or_insert_with(Instant::now);
@@ -465,11 +454,10 @@ fn follow(
                 }
             }
             Some(Err(e)) => {
-                // Broker blips: librdkafka reconnects and resumes fetching on its own.
-                if errors_logged.elapsed() > Duration::from_secs(10) {
-                    tracing::warn!(%topic, error = %e, "Opt-out follower: consumer error (retrying).");
-                    errors_logged = Instant::now();
-                }
+                // Broker blips: librdkafka reconnects and resumes fetching on its own. The log is
+                // rate-limited per cause; an unreadable batch is logged as an error (the set stops
+                // growing at it, and before it has caught up the stage stays not ready).
+                kafka::client_log().error("opt-out follower", &e, &format!("consuming {topic}"));
             }
         }
         if counts.due() || pending.is_empty() {
@@ -593,7 +581,7 @@ fn decode(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<OptOutRecord, &'st
 /// Writes opt-outs to the topic for the webhook: an idempotent producer; a publish returns only once
 /// every record was acknowledged (acks=all).
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: FutureProducer<Logged>,
     topic: String,
 }
 
@@ -604,18 +592,23 @@ impl Publisher {
     /// # Errors
     /// A `[kafka.producer]` property the stage owns, or the producer cannot be created.
     pub fn new(cfg: &FeedConfig) -> anyhow::Result<Publisher> {
-        let mut c = crate::kafka::producer_config(&cfg.brokers, &cfg.producer_overrides)
+        let mut c = cfg
+            .kafka
+            .producer()
             .context("the opt-out publisher's [kafka.producer] properties")?;
         c.set("linger.ms", "1").set(
             "message.timeout.ms",
             PUBLISH_TIMEOUT.as_millis().to_string(),
         );
-        let producer = c.create().with_context(|| {
-            format!(
-                "creating the opt-out publisher for topic {} (check [kafka.producer])",
-                cfg.topic
-            )
-        })?;
+        let producer = c
+            .create_with_context(Logged("opt-out publisher"))
+            .map_err(kafka::creation_error)
+            .with_context(|| {
+                format!(
+                    "creating the opt-out publisher for topic {} (check [kafka.producer])",
+                    cfg.topic
+                )
+            })?;
         Ok(Publisher {
             producer,
             topic: cfg.topic.clone(),

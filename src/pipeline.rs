@@ -34,7 +34,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cache::DecryptCache;
 use crate::enrich::{self, PayloadFormat, Policy};
-use crate::kafka::{self, PartitionRegistry, PartitionSlot, StageContext, TopicPartition};
+use crate::kafka::{
+    self, ConsumerErrorClass, PartitionRegistry, PartitionSlot, StageContext, TopicPartition,
+};
 use crate::metrics::{Metrics, ReasonLabel, StatusLabel};
 use crate::optout::OptOutLookup;
 use crate::tokenize::{self, Direction, TokenizeContext, TokenizeError, TokenizePolicy};
@@ -64,13 +66,12 @@ pub enum OutputPartitioning {
 /// Everything the stage needs, already validated.
 #[derive(Clone, Debug)]
 pub struct StageConfig {
-    pub brokers: String,
+    /// The brokers and the pass-through properties every client is made from.
+    pub kafka: kafka::KafkaClients,
     pub group_id: String,
     pub input_topics: Vec<String>,
     pub output_topic: String,
     pub dlq_topic: String,
-    pub consumer_overrides: Vec<(String, String)>,
-    pub producer_overrides: Vec<(String, String)>,
     pub policy: Policy,
     /// The format of input topics not in `topic_formats`.
     pub format: PayloadFormat,
@@ -158,7 +159,7 @@ pub struct Job {
 
 struct Shared {
     config: StageConfig,
-    producer: FutureProducer,
+    producer: FutureProducer<kafka::Logged>,
     consumer: Arc<StreamConsumer<StageContext<Job>>>,
     keys: Arc<dyn KeyProvider>,
     optouts: Arc<dyn OptOutLookup + Send + Sync>,
@@ -197,22 +198,23 @@ pub async fn run(
         drain_timeout: config.drain_timeout,
         metrics: deps.metrics.clone(),
     };
-    let consumer: StreamConsumer<StageContext<Job>> = kafka::consumer_config(
-        &config.brokers,
-        &config.group_id,
-        &config.consumer_overrides,
-    )?
-    .create_with_context(context)
-    .context("creating the Kafka consumer")?;
+    let consumer: StreamConsumer<StageContext<Job>> = config
+        .kafka
+        .stage_consumer(&config.group_id)?
+        .create_with_context(context)
+        .map_err(kafka::creation_error)
+        .context("creating the Kafka consumer")?;
     let consumer = Arc::new(consumer);
     let topics: Vec<&str> = config.input_topics.iter().map(String::as_str).collect();
     consumer
         .subscribe(&topics)
         .with_context(|| format!("subscribing to {topics:?}"))?;
-    let producer: FutureProducer =
-        kafka::producer_config(&config.brokers, &config.producer_overrides)?
-            .create()
-            .context("creating the Kafka producer")?;
+    let producer: FutureProducer<kafka::Logged> = config
+        .kafka
+        .producer()?
+        .create_with_context(kafka::Logged("stage producer"))
+        .map_err(kafka::creation_error)
+        .context("creating the Kafka producer")?;
     let shared = Arc::new(Shared {
         cache: (config.enrich && config.direction == Direction::Enrich && config.cache_entries > 0)
             .then(|| DecryptCache::new(config.cache_entries)),
@@ -243,11 +245,16 @@ pub async fn run(
             () = shared.fatal.cancelled() => break Err(anyhow!(fatal_reason(&shared))),
             received = consumer.recv() => match received {
                 Ok(m) => m.detach(),
-                Err(e) if is_fatal_consumer_error(&e) => break Err(anyhow!(e).context("consuming")),
-                Err(e) => {
-                    tracing::warn!(error = %e, "Consumer error; continuing.");
-                    continue;
-                }
+                Err(e) => match kafka::classify_consumer_error(&e) {
+                    ConsumerErrorClass::Fatal => break Err(anyhow!(e).context("consuming")),
+                    ConsumerErrorClass::UnreadableBatch => {
+                        break Err(unreadable_batch(&consumer, &e).await);
+                    }
+                    ConsumerErrorClass::Authentication | ConsumerErrorClass::Transient => {
+                        kafka::client_log().error("stage consumer", &e, "consuming");
+                        continue;
+                    }
+                },
             },
         };
         shared.metrics.records_in.inc();
@@ -342,18 +349,67 @@ fn stop_fatally(shared: &Shared, reason: String) {
     shared.fatal.cancel();
 }
 
-fn is_fatal_consumer_error(e: &KafkaError) -> bool {
-    matches!(
-        e,
-        KafkaError::Subscription(_) | KafkaError::ClientCreation(_)
-    ) || e.rdkafka_error_code().is_some_and(|c| {
-        matches!(
-            c,
-            RDKafkaErrorCode::Fatal
-                | RDKafkaErrorCode::GroupAuthorizationFailed
-                | RDKafkaErrorCode::TopicAuthorizationFailed
-        )
+fn committed_offset(
+    consumer: &StreamConsumer<StageContext<Job>>,
+    topic: &str,
+    partition: i32,
+) -> Option<i64> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(5))
+        .ok()?;
+    match committed.elements().first()?.offset() {
+        Offset::Offset(o) => Some(o),
+        _ => None,
+    }
+}
+
+/// The stage's fatal error for a record batch it cannot read, naming where it is.
+///
+/// librdkafka does not say which partition a consumer error belongs to (rust-rdkafka drops it), but it
+/// hands records to the application in order and stops at the batch it cannot read: that partition is the
+/// one whose position (the next offset to hand out) is below its end. Every record before it was handed
+/// over and finishes normally; nothing after it is stored, so nothing past it is committed.
+async fn unreadable_batch(
+    consumer: &Arc<StreamConsumer<StageContext<Job>>>,
+    error: &KafkaError,
+) -> anyhow::Error {
+    let consumer = consumer.clone();
+    let stuck = tokio::task::spawn_blocking(move || {
+        let Ok(positions) = consumer.position() else {
+            return Vec::new();
+        };
+        positions
+            .elements()
+            .iter()
+            .filter_map(|e| {
+                let (low, high) = consumer
+                    .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(5))
+                    .ok()?;
+                // Nothing handed out yet: the partition starts where its group committed, or at its
+                // beginning (auto.offset.reset = earliest).
+                let at = match e.offset() {
+                    Offset::Offset(o) => o,
+                    _ => committed_offset(&consumer, e.topic(), e.partition()).unwrap_or(low),
+                };
+                (at < high).then(|| format!("{} [{}] at offset {at}", e.topic(), e.partition()))
+            })
+            .collect::<Vec<_>>()
     })
+    .await
+    .unwrap_or_default();
+    let place = match stuck.as_slice() {
+        [] => "a partition that could not be identified".to_string(),
+        [one] => one.clone(),
+        many => format!("one of {}", many.join(", ")),
+    };
+    anyhow!(
+        "cannot read the record batch in {place}: {error}. Nothing past it was committed, so the next \
+         owner of the partition reads it again; if the batch is damaged, a Kafka administrator must move \
+         the group's offset past it (kafka-consumer-groups --reset-offsets), knowing its records are lost; \
+         if it uses a codec this build lacks, see `uid2-enricher --version`"
+    )
 }
 
 /// Extra headers of an output or dead-letter record, after the input's own.

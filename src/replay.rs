@@ -62,13 +62,18 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "FILE|-", conflicts_with = "to_topic")]
     pub output: Option<PathBuf>,
     /// Send the records as they are (value, key and headers) to this topic, to feed a stage under test.
-    /// Needs --config for the brokers and producer settings. File → Kafka mode: no enrichment.
-    #[arg(long, value_name = "TOPIC", requires = "config")]
+    /// Needs --config (brokers, [kafka.client] and [kafka.producer]) or --brokers. File → Kafka mode: no
+    /// enrichment.
+    #[arg(long, value_name = "TOPIC")]
     pub to_topic: Option<String>,
-    /// The stage configuration: brokers and [kafka.producer] for --to-topic; for file output, the
-    /// [pipeline] policy (eid sources, member name) and, without --keys, its [uid2] keys_file.
+    /// The stage configuration: with --to-topic, its brokers and client properties (TLS, SASL, codecs);
+    /// for file output, the [pipeline] policy (eid sources, member name) and, without --keys, its [uid2]
+    /// keys_file.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// With --to-topic: bootstrap brokers, host:port, comma-separated (overrides the config file's).
+    #[arg(long, value_name = "HOST:PORT,...", requires = "to_topic")]
+    pub brokers: Option<String>,
     /// File → Kafka: send at most N records per second.
     #[arg(long, value_name = "N", conflicts_with = "speed")]
     pub rate: Option<f64>,
@@ -875,22 +880,15 @@ fn to_topic(args: &ReplayArgs, topic: &str) -> anyhow::Result<Summary> {
     use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{BaseRecord, Producer as _, ThreadedProducer};
 
-    let Some(config_path) = &args.config else {
-        bail!("--to-topic needs --config C for the brokers and [kafka.producer] settings");
-    };
     // Records go out as they are: nothing is decrypted, so the operator's credentials are not needed.
-    let settings = crate::config::load_without_operator_credentials(config_path)?;
-    let overrides: Vec<(String, String)> = settings
-        .kafka
-        .producer
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let kafka = crate::kafka::clients_from(args.config.as_deref(), args.brokers.as_deref())
+        .context("--to-topic needs --config C (brokers, TLS, SASL) or --brokers HOST:PORT")?;
     let context = DeliveryCounter::default();
-    let producer: ThreadedProducer<DeliveryCounter> =
-        crate::kafka::producer_config(&settings.kafka.brokers, &overrides)?
-            .create_with_context(context)
-            .with_context(|| format!("creating a producer for {}", settings.kafka.brokers))?;
+    let producer: ThreadedProducer<DeliveryCounter> = kafka
+        .producer()?
+        .create_with_context(context)
+        .map_err(crate::kafka::creation_error)
+        .with_context(|| format!("creating a producer for {}", kafka.brokers()))?;
     let mut input = jsonl::open_input(&args.input)?;
     let started = Instant::now();
     let mut summary = Summary::default();
@@ -998,7 +996,7 @@ fn to_topic(args: &ReplayArgs, topic: &str) -> anyhow::Result<Summary> {
     summary.acknowledged = Some(counter.delivered.load(std::sync::atomic::Ordering::Relaxed));
     summary.seconds = started.elapsed().as_secs_f64();
     summary.records_per_second = summary.records as f64 / summary.seconds.max(1e-9);
-    summary.print(&format!("topic {topic} on {}", settings.kafka.brokers));
+    summary.print(&format!("topic {topic} on {}", kafka.brokers()));
     if failed > 0 {
         let first = counter
             .first_error
@@ -1018,7 +1016,15 @@ struct DeliveryCounter {
     first_error: std::sync::Mutex<String>,
 }
 
-impl rdkafka::ClientContext for DeliveryCounter {}
+impl rdkafka::ClientContext for DeliveryCounter {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        crate::kafka::client_log().log("replay producer", level, fac, log_message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        crate::kafka::client_log().error("replay producer", &error, reason);
+    }
+}
 
 impl rdkafka::producer::ProducerContext for DeliveryCounter {
     type DeliveryOpaque = ();

@@ -150,9 +150,14 @@ async fn readyz(State(state): State<ServerState>) -> impl IntoResponse {
         );
     }
     if !state.optouts.caught_up.load(Ordering::Relaxed) {
+        // Most often because no Kafka client can connect: say why when librdkafka said.
+        let why = crate::kafka::client_log()
+            .last_error()
+            .map(|e| format!(" (last Kafka client error: {e})"))
+            .unwrap_or_default();
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the opt-out set is still loading from its topic\n".to_string(),
+            format!("not ready: the opt-out set is still loading from its topic{why}\n"),
         );
     }
     if !state.consuming.load(Ordering::Relaxed) {

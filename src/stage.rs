@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::kafka::KafkaClients;
 use crate::keysource::{KeyHandle, KeySource};
 use crate::metrics::Metrics;
 use crate::optout::LiveOptOuts;
@@ -26,19 +27,12 @@ impl KeyProvider for KeyHandle {
 
 /// The pipeline's part of the settings.
 pub fn stage_config(s: &Settings) -> StageConfig {
-    let props = |p: &crate::config::KafkaProps| {
-        p.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    };
     StageConfig {
-        brokers: s.kafka.brokers.clone(),
+        kafka: KafkaClients::new(&s.kafka),
         group_id: s.kafka.group_id.clone(),
         input_topics: s.kafka.input_topics.clone(),
         output_topic: s.kafka.output_topic.clone(),
         dlq_topic: s.kafka.dlq_topic.clone(),
-        consumer_overrides: props(&s.kafka.consumer),
-        producer_overrides: props(&s.kafka.producer),
         policy: s.pipeline.policy.clone(),
         format: s.pipeline.format,
         topic_formats: s.pipeline.topic_formats.clone(),

@@ -27,19 +27,17 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::kafka::{KafkaClients, Logged};
+
 /// Why a verification could not run (not what it found: that is the [`Report`]).
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
-    #[error("creating a Kafka consumer for {brokers}")]
-    Client {
-        brokers: String,
-        source: rdkafka::error::KafkaError,
-    },
+    #[error("creating a Kafka consumer for {brokers}: {reason}")]
+    Client { brokers: String, reason: String },
     #[error(
         "reading the metadata of topic {topic} (is the broker reachable, and does the topic exist?)"
     )]
@@ -381,7 +379,8 @@ const STALLED: Duration = Duration::from_secs(10);
 /// How to read the topics.
 #[derive(Clone, Debug)]
 pub struct VerifyOptions {
-    pub brokers: String,
+    /// The cluster: brokers and client properties (TLS, SASL, …).
+    pub kafka: KafkaClients,
     pub inputs: Vec<String>,
     pub output: String,
     pub dlq: String,
@@ -397,7 +396,7 @@ pub struct VerifyOptions {
 impl VerifyOptions {
     pub fn new(brokers: &str, input: &str, output: &str, dlq: &str) -> VerifyOptions {
         VerifyOptions {
-            brokers: brokers.to_string(),
+            kafka: KafkaClients::from_brokers(brokers),
             inputs: vec![input.to_string()],
             output: output.to_string(),
             dlq: dlq.to_string(),
@@ -433,19 +432,17 @@ pub fn read_topic_counting(
             .saturating_sub(started.elapsed())
             .clamp(Duration::from_millis(1), Duration::from_secs(10))
     };
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &options.brokers)
-        // A group id librdkafka wants for its fetcher; nothing joins the group or commits to it.
-        .set("group.id", "uid2-enricher-verify")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
+    // Nothing joins the group or commits to it.
+    let consumer: BaseConsumer<Logged> = options
+        .kafka
+        .reader("uid2-enricher-verify")
         .set("max.partition.fetch.bytes", "67108864")
         .set("fetch.max.bytes", "134217728")
         .set("message.max.bytes", "134217728")
-        .create()
+        .create_with_context(Logged("verify"))
         .map_err(|source| VerifyError::Client {
-            brokers: options.brokers.clone(),
-            source,
+            brokers: options.kafka.brokers().to_string(),
+            reason: crate::kafka::scrub(&source.to_string()),
         })?;
     let metadata = consumer
         .fetch_metadata(Some(topic), request_timeout())
@@ -600,7 +597,7 @@ pub fn verify_with_passes(
 pub fn command(args: &crate::cli::VerifyArgs) -> anyhow::Result<std::process::ExitCode> {
     use anyhow::Context as _;
     let options = VerifyOptions {
-        brokers: args.brokers.clone(),
+        kafka: args.cluster.clients()?,
         inputs: args.input.clone(),
         output: args.output.clone(),
         dlq: args.dlq.clone(),
@@ -610,8 +607,11 @@ pub fn command(args: &crate::cli::VerifyArgs) -> anyhow::Result<std::process::Ex
     };
     let report = verify(&options).with_context(|| {
         format!(
-            "verifying {:?} → {} / {} at {} (check --brokers and the topic names)",
-            options.inputs, options.output, options.dlq, options.brokers
+            "verifying {:?} → {} / {} at {} (check --brokers or --config, and the topic names)",
+            options.inputs,
+            options.output,
+            options.dlq,
+            options.kafka.brokers()
         )
     })?;
     if args.json {

@@ -225,7 +225,7 @@ fn unknown_keys_get_a_suggestion_and_the_valid_keys() {
         &[
             "unknown key `brokerz` in [kafka]",
             "did you mean `brokers`?",
-            "(valid keys: brokers, group_id, input_topics, output_topic, dlq_topic, consumer, producer)",
+            "(valid keys: brokers, group_id, input_topics, output_topic, dlq_topic, client, consumer, producer)",
         ],
     );
 
@@ -760,10 +760,20 @@ fn pass_through_cannot_override_what_the_stage_owns() {
         let e = fails(&with_uid2(&format!("[kafka.{table}]\n{line}\n")));
         assert_error(&e, 4, 1, &["is set by the stage itself", hint]);
     }
-    // Secret-looking librdkafka properties are allowed there, and hidden from Debug.
-    let s = ok(&with_uid2(
-        "[kafka.consumer]\n\"sasl.password\" = \"pw-123\"\n",
-    ));
+    let e = fails(&with_uid2("[kafka.client]\n\"group.id\" = \"other\"\n"));
+    assert_error(
+        &e,
+        4,
+        1,
+        &["is set by the stage itself", "`group_id` in [kafka]"],
+    );
+    // Secret-bearing librdkafka properties come from the environment, and are hidden from Debug.
+    let s = config::parse_with_env(
+        &with_uid2("[kafka.consumer]\n\"sasl.password\" = \"${KAFKA_SASL_PASSWORD}\"\n"),
+        "x.toml",
+        &env_of(&[("KAFKA_SASL_PASSWORD", "pw-123")]),
+    )
+    .unwrap();
     assert_eq!(s.kafka.consumer.get("sasl.password"), Some("pw-123"));
     assert!(!format!("{s:?}").contains("pw-123"));
 }

@@ -26,6 +26,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use tokio_util::sync::CancellationToken;
 use uid2_enricher::enrich::{self, PayloadFormat, Policy};
+use uid2_enricher::kafka::KafkaClients;
 use uid2_enricher::metrics::Metrics;
 use uid2_enricher::openrtb::proto::pb;
 use uid2_enricher::optout::NoOptOuts;
@@ -52,17 +53,17 @@ fn cluster(
 
 fn config(brokers: &str, group: &str, input: &str, format: PayloadFormat) -> StageConfig {
     StageConfig {
-        brokers: brokers.into(),
+        kafka: KafkaClients::from_brokers(brokers)
+            .with_consumer([("session.timeout.ms", "6000")])
+            .with_producer([
+                ("message.timeout.ms", "60000"),
+                // Room for the 1 MiB requests plus their enrichment member.
+                ("message.max.bytes", "4194304"),
+            ]),
         group_id: group.into(),
         input_topics: vec![input.into()],
         output_topic: format!("{input}-out"),
         dlq_topic: format!("{input}-dlq"),
-        consumer_overrides: vec![("session.timeout.ms".into(), "6000".into())],
-        producer_overrides: vec![
-            ("message.timeout.ms".into(), "60000".into()),
-            // Room for the 1 MiB requests plus their enrichment member.
-            ("message.max.bytes".into(), "4194304".into()),
-        ],
         policy: Policy::default(),
         format,
         enrich: true,
@@ -685,9 +686,9 @@ async fn a_record_too_large_for_the_output_is_dead_lettered_and_the_stage_keeps_
     let mut config = config(&brokers, "g-big", "big", PayloadFormat::Json);
     // librdkafka's default producer limit (message.max.bytes 1,000,000), below Kafka's default broker
     // limit (1,048,588): an input that fits the input topic can grow past what the producer accepts.
-    config
-        .producer_overrides
-        .retain(|(k, _)| k != "message.max.bytes");
+    config.kafka = config
+        .kafka
+        .with_producer([("message.max.bytes", "1000000")]);
     let token = live_token(TokenVersion::V4);
     let user = format!(r#"{{"eids":[{}]}}"#, eid_json("uidapi.com", &token));
     let pad = 1_000_000 - json_request("big", &user, r#","ext":{"pad":""}"#).len();
@@ -793,9 +794,9 @@ async fn a_slow_output_takes_the_queue_full_backpressure_path_and_loses_nothing(
     }
     let mut config = config(&brokers, "g-slow", "slow", PayloadFormat::Json);
     config.max_in_flight = window;
-    config
-        .producer_overrides
-        .push(("queue.buffering.max.messages".into(), "100".into()));
+    config.kafka = config
+        .kafka
+        .with_producer([("queue.buffering.max.messages", "100")]);
     let stage = start(config, generator.key_set());
     let started = Instant::now();
     let mut max_in_flight = 0;

@@ -1,8 +1,10 @@
 //! Log hygiene: traffic through `uid2-enricher run` at `[log] level = "debug"` (every crate's debug lines:
 //! the stage, the HTTP client that calls the operator, and librdkafka with `debug = "all"`), with `UID2_API_KEY`,
 //! `UID2_SECRET_KEY` and `UID2_OPTOUT_TOKEN` set to recognisable values and keys served by a fake operator
-//! (so the secrets are used: the bearer token, the envelope, the key secrets). The log must be
-//! non-trivial and must never contain a secret, a key secret or a raw UID2 of the traffic.
+//! (so the secrets are used: the bearer token, the envelope, the key secrets), and a SASL password and a
+//! TLS key password in `[kafka.client]` from the environment. The log must be non-trivial and must never
+//! contain a secret, a key secret or a raw UID2 of the traffic. An OIDC client secret must not appear
+//! either, whether the build can use it (the `oidc` feature) or refuses it at start.
 
 mod common;
 
@@ -22,6 +24,9 @@ use uid2_enricher::traffic::{Generator, Mix};
 const API_KEY: &str = "UID2-C-L-777-LogHygieneApiKeyZZZ9xQ=";
 const CLIENT_SECRET_B64: &str = "Vt3FRIA2R3fNTqRY5hTsYsvnkq/Gtuw6pfNx94e0ZzA=";
 const OPTOUT_TOKEN: &str = "optout-bearer-LogHygieneTokenQQQ7";
+const SASL_PASSWORD: &str = "sasl-pw-LogHygieneQQQ8";
+const SSL_KEY_PASSWORD: &str = "tls-key-pw-LogHygieneQQQ9";
+const OIDC_CLIENT_SECRET: &str = "oidc-secret-LogHygieneQQQ10";
 const COUNT: usize = 500;
 
 async fn metric(port: u16, prefix: &'static str) -> u64 {
@@ -104,6 +109,10 @@ group_id = "g-log"
 input_topics = ["log-in"]
 output_topic = "log-out"
 dlq_topic = "log-dlq"
+[kafka.client]
+"sasl.username" = "log-hygiene"
+"sasl.password" = "${{KAFKA_SASL_PASSWORD}}"
+"ssl.key.password" = "${{KAFKA_SSL_KEY_PASSWORD}}"
 [kafka.consumer]
 "session.timeout.ms" = 6000
 debug = "all"
@@ -130,6 +139,8 @@ level = "debug"
             .env("UID2_API_KEY", API_KEY)
             .env("UID2_SECRET_KEY", CLIENT_SECRET_B64)
             .env("UID2_OPTOUT_TOKEN", OPTOUT_TOKEN)
+            .env("KAFKA_SASL_PASSWORD", SASL_PASSWORD)
+            .env("KAFKA_SSL_KEY_PASSWORD", SSL_KEY_PASSWORD)
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(log)
@@ -204,6 +215,8 @@ level = "debug"
         ("UID2_API_KEY", API_KEY),
         ("UID2_SECRET_KEY", CLIENT_SECRET_B64),
         ("UID2_OPTOUT_TOKEN", OPTOUT_TOKEN),
+        ("sasl.password", SASL_PASSWORD),
+        ("ssl.key.password", SSL_KEY_PASSWORD),
     ]
     .into_iter()
     .chain(key_secrets.iter().map(|s| ("a key secret", s.as_str())))
@@ -216,9 +229,71 @@ level = "debug"
         );
     }
     println!(
-        "RESULT log-hygiene: {} log lines ({debug_lines} DEBUG) for {COUNT} requests; none of the 3 environment secrets, {} key secrets or {} raw UID2s of the traffic appear",
+        "RESULT log-hygiene: {} log lines ({debug_lines} DEBUG) for {COUNT} requests; none of the 5 environment secrets, {} key secrets or {} raw UID2s of the traffic appear",
         text.lines().count(),
         key_secrets.len(),
         raws.len()
+    );
+}
+
+#[test]
+fn an_oidc_client_secret_never_appears() {
+    let port = free_port();
+    let config = scratch().join("log-hygiene-oidc.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[kafka]
+brokers = "127.0.0.1:1"
+[kafka.client]
+"security.protocol" = "SASL_PLAINTEXT"
+"sasl.mechanisms" = "OAUTHBEARER"
+"sasl.oauthbearer.method" = "oidc"
+"sasl.oauthbearer.client.id" = "log-hygiene"
+"sasl.oauthbearer.client.secret" = "${{KAFKA_OIDC_CLIENT_SECRET}}"
+"sasl.oauthbearer.token.endpoint.url" = "http://127.0.0.1:1/token"
+debug = "all"
+[uid2]
+keys_file = "{keys}"
+[server]
+listen = "127.0.0.1:{port}"
+[log]
+level = "debug"
+"#,
+            keys = concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo-keys.json")
+        ),
+    )
+    .unwrap();
+    let log_path = scratch().join("log-hygiene-oidc.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_uid2-enricher"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("KAFKA_OIDC_CLIENT_SECRET", OIDC_CLIENT_SECRET)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    // Without the oidc feature the stage refuses the configuration at once; with it, librdkafka tries the
+    // (unreachable) token endpoint while the stage waits.
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        text.contains("sasl.oauthbearer"),
+        "the log speaks of the OIDC settings: {text}"
+    );
+    assert!(
+        !text.contains(OIDC_CLIENT_SECRET),
+        "the OIDC client secret appears in the log ({})",
+        log_path.display()
+    );
+    println!(
+        "RESULT log-hygiene, OIDC: {} log lines, no client secret",
+        text.lines().count()
     );
 }

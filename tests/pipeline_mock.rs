@@ -22,6 +22,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use uid2_enricher::enrich::{PayloadFormat, Policy};
+use uid2_enricher::kafka::KafkaClients;
 use uid2_enricher::metrics::Metrics;
 use uid2_enricher::optout::NoOptOuts;
 use uid2_enricher::pipeline::{self, OutputPartitioning, RunCounters, StageConfig, StageDeps};
@@ -31,13 +32,13 @@ const PARTITIONS: i32 = 4;
 
 fn config(brokers: &str, group: &str) -> StageConfig {
     StageConfig {
-        brokers: brokers.into(),
+        kafka: KafkaClients::from_brokers(brokers)
+            .with_consumer([("session.timeout.ms", "6000")])
+            .with_producer([("message.timeout.ms", "60000")]),
         group_id: group.into(),
         input_topics: vec!["in".into()],
         output_topic: "out".into(),
         dlq_topic: "dlq".into(),
-        consumer_overrides: vec![("session.timeout.ms".into(), "6000".into())],
-        producer_overrides: vec![("message.timeout.ms".into(), "60000".into())],
         policy: Policy::default(),
         format: PayloadFormat::Json,
         topic_formats: Vec::new(),

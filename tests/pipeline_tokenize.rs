@@ -19,6 +19,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use uid2_enricher::enrich::{PayloadFormat, Policy};
 use uid2_enricher::formats::event::JsonPointer;
+use uid2_enricher::kafka::KafkaClients;
 use uid2_enricher::metrics::Metrics;
 use uid2_enricher::optout::NoOptOuts;
 use uid2_enricher::pipeline::{
@@ -63,13 +64,11 @@ async fn records_wait_for_keys_that_can_encrypt_and_never_go_out_raw() {
     let mut policy = Policy::default();
     policy.mode = ClientMode::Sharing;
     let config = StageConfig {
-        brokers: brokers.clone(),
+        kafka: KafkaClients::from_brokers(&brokers).with_consumer([("session.timeout.ms", "6000")]),
         group_id: "tokenize".into(),
         input_topics: vec!["raw".into()],
         output_topic: "tok".into(),
         dlq_topic: "dlq".into(),
-        consumer_overrides: vec![("session.timeout.ms".into(), "6000".into())],
-        producer_overrides: vec![],
         policy,
         format: PayloadFormat::Event,
         topic_formats: Vec::new(),
