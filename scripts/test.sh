@@ -25,6 +25,11 @@ if grep -rnE 'tokio::|rdkafka::|reqwest::|std::fs|SystemTime::now|Instant::now|s
   exit 1
 fi
 
+step "the shipped configurations validate (config/dev.toml; config/enricher.toml with its variables)"
+cargo run --quiet -- validate --config config/dev.toml
+UID2_API_KEY=ci UID2_SECRET_KEY=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA= \
+  cargo run --quiet -- validate --config config/enricher.toml
+
 step "unit, property and integration tests"
 cargo test --quiet
 
@@ -61,6 +66,9 @@ for t in tests/tansu_*.rs; do
   step "through tansu: $name"
   UID2_TEST_BROKER="127.0.0.1:$tansu_port" cargo test --quiet --test "$name" -- --ignored --nocapture --test-threads 1
 done
+
+step "through tansu: every codec in and out"
+UID2_TEST_BROKER="127.0.0.1:$tansu_port" cargo test --quiet --test codecs_and_batches -- --ignored --nocapture
 
 step "secured clusters: SASL/SCRAM, TLS and mTLS through tansu and a TLS proxy"
 UID2_TANSU="$tansu_root/bin/tansu" cargo test --quiet --test secured_cluster -- --ignored --nocapture --test-threads 1

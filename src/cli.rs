@@ -29,7 +29,24 @@ pub enum Command {
     /// keys or arguments cannot be used.
     Decrypt(DecryptArgs),
     /// Run the stage: consume bid requests, enrich them, produce them on (see config/enricher.toml).
+    ///
+    /// Exit status: 0 after a clean stop (SIGTERM or SIGINT: drained, committed, flushed), 2 when the
+    /// configuration cannot be used or the stage stopped on a fatal error.
     Run(RunArgs),
+    /// Check a configuration without running the stage: the whole file (environment references
+    /// included), the key source's file or credentials, and every Kafka client the stage makes (created
+    /// with librdkafka, not connected). For CI and for systemd's ExecStartPre.
+    ///
+    /// Exit status: 0 when the configuration is usable, 1 otherwise (every problem found is listed).
+    Validate(RunArgs),
+    /// Print a shell completion script, e.g. `uid2-enricher completions bash >
+    /// /etc/bash_completion.d/uid2-enricher`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `uid2-enricher man > /usr/local/share/man/man1/uid2-enricher.1`.
+    Man,
     /// Generate synthetic bid requests (JSON Lines) and the key set that decrypts their tokens.
     Gen(GenArgs),
     /// Run the whole stage in-process against librdkafka's mock cluster with generated traffic, and print
@@ -205,6 +222,18 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Validate(args) => Ok(validate_command(&args)),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "uid2-enricher", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+                .render(&mut std::io::stdout())
+                .context("writing the man page")?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Gen(args) => {
             gen_command(&args)?;
             Ok(ExitCode::SUCCESS)
@@ -238,6 +267,49 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `validate`: every problem the configuration has that can be found without connecting, one per line on
+/// standard error; `FILE: ok` on standard output when there is none.
+fn validate_command(args: &RunArgs) -> ExitCode {
+    let origin = args.config.display();
+    let problems = match crate::config::load(&args.config) {
+        // The file is checked first and whole: its first error stops the rest, which depends on it.
+        Err(e) => vec![e.to_string()],
+        Ok(settings) => validate_settings(&settings),
+    };
+    if problems.is_empty() {
+        println!("{origin}: ok");
+        return ExitCode::SUCCESS;
+    }
+    for problem in &problems {
+        eprintln!("uid2-enricher: error: {}", crate::kafka::scrub(problem));
+    }
+    eprintln!(
+        "{origin}: {} problem{}",
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
+    ExitCode::from(1)
+}
+
+/// What a parsed configuration still needs to run: a readable key set when it comes from a file, and
+/// every Kafka client librdkafka will make from it.
+fn validate_settings(settings: &crate::config::Settings) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let crate::config::KeysFrom::File(path) = &settings.uid2.keys
+        && let Err(e) = load_keys(path)
+    {
+        problems.push(format!("{e:#}"));
+    }
+    let clients = crate::kafka::KafkaClients::new(&settings.kafka);
+    problems.extend(
+        clients
+            .problems(&settings.kafka.group_id)
+            .into_iter()
+            .map(|e| format!("{e} (check [kafka.client] and [kafka.{}])", e.table())),
+    );
+    problems
 }
 
 /// The runtime for the Kafka commands: multi-threaded, so enrichment of different partitions runs on

@@ -351,7 +351,7 @@ pub mod defaults {
     pub const STRICT_JSON: bool = false;
     pub const MAX_IN_FLIGHT: u64 = 10_000;
     pub const WORKERS: u64 = 0;
-    /// Off: on realistic traffic the cache costs more than the decryptions it saves (README, Performance).
+    /// Off: on realistic traffic the cache costs more than the decryptions it saves (docs/performance.md).
     pub const CACHE_ENTRIES: u64 = 0;
     pub const DRAIN_TIMEOUT_MS: u64 = 2500;
     pub const SHUTDOWN_TIMEOUT_MS: u64 = 8000;

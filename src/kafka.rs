@@ -224,35 +224,59 @@ impl KafkaClients {
         self.base(&[], &self.producer)
     }
 
-    /// Every client kind the stage makes, for `validate`-style checks: creating each proves librdkafka
-    /// accepts the properties (names, values, and features such as TLS or a codec), without connecting.
+    /// Every client kind the stage makes, created to prove librdkafka accepts the properties (names,
+    /// values, and features such as TLS or a codec), without connecting: the first it refuses.
     ///
     /// # Errors
     /// The first client librdkafka refuses, with its role and librdkafka's reason (secrets scrubbed).
     pub fn check(&self, group_id: &str) -> Result<(), ClientCheckError> {
+        match self.problems(group_id).into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Every client kind the stage makes, each created without connecting: what librdkafka refuses.
+    pub fn problems(&self, group_id: &str) -> Vec<ClientCheckError> {
         use rdkafka::admin::AdminClient;
-        use rdkafka::consumer::BaseConsumer;
         use rdkafka::producer::BaseProducer;
-        let fail = |role: &'static str, e: String| ClientCheckError {
+        let fail = |role: &'static str, e: &dyn std::fmt::Display| ClientCheckError {
             role,
-            reason: scrub(&e),
+            reason: scrub(&e.to_string()),
         };
-        let consumer = self
-            .stage_consumer(group_id)
-            .map_err(|e| fail("consumer", e.to_string()))?;
-        consumer
+        let mut problems = Vec::new();
+        match self.stage_consumer(group_id) {
+            Err(e) => problems.push(fail("consumer", &e)),
+            Ok(c) => {
+                if let Err(e) = c.create_with_context::<_, BaseConsumer<Quiet>>(Quiet) {
+                    problems.push(fail("consumer", &e));
+                }
+            }
+        }
+        match self.producer() {
+            Err(e) => problems.push(fail("producer", &e)),
+            Ok(c) => {
+                if let Err(e) = c.create_with_context::<_, BaseProducer<Quiet>>(Quiet) {
+                    problems.push(fail("producer", &e));
+                }
+            }
+        }
+        if let Err(e) = self
+            .reader(group_id)
             .create_with_context::<_, BaseConsumer<Quiet>>(Quiet)
-            .map_err(|e| fail("consumer", e.to_string()))?;
-        let producer = self
-            .producer()
-            .map_err(|e| fail("producer", e.to_string()))?;
-        producer
-            .create_with_context::<_, BaseProducer<Quiet>>(Quiet)
-            .map_err(|e| fail("producer", e.to_string()))?;
-        self.admin()
+        {
+            problems.push(fail("opt-out follower", &e));
+        }
+        if let Err(e) = self
+            .admin()
             .create_with_context::<_, AdminClient<Quiet>>(Quiet)
-            .map_err(|e| fail("admin client", e.to_string()))?;
-        Ok(())
+        {
+            problems.push(fail("admin client", &e));
+        }
+        // The same property refused by several clients is one problem.
+        let mut seen = std::collections::HashSet::new();
+        problems.retain(|p| seen.insert(p.reason.clone()));
+        problems
     }
 }
 
@@ -309,6 +333,16 @@ pub fn clients_from(
 pub struct ClientCheckError {
     pub role: &'static str,
     pub reason: String,
+}
+
+impl ClientCheckError {
+    /// The pass-through table, besides `[kafka.client]`, whose properties this client takes.
+    pub fn table(&self) -> &'static str {
+        match self.role {
+            "consumer" | "opt-out follower" => "consumer",
+            _ => "producer",
+        }
+    }
 }
 
 /// A context that logs nothing: clients made only to check a configuration.
@@ -599,12 +633,18 @@ impl ConsumerContext for Logged {}
 
 /// librdkafka's version and the features it was built with, as `kcat -V` prints them.
 pub fn library_info() -> String {
+    let (_, librdkafka, features) = library_parts();
+    format!("librdkafka {librdkafka} builtin.features={features}")
+}
+
+/// (this crate's version, librdkafka's version, librdkafka's `builtin.features`).
+pub fn library_parts() -> (&'static str, String, String) {
     let (_, version) = rdkafka::util::get_rdkafka_version();
     let features = ClientConfig::new()
         .create_native_config()
         .and_then(|c| c.get("builtin.features"))
         .unwrap_or_else(|e| format!("unknown ({e})"));
-    format!("librdkafka {version} builtin.features={features}")
+    (env!("CARGO_PKG_VERSION"), version, features)
 }
 
 /// (topic, partition)
@@ -674,6 +714,14 @@ impl<J: Send + 'static> ConsumerContext for StageContext<J> {
             .get_or_create(&ReasonLabel { reason: "revoke" })
             .inc();
         let lost = consumer.assignment_lost();
+        // Another instance reports these partitions' lag from now on: a stale series here would be
+        // counted twice in a sum across instances.
+        for elem in tpl.elements() {
+            self.metrics.consumer_lag.remove(&PartitionLabel {
+                topic: elem.topic().to_string(),
+                partition: elem.partition(),
+            });
+        }
         let mut slots = Vec::new();
         {
             let mut partitions = self.partitions.lock().unwrap_or_else(|e| e.into_inner());

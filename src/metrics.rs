@@ -1,6 +1,8 @@
 //! The stage's Prometheus metrics (prometheus-client), rendered by the HTTP server at `/metrics`.
 //! Names follow `uid2_enricher_<noun>_<unit>[_total]`; labels are bounded (statuses, reasons, topics and
-//! partitions the stage consumes), never request data. Depends on prometheus-client only.
+//! partitions the stage consumes), never request data. Beside them, the standard process metrics
+//! (`process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_open_fds`), read from
+//! `/proc/self` at each scrape on Linux. Depends on prometheus-client, and on `kafka` for the build labels.
 
 use std::sync::atomic::{AtomicI64, AtomicU64};
 
@@ -24,6 +26,13 @@ pub struct ReasonLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
     pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabel {
+    pub version: String,
+    pub librdkafka: String,
+    pub features: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -61,6 +70,11 @@ pub struct Metrics {
     pub optout_records: Family<OutcomeLabel, Counter>,
     /// Opt-out webhook calls by outcome: accepted, unauthorized, invalid, disabled, unavailable.
     pub optout_webhook_requests: Family<OutcomeLabel, Counter>,
+    /// 1, labelled with the crate version, librdkafka's version and its features.
+    pub build_info: Family<BuildLabel, Gauge>,
+    pub process_cpu_seconds: Counter<f64, AtomicU64>,
+    pub process_resident_memory_bytes: Gauge,
+    pub process_open_fds: Gauge,
 }
 
 impl Default for Metrics {
@@ -71,7 +85,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("uid2_enricher");
+        let mut root = Registry::default();
         let m = Metrics {
             records_in: Counter::default(),
             records_out: Counter::default(),
@@ -98,8 +112,13 @@ impl Metrics {
             optout_caught_up: Gauge::default(),
             optout_records: Family::default(),
             optout_webhook_requests: Family::default(),
+            build_info: Family::default(),
+            process_cpu_seconds: Counter::default(),
+            process_resident_memory_bytes: Gauge::default(),
+            process_open_fds: Gauge::default(),
             registry: Registry::default(),
         };
+        let registry = root.sub_registry_with_prefix("uid2_enricher");
         registry.register(
             "records_in",
             "Records consumed from the input topics",
@@ -195,7 +214,52 @@ impl Metrics {
             "Opt-out webhook calls by outcome (accepted, unauthorized, invalid, disabled, unavailable)",
             m.optout_webhook_requests.clone(),
         );
-        Metrics { registry, ..m }
+        registry.register(
+            "build_info",
+            "1, labelled with the version, librdkafka's version and its builtin features",
+            m.build_info.clone(),
+        );
+        let (version, librdkafka, features) = crate::kafka::library_parts();
+        m.build_info
+            .get_or_create(&BuildLabel {
+                version: version.to_string(),
+                librdkafka,
+                features,
+            })
+            .set(1);
+        root.register(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds",
+            m.process_cpu_seconds.clone(),
+        );
+        root.register(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes",
+            m.process_resident_memory_bytes.clone(),
+        );
+        root.register(
+            "process_open_fds",
+            "Number of open file descriptors",
+            m.process_open_fds.clone(),
+        );
+        Metrics {
+            registry: root,
+            ..m
+        }
+    }
+
+    /// Reads the process metrics from `/proc/self` (Linux; elsewhere they stay 0).
+    pub fn update_process(&self) {
+        let Some(sample) = read_process() else {
+            return;
+        };
+        let seen = self.process_cpu_seconds.get();
+        if sample.cpu_seconds > seen {
+            self.process_cpu_seconds.inc_by(sample.cpu_seconds - seen);
+        }
+        self.process_resident_memory_bytes
+            .set(sample.resident_bytes as i64);
+        self.process_open_fds.set(sample.open_fds as i64);
     }
 
     /// The Prometheus text exposition.
@@ -204,5 +268,66 @@ impl Metrics {
         // Encoding into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+struct ProcessSample {
+    cpu_seconds: f64,
+    resident_bytes: u64,
+    open_fds: u64,
+}
+
+/// CPU time from `/proc/self/stat` (fields 14 and 15, in clock ticks of 1/100 s on Linux), resident
+/// memory from `/proc/self/status` (`VmRSS`, kB), descriptors from `/proc/self/fd`.
+fn read_process() -> Option<ProcessSample> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) is in parentheses and may contain spaces: count from after it.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // after_name starts at field 3 (state): utime is field 14, stime field 15.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    const TICKS_PER_SECOND: f64 = 100.0;
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let resident_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+    Some(ProcessSample {
+        cpu_seconds: ticks as f64 / TICKS_PER_SECOND,
+        resident_bytes: resident_kb * 1024,
+        open_fds,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_has_build_info_and_process_metrics() {
+        let m = Metrics::new();
+        m.update_process();
+        let text = m.render();
+        assert!(
+            text.contains("uid2_enricher_build_info{version=\""),
+            "{text}"
+        );
+        assert!(text.contains("uid2_enricher_records_in_total"), "{text}");
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find(|l| l.starts_with(&format!("{name} ")))
+                .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+                .unwrap_or_else(|| panic!("{name} missing: {text}"))
+        };
+        if cfg!(target_os = "linux") {
+            assert!(value("process_resident_memory_bytes") > 1_000_000.0);
+            assert!(value("process_open_fds") >= 3.0);
+            assert!(value("process_cpu_seconds_total") >= 0.0);
+        }
     }
 }

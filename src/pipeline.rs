@@ -444,7 +444,7 @@ async fn partition_task(
     let mut open = true;
     // The enriched body of one record at a time: the producer copies it before `process` returns, so one
     // buffer serves the partition. A fresh buffer per record costs more than splicing the member in
-    // (glibc's path for blocks past its per-thread cache; README, Performance, `json` vs `json_into`).
+    // (glibc's path for blocks past its per-thread cache; docs/performance.md, `json` vs `json_into`).
     let mut output_buffer = Vec::new();
     let mut store_tick = tokio::time::interval(Duration::from_millis(200));
     store_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

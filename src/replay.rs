@@ -122,7 +122,7 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
     /// Decrypt cache entries (0: off, the default; on realistic traffic the cache costs more than the
-    /// decryptions it saves, see the README's performance section).
+    /// decryptions it saves, see docs/performance.md).
     #[arg(long, default_value_t = 0)]
     pub cache_entries: u64,
     /// Also write the summary as JSON to this file.

@@ -116,6 +116,7 @@ async fn metrics(State(state): State<ServerState>) -> impl IntoResponse {
         .metrics
         .optout_set_size
         .set(state.optouts.store.len() as i64);
+    state.metrics.update_process();
     (
         [(
             header::CONTENT_TYPE,

@@ -62,9 +62,18 @@ fn with_uid2(rest: &str) -> String {
     format!("{UID2}{rest}")
 }
 
+/// What the shipped production reference needs from the environment: the operator's credentials.
+fn operator_env(name: &str) -> Option<String> {
+    match name {
+        "UID2_API_KEY" => Some("api-key".to_string()),
+        "UID2_SECRET_KEY" => Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_string()),
+        _ => None,
+    }
+}
+
 #[test]
 fn shipped_enricher_toml_parses_with_the_documented_values() {
-    let s = config::load_with_env(Path::new("config/enricher.toml"), &no_env)
+    let s = config::load_with_env(Path::new("config/enricher.toml"), &operator_env)
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(s.origin, "config/enricher.toml");
     assert_eq!(s.kafka.brokers, "127.0.0.1:9092");
@@ -77,6 +86,12 @@ fn shipped_enricher_toml_parses_with_the_documented_values() {
     assert_eq!(s.kafka.producer.get("linger.ms"), Some("5"));
     assert_eq!(s.uid2.mode, ClientMode::Bidstream);
     match &s.uid2.keys {
+        KeysFrom::Operator { base_url, .. } => assert_eq!(base_url, "https://prod.uidapi.com"),
+        other => panic!("expected the UID2 operator, got {other:?}"),
+    }
+    // The development config is the one with the demo keys.
+    let dev = config::load_with_env(Path::new("config/dev.toml"), &no_env).unwrap();
+    match &dev.uid2.keys {
         KeysFrom::File(path) => {
             assert!(path.is_absolute(), "{}", path.display());
             assert!(path.ends_with("config/demo-keys.json"));
@@ -121,7 +136,7 @@ fn shipped_enricher_toml_parses_with_the_documented_values() {
 #[test]
 fn shipped_values_are_the_defaults() {
     // The file documents each value as the default: a config with only a key source must agree.
-    let shipped = config::load_with_env(Path::new("config/enricher.toml"), &no_env).unwrap();
+    let shipped = config::load_with_env(Path::new("config/enricher.toml"), &operator_env).unwrap();
     let minimal = ok(UID2);
     assert_eq!(
         format!("{:?}", minimal.kafka.brokers),

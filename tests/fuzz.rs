@@ -9,7 +9,7 @@
 //! enrichment and is idempotent too; configuration errors say something and never echo a secret.
 //!
 //! Cases per target: `UID2_FUZZ_CASES` (default 256, so `cargo test` stays fast); the long runs and their
-//! results are in `docs/readme-faults.md` (`scripts/faults-long.sh`).
+//! results are in `docs/guarantees.md` (`scripts/faults-long.sh`).
 
 mod common;
 

@@ -14,7 +14,7 @@
 //! (operator responses), every seal, and CPUs without those instructions go through `aes-gcm`, so the
 //! tests' seal/open round trips check one implementation against the other, and
 //! `gcm_open_matches_aes_gcm` compares them directly on random keys, nonces, lengths and tamperings.
-//! Measured side by side in one run by `cargo bench --bench decrypt -- gcm_open` (README, Performance).
+//! Measured side by side in one run by `cargo bench --bench decrypt -- gcm_open` (docs/performance.md).
 
 use aes::Aes256;
 use aes::cipher::block_padding::Pkcs7;
