@@ -722,3 +722,418 @@ fn mtls_from_the_readme_end_to_end_and_a_missing_client_certificate_refused() {
         "the log names the TLS failure:\n{log}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// The deployment files, run as written
+// ---------------------------------------------------------------------------------------------------------
+
+fn yaml(path: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    yaml_serde::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// An HTTP GET on 127.0.0.1:`port` that waits for the listener: (status, body).
+fn probe(port: u16, path: &str) -> (u16, String) {
+    wait_for_port(port);
+    http_get(port, path)
+}
+
+/// A fake UID2 operator serving `keys_json`, for as long as the test process runs: its base URL.
+fn fake_operator(secret: &str, api_key: &str, keys_json: String) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (secret, api_key) = (secret.to_string(), api_key.to_string());
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let (_operator, url) =
+                common::operator::start(&secret, &api_key, keys_json, true).await;
+            tx.send(url).unwrap();
+            std::future::pending::<()>().await;
+        });
+    });
+    rx.recv().unwrap()
+}
+
+/// Starts `args` (the manifest's, the config path mapped into `dir`) with `env`; waits until the probe
+/// paths answer 200 on `port`; checks every metric the Grafana dashboard queries is exposed; stops it
+/// with SIGTERM within `grace`.
+fn run_as_deployed(
+    name: &str,
+    dir: &Path,
+    args: &[String],
+    env: &[(String, String)],
+    port: u16,
+    probe_paths: &[String],
+    grace: Duration,
+) {
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let started = Instant::now();
+    // Killed if the test fails before it stops it, so no process outlives the test.
+    let mut instance = Instance(Some(
+        Command::new(env!("CARGO_BIN_EXE_uid2-enricher"))
+            .args(args)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    ));
+    let child = instance.0.as_mut().unwrap();
+    // Nothing else may answer on the manifest's port.
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+            || child.try_wait().unwrap().is_some(),
+        "{name}: something else listens on {port}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for path in probe_paths {
+        loop {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{name}: exited; see {}",
+                dir.join(format!("{name}.log")).display()
+            );
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && http_get(port, path).0 == 200
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}: {path} never answered 200"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let ready_after = started.elapsed();
+    // Traffic, so that every labelled series has a sample: requests of every status and malformed ones
+    // (replayed into the input with the same configuration and environment), and an opt-out through the
+    // webhook, which goes round the opt-out topic.
+    let requests = traffic(dir).requests;
+    let config = args
+        .iter()
+        .skip_while(|a| *a != "--config")
+        .nth(1)
+        .expect("--config in the args");
+    let replay = Command::new(env!("CARGO_BIN_EXE_uid2-enricher"))
+        .args(["replay", "--quiet", "--input"])
+        .arg(&requests)
+        .args(["--to-topic", DEFAULT_TOPICS.0, "--config", config])
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap();
+    assert!(
+        replay.status.success(),
+        "{name}: replay --to-topic with the deployed config: {}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let token = env
+        .iter()
+        .find(|(k, _)| k == "UID2_OPTOUT_TOKEN")
+        .map(|(_, v)| format!("Bearer {v}"))
+        .expect("the webhook's token");
+    let optout = format!(
+        r#"[{{"user":"{}","optouttime":{}}}]"#,
+        common::RAW_UID2,
+        wall_clock_ms() / 1000
+    );
+    let (code, body) = common::broker::http_request(
+        port,
+        "POST",
+        "/optout",
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", &token),
+        ],
+        optout.as_bytes(),
+    );
+    assert_eq!(code, 200, "{name}: the opt-out webhook: {body}");
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/grafana/uid2-enricher.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let queried = dashboard_metrics(&dashboard);
+    assert!(queried.len() >= 10, "the dashboard queries {queried:?}");
+    // Lag comes with librdkafka's statistics, every 5 s.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, metrics) = probe(port, "/metrics");
+        let missing: Vec<&String> = queried
+            .iter()
+            .filter(|m| !metrics.contains(&format!("\n{m}")))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: the dashboard queries {missing:?}, which /metrics does not have:\n{metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let stopping = Instant::now();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(
+                status.success(),
+                "{name}: exited with {status} after SIGTERM"
+            );
+            break;
+        }
+        assert!(
+            stopping.elapsed() < grace,
+            "{name}: still running {grace:?} after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "RESULT deploy files, {name}: {probe_paths:?} answered 200 after {:.1} s, the dashboard's {} metrics exposed, SIGTERM → exit 0 in {:.1} s (grace {grace:?})",
+        ready_after.as_secs_f64(),
+        queried.len(),
+        stopping.elapsed().as_secs_f64()
+    );
+}
+
+/// Every metric name in the dashboard's queries.
+fn dashboard_metrics(dashboard: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    fn walk(v: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    if k == "expr"
+                        && let Some(expr) = v.as_str()
+                    {
+                        let mut word = String::new();
+                        for c in expr.chars().chain([' ']) {
+                            if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
+                                word.push(c);
+                            } else {
+                                if word.starts_with("uid2_enricher_")
+                                    || word.starts_with("process_")
+                                {
+                                    out.insert(word.clone());
+                                }
+                                word.clear();
+                            }
+                        }
+                    } else {
+                        walk(v, out);
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|i| walk(i, out)),
+            _ => {}
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    walk(dashboard, &mut out);
+    out
+}
+
+#[test]
+#[ignore = "needs tansu (UID2_TANSU); run by scripts/test.sh"]
+fn the_deploy_files_run_as_written() {
+    let dir = scratch("deploy");
+    let pki = make_pki(&dir);
+    let proxy = free_port();
+    let broker = scram_tansu(
+        &dir,
+        Some(proxy),
+        &[("uid2-enricher", "scram512")],
+        &[
+            DEFAULT_TOPICS.0,
+            DEFAULT_TOPICS.1,
+            DEFAULT_TOPICS.2,
+            "uid2-optouts",
+        ],
+    );
+    start_tls_proxy(
+        proxy,
+        SocketAddr::from(([127, 0, 0, 1], broker.port)),
+        &pki,
+        false,
+    );
+    const API_KEY: &str = "UID2-C-L-999-DeployTestKey";
+    const SECRET: &str = "Vt3FRIA2R3fNTqRY5hTsYsvnkq/Gtuw6pfNx94e0ZzA=";
+    let generator = Generator::new(5, Mix::default(), wall_clock_ms(), 100, 1000);
+    let operator = fake_operator(SECRET, API_KEY, generator.keys_json().to_string());
+    // The values a cluster's Secrets would hold, by the names the manifests use.
+    let value_of = |name: &str| -> String {
+        match name {
+            "KAFKA_BROKERS" => format!("127.0.0.1:{proxy}"),
+            "KAFKA_USERNAME" => "uid2-enricher".to_string(),
+            "KAFKA_PASSWORD" => PASSWORD.to_string(),
+            "UID2_API_KEY" => API_KEY.to_string(),
+            "UID2_SECRET_KEY" => SECRET.to_string(),
+            "UID2_OPTOUT_TOKEN" => "deploy-test-optout-token".to_string(),
+            other => panic!("the manifests name {other}, which this test does not know"),
+        }
+    };
+    // What an overlay adds here: the test CA, and the operator and broker of this machine.
+    let overlay = [
+        (
+            "KAFKA_CA_LOCATION".to_string(),
+            pki.ca.display().to_string(),
+        ),
+        ("UID2_BASE_URL".to_string(), operator.clone()),
+    ];
+
+    // Kubernetes: the ConfigMap's TOML at the mount path, the container's args and env as written.
+    let deployment = yaml("deploy/kubernetes/deployment.yaml");
+    let configmap = yaml("deploy/kubernetes/configmap.yaml");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let toml = configmap["data"]["enricher.toml"]
+        .as_str()
+        .expect("the ConfigMap holds enricher.toml");
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|m| m["mountPath"].as_str())
+        .expect("the config volume's mount path")
+        .to_string();
+    let config_dir = dir.join("etc");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    std::fs::write(config_dir.join("enricher.toml"), toml).unwrap();
+    let map_path = |arg: &str| -> String {
+        match arg.strip_prefix(&mount) {
+            Some(rest) => format!("{}{rest}", config_dir.display()),
+            None => arg.to_string(),
+        }
+    };
+    let args: Vec<String> = container["args"]
+        .as_array()
+        .expect("the container's args")
+        .iter()
+        .map(|a| map_path(a.as_str().unwrap()))
+        .collect();
+    let mut env: Vec<(String, String)> = container["env"]
+        .as_array()
+        .expect("the container's env")
+        .iter()
+        .map(|e| {
+            let name = e["name"].as_str().unwrap().to_string();
+            let value = e["value"]
+                .as_str()
+                .map_or_else(|| value_of(&name), str::to_string);
+            (name, value)
+        })
+        .collect();
+    env.extend(overlay.iter().cloned());
+    let port = container["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "http")
+        .and_then(|p| p["containerPort"].as_u64())
+        .expect("the http port") as u16;
+    let probe_paths: Vec<String> = ["startupProbe", "readinessProbe", "livenessProbe"]
+        .iter()
+        .map(|p| {
+            let get = &container[*p]["httpGet"];
+            assert_eq!(get["port"], "http", "{p} probes the http port");
+            get["path"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{p}"))
+                .to_string()
+        })
+        .collect();
+    let grace = Duration::from_secs(pod["terminationGracePeriodSeconds"].as_u64().unwrap());
+    let validate = Command::new(env!("CARGO_BIN_EXE_uid2-enricher"))
+        .args(["validate", "--config"])
+        .arg(config_dir.join("enricher.toml"))
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap();
+    assert!(
+        validate.status.success(),
+        "validate on the ConfigMap: {}",
+        String::from_utf8_lossy(&validate.stderr)
+    );
+    run_as_deployed("kubernetes", &dir, &args, &env, port, &probe_paths, grace);
+
+    // systemd: ExecStartPre and ExecStart as written, the binary and config paths mapped here.
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/systemd/uid2-enricher.service"
+    ))
+    .unwrap();
+    let line = |key: &str| -> Vec<String> {
+        let value = unit
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("the unit has no {key}"));
+        let mut words = value.split_whitespace();
+        let binary = words.next().unwrap();
+        assert!(binary.ends_with("/uid2-enricher"), "{key} runs {binary}");
+        words.map(map_path).collect()
+    };
+    let (pre, start) = (line("ExecStartPre"), line("ExecStart"));
+    let stop_timeout = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .map_or(Duration::from_secs(90), |v| {
+            Duration::from_secs(v.trim_end_matches('s').parse().unwrap())
+        });
+    let env_names: Vec<String> = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/systemd/uid2-enricher.env.example"
+    ))
+    .unwrap()
+    .lines()
+    // `NAME=value`, and `#NAME=` for the optional ones the example leaves commented out.
+    .filter_map(|l| {
+        l.strip_prefix('#')
+            .unwrap_or(l)
+            .split_once('=')
+            .map(|(k, _)| k.to_string())
+    })
+    .filter(|k| {
+        !k.is_empty()
+            && k.chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+    })
+    .collect();
+    let mut unit_env: Vec<(String, String)> = env_names
+        .iter()
+        .filter(|n| !overlay.iter().any(|(k, _)| k == *n))
+        .map(|n| (n.clone(), value_of(n)))
+        .collect();
+    unit_env.extend(overlay.iter().cloned());
+    let pre_run = Command::new(env!("CARGO_BIN_EXE_uid2-enricher"))
+        .args(&pre)
+        .env_clear()
+        .envs(unit_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap();
+    assert!(
+        pre_run.status.success(),
+        "ExecStartPre: {}",
+        String::from_utf8_lossy(&pre_run.stderr)
+    );
+    run_as_deployed(
+        "systemd",
+        &dir,
+        &start,
+        &unit_env,
+        port,
+        &["/readyz".to_string(), "/healthz".to_string()],
+        stop_timeout,
+    );
+}
