@@ -529,6 +529,31 @@ fn readme_snippet(name: &str) -> String {
     after[start..start + end].to_string()
 }
 
+/// A SCRAM-SHA-512 tansu with the default topics behind a TLS proxy (no client certificate asked):
+/// the broker, the certificates and the proxy's port, which tansu advertises.
+fn sasl_ssl_cluster(dir: &Path, user: &str) -> (Tansu, Pki, u16) {
+    let pki = make_pki(dir);
+    let proxy = free_port();
+    let broker = scram_tansu(
+        dir,
+        Some(proxy),
+        &[(user, "scram512")],
+        &[
+            DEFAULT_TOPICS.0,
+            DEFAULT_TOPICS.1,
+            DEFAULT_TOPICS.2,
+            "uid2-optouts",
+        ],
+    );
+    start_tls_proxy(
+        proxy,
+        SocketAddr::from(([127, 0, 0, 1], broker.port)),
+        &pki,
+        false,
+    );
+    (broker, pki, proxy)
+}
+
 fn sasl_plaintext(port: u16, mechanism: &str, user: &str, topics: (&str, &str, &str)) -> String {
     format!(
         r#"[kafka]
@@ -607,25 +632,7 @@ fn sasl_plaintext_scram_256_and_512_end_to_end_and_a_wrong_password_refused() {
 #[ignore = "needs tansu (UID2_TANSU); run by scripts/test.sh"]
 fn sasl_ssl_scram_512_from_the_readme_end_to_end() {
     let dir = scratch("sasl-ssl");
-    let pki = make_pki(&dir);
-    let proxy = free_port();
-    let broker = scram_tansu(
-        &dir,
-        Some(proxy),
-        &[("carol", "scram512")],
-        &[
-            DEFAULT_TOPICS.0,
-            DEFAULT_TOPICS.1,
-            DEFAULT_TOPICS.2,
-            "uid2-optouts",
-        ],
-    );
-    start_tls_proxy(
-        proxy,
-        SocketAddr::from(([127, 0, 0, 1], broker.port)),
-        &pki,
-        false,
-    );
+    let (_broker, pki, proxy) = sasl_ssl_cluster(&dir, "carol");
     let env = vec![
         ("KAFKA_BROKERS", format!("127.0.0.1:{proxy}")),
         ("KAFKA_USERNAME", "carol".to_string()),
@@ -882,29 +889,12 @@ fn run_as_deployed(
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    let stopping = Instant::now();
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(
-                status.success(),
-                "{name}: exited with {status} after SIGTERM"
-            );
-            break;
-        }
-        assert!(
-            stopping.elapsed() < grace,
-            "{name}: still running {grace:?} after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let stopped_in = common::broker::terminate_within(instance, name, grace);
     println!(
         "RESULT deploy files, {name}: {probe_paths:?} answered 200 after {:.1} s, the dashboard's {} metrics exposed, SIGTERM → exit 0 in {:.1} s (grace {grace:?})",
         ready_after.as_secs_f64(),
         queried.len(),
-        stopping.elapsed().as_secs_f64()
+        stopped_in.as_secs_f64()
     );
 }
 
@@ -948,25 +938,7 @@ fn dashboard_metrics(dashboard: &serde_json::Value) -> std::collections::BTreeSe
 #[ignore = "needs tansu (UID2_TANSU); run by scripts/test.sh"]
 fn the_deploy_files_run_as_written() {
     let dir = scratch("deploy");
-    let pki = make_pki(&dir);
-    let proxy = free_port();
-    let broker = scram_tansu(
-        &dir,
-        Some(proxy),
-        &[("uid2-enricher", "scram512")],
-        &[
-            DEFAULT_TOPICS.0,
-            DEFAULT_TOPICS.1,
-            DEFAULT_TOPICS.2,
-            "uid2-optouts",
-        ],
-    );
-    start_tls_proxy(
-        proxy,
-        SocketAddr::from(([127, 0, 0, 1], broker.port)),
-        &pki,
-        false,
-    );
+    let (_broker, pki, proxy) = sasl_ssl_cluster(&dir, "uid2-enricher");
     const API_KEY: &str = "UID2-C-L-999-DeployTestKey";
     const SECRET: &str = "Vt3FRIA2R3fNTqRY5hTsYsvnkq/Gtuw6pfNx94e0ZzA=";
     let generator = Generator::new(5, Mix::default(), wall_clock_ms(), 100, 1000);

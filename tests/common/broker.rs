@@ -112,9 +112,16 @@ pub fn start_instance_with_env(config: &PathBuf, name: &str, env: &[(&str, &str)
     ))
 }
 
-pub fn terminate(mut instance: Instance, name: &str) {
+/// Stops an instance with SIGTERM; it must exit 0 within 10 s.
+pub fn terminate(instance: Instance, name: &str) {
+    terminate_within(instance, name, Duration::from_secs(10));
+}
+
+/// Stops an instance with SIGTERM; it must exit 0 within `bound` (it is killed 5 s after that). Returns
+/// how long it took.
+pub fn terminate_within(mut instance: Instance, name: &str, bound: Duration) -> Duration {
     let Some(mut child) = instance.0.take() else {
-        return;
+        return Duration::ZERO;
     };
     let started = Instant::now();
     let _ = Command::new("kill")
@@ -122,20 +129,17 @@ pub fn terminate(mut instance: Instance, name: &str) {
         .status();
     loop {
         if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{name} exited with {status}; see its log");
             assert!(
-                status.success(),
-                "{name} exited with {status}; see target/e2e/{name}.log"
-            );
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
+                started.elapsed() < bound,
                 "{name} took {:?} to stop",
                 started.elapsed()
             );
-            return;
+            return started.elapsed();
         }
-        if started.elapsed() > Duration::from_secs(15) {
+        if started.elapsed() > bound + Duration::from_secs(5) {
             let _ = child.kill();
-            panic!("{name} did not stop within 15 s of SIGTERM");
+            panic!("{name} did not stop within {bound:?} of SIGTERM");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
