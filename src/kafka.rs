@@ -459,7 +459,14 @@ pub const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
 #[derive(Default)]
 pub struct ClientLog {
     seen: Mutex<HashMap<String, (Instant, u64)>>,
-    last_error: Mutex<Option<String>>,
+    last_error: Mutex<Option<LastError>>,
+}
+
+/// The last authentication, TLS or fatal client error: what, when, and which class.
+struct LastError {
+    text: String,
+    at: Instant,
+    class: ConsumerErrorClass,
 }
 
 /// The process's client log (librdkafka's callbacks have no other way back to the stage).
@@ -501,8 +508,11 @@ impl ClientLog {
         let class = classify_client_error(error, &reason);
         let cause = format!("{client}|{error_text}|{}", cause_key(&reason));
         if class != ConsumerErrorClass::Transient {
-            *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some(format!("{error_text}: {reason}"));
+            *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(LastError {
+                text: format!("{error_text}: {reason}"),
+                at: Instant::now(),
+                class,
+            });
         }
         let Some(repeats) = self.admit(&cause) else {
             return;
@@ -552,7 +562,20 @@ impl ClientLog {
         self.last_error
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .as_ref()
+            .map(|e| e.text.clone())
+    }
+
+    /// The last authentication or TLS error, when it is more recent than `within`: librdkafka retries a
+    /// refused connection every few seconds and reports each refusal, so a cause that has not recurred for
+    /// that long is taken as fixed (librdkafka reports no success to compare with).
+    pub fn authentication_failing(&self, within: Duration) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .filter(|e| e.class == ConsumerErrorClass::Authentication && e.at.elapsed() < within)
+            .map(|e| e.text.clone())
     }
 }
 
@@ -870,6 +893,34 @@ mod tests {
                 "SSL handshake failed: certificate verify failed"
             ),
             ConsumerErrorClass::Authentication
+        );
+    }
+
+    #[test]
+    fn an_authentication_failure_counts_while_it_recurs() {
+        let log = ClientLog::default();
+        assert_eq!(log.authentication_failing(Duration::from_secs(30)), None);
+        log.error(
+            "test",
+            &KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure),
+            "k:9092/1: Disconnected",
+        );
+        assert_eq!(
+            log.authentication_failing(Duration::from_secs(30)),
+            None,
+            "a transport failure is not an authentication failure"
+        );
+        log.error(
+            "test",
+            &KafkaError::Global(RDKafkaErrorCode::Authentication),
+            "SASL authentication error: invalid-proof",
+        );
+        let failing = log.authentication_failing(Duration::from_secs(30));
+        assert!(failing.is_some_and(|t| t.contains("invalid-proof")));
+        assert_eq!(
+            log.authentication_failing(Duration::ZERO),
+            None,
+            "not once it stopped recurring"
         );
     }
 

@@ -167,8 +167,19 @@ async fn readyz(State(state): State<ServerState>) -> impl IntoResponse {
             "not ready: not consuming yet\n".to_string(),
         );
     }
+    // A credential or certificate that stops working while the stage runs (a rotated password, an
+    // expired certificate): nothing can be read or written, whatever the other checks say.
+    if let Some(e) = crate::kafka::client_log().authentication_failing(AUTH_FAILURE_WINDOW) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: Kafka authentication or TLS is failing ({e})\n"),
+        );
+    }
     (StatusCode::OK, "ready\n".to_string())
 }
+
+/// How long after the last Kafka authentication or TLS failure `/readyz` keeps answering 503.
+const AUTH_FAILURE_WINDOW: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Seconds an opt-out time may be ahead of this instance's clock.
 const MAX_AHEAD_SECS: i64 = 86_400;
