@@ -223,21 +223,22 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate(args) => Ok(validate_command(&args)),
-        Command::Completions { shell } => {
+        Command::Completions { shell } => reader_may_leave((|| {
             let mut command = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut command, "uid2-enricher", &mut std::io::stdout());
+            // Into memory first: clap_complete panics on a write error, such as a closed pipe.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "uid2-enricher", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)
+                .context("writing the completion script")?;
             Ok(ExitCode::SUCCESS)
-        }
-        Command::Man => {
+        })()),
+        Command::Man => reader_may_leave(
             clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
                 .render(&mut std::io::stdout())
-                .context("writing the man page")?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Gen(args) => {
-            gen_command(&args)?;
-            Ok(ExitCode::SUCCESS)
-        }
+                .context("writing the man page")
+                .map(|()| ExitCode::SUCCESS),
+        ),
+        Command::Gen(args) => reader_may_leave(gen_command(&args).map(|()| ExitCode::SUCCESS)),
         Command::Verify(args) => crate::verify::command(&args),
         Command::Demo(args) => {
             crate::telemetry::init(crate::telemetry::LogFormat::Human, &args.log);
@@ -256,16 +257,38 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(crate::demo::run(options))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Replay(args) => Ok(if crate::replay::run(&args)? {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(1)
-        }),
+        Command::Replay(args) => reader_may_leave(crate::replay::run(&args).map(|clean| {
+            if clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        })),
         Command::Capture(args) => {
             crate::telemetry::init(crate::telemetry::LogFormat::Human, "warn");
-            runtime()?.block_on(crate::capture::run(&args))?;
+            reader_may_leave(
+                runtime()?
+                    .block_on(crate::capture::run(&args))
+                    .map(|_| ExitCode::SUCCESS),
+            )
+        }
+    }
+}
+
+/// A command whose output goes to standard output: a reader that stops early (`uid2-enricher gen --output
+/// - | head`) closes the pipe, which is not an error.
+fn reader_may_leave(result: anyhow::Result<ExitCode>) -> anyhow::Result<ExitCode> {
+    match result {
+        Err(err)
+            if err.chain().any(|cause| {
+                cause
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
             Ok(ExitCode::SUCCESS)
         }
+        other => other,
     }
 }
 

@@ -128,6 +128,11 @@ impl KafkaClients {
     fn base(&self, defaults: &[(&str, &str)], role: &KafkaProps) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
+        // The system's CA bundle: librdkafka's built-in OpenSSL would otherwise look in its own build
+        // directory, which does not exist on the machine that runs it, and trust no public CA.
+        c.set("ssl.ca.location", "probe");
+        #[cfg(feature = "oidc")]
+        c.set("https.ca.location", "probe");
         for (k, v) in defaults {
             c.set(*k, *v);
         }
@@ -210,12 +215,13 @@ impl KafkaClients {
             &[
                 ("enable.partition.eof", "false"),
                 ("fetch.wait.max.ms", "100"),
-                ("auto.offset.reset", offset_reset),
             ],
             &self.consumer,
         );
+        // `--from end` must win over the file's `auto.offset.reset`.
         c.set("group.id", group_id)
-            .set("enable.auto.commit", "true");
+            .set("enable.auto.commit", "true")
+            .set("auto.offset.reset", offset_reset);
         c
     }
 
@@ -525,7 +531,7 @@ impl ClientLog {
                 repeats,
                 "Kafka authentication or TLS failed; nothing is read or written until it succeeds. Check the security.protocol, sasl.* and ssl.* properties in [kafka.client]."
             ),
-            ConsumerErrorClass::Fatal => {
+            ConsumerErrorClass::Fatal | ConsumerErrorClass::UnreadableBatch => {
                 tracing::error!(client, error = %error_text, reason = %reason, repeats, "Kafka client error.")
             }
             _ => {
@@ -703,10 +709,19 @@ impl<J: Send + 'static> ClientContext for StageContext<J> {
     }
 
     fn stats(&self, statistics: Statistics) {
+        // Only the partitions this instance works on: statistics gathered before a revoke may arrive
+        // after it, and must not bring back a series another instance now reports.
+        let working: std::collections::HashSet<TopicPartition> = self
+            .partitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
         for (topic, t) in &statistics.topics {
             for (id, p) in &t.partitions {
                 // -1 is librdkafka's internal "unassigned" partition; lag -1 means unknown.
-                if *id >= 0 && p.consumer_lag >= 0 {
+                if *id >= 0 && p.consumer_lag >= 0 && working.contains(&(topic.clone(), *id)) {
                     self.metrics
                         .consumer_lag
                         .get_or_create(&PartitionLabel {

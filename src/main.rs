@@ -23,16 +23,6 @@ fn main() -> ExitCode {
     };
     match run(cli) {
         Ok(code) => code,
-        // A reader that stops early (`uid2-enricher gen --output - | head`) is not an error.
-        Err(err)
-            if err.chain().any(|cause| {
-                cause
-                    .downcast_ref::<std::io::Error>()
-                    .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
-            }) =>
-        {
-            ExitCode::SUCCESS
-        }
         Err(err) => {
             // Scrubbed again here: no secret value of the configuration leaves the process in an error.
             let message = uid2_enricher::kafka::scrub(&format!("{err:#}"));

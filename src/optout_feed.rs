@@ -391,11 +391,14 @@ fn follow(
         }
         batch.clear();
     };
+    // Set once a batch of the topic cannot be read: opt-outs behind it never arrive, so the set is not
+    // caught up again until a restart reads past it.
+    let unreadable = std::cell::Cell::new(false);
     let announce = |building: &mut Option<OptOutSet>| {
         if let Some(set) = building.take() {
             store.absorb(set);
         }
-        if !*caught_up.borrow() {
+        if !*caught_up.borrow() && !unreadable.get() {
             metrics.optout_caught_up.set(1);
             metrics.optout_set_size.set(store.len() as i64);
             tracing::info!(%topic, entries = store.len(), seconds = started.elapsed().as_secs_f64(), "Opt-out set loaded; following the topic live.");
@@ -455,9 +458,15 @@ fn follow(
             }
             Some(Err(e)) => {
                 // Broker blips: librdkafka reconnects and resumes fetching on its own. The log is
-                // rate-limited per cause; an unreadable batch is logged as an error (the set stops
-                // growing at it, and before it has caught up the stage stays not ready).
+                // rate-limited per cause. An unreadable batch is an error, and the stage is not ready
+                // while opt-outs behind it are missing.
                 kafka::client_log().error("opt-out follower", &e, &format!("consuming {topic}"));
+                if kafka::classify_consumer_error(&e) == kafka::ConsumerErrorClass::UnreadableBatch
+                    && !unreadable.replace(true)
+                {
+                    metrics.optout_caught_up.set(0);
+                    let _ = caught_up.send(false);
+                }
             }
         }
         if counts.due() || pending.is_empty() {

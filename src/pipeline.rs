@@ -232,23 +232,32 @@ pub async fn run(
     tracing::info!(topics = ?config.input_topics, output = %config.output_topic, dlq = %config.dlq_topic, group = %config.group_id, "Stage started.");
 
     let permits = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
+    // A batch that cannot be read was reported: the stage goes on for a moment, so that the partitions
+    // that can move do, and then stops, naming the one that did not.
+    let mut unreadable: Option<Unreadable> = None;
     let consume_result: anyhow::Result<()> = loop {
+        let stop_at = unreadable.as_ref().map(|u| u.seen + UNREADABLE_WATCH);
         let permit = tokio::select! {
             biased;
             () = shutdown.cancelled() => break Ok(()),
             () = shared.fatal.cancelled() => break Err(anyhow!(fatal_reason(&shared))),
+            () = sleep_until(stop_at) => break Err(unreadable_batch(&consumer, unreadable.take()).await),
             permit = permits.clone().acquire_owned() => permit.map_err(|_| anyhow!("the in-flight semaphore closed"))?,
         };
         let message = tokio::select! {
             biased;
             () = shutdown.cancelled() => break Ok(()),
             () = shared.fatal.cancelled() => break Err(anyhow!(fatal_reason(&shared))),
+            () = sleep_until(stop_at) => break Err(unreadable_batch(&consumer, unreadable.take()).await),
             received = consumer.recv() => match received {
                 Ok(m) => m.detach(),
                 Err(e) => match kafka::classify_consumer_error(&e) {
                     ConsumerErrorClass::Fatal => break Err(anyhow!(e).context("consuming")),
                     ConsumerErrorClass::UnreadableBatch => {
-                        break Err(unreadable_batch(&consumer, &e).await);
+                        if unreadable.is_none() {
+                            unreadable = Some(Unreadable::note(&consumer, e).await);
+                        }
+                        continue;
                     }
                     ConsumerErrorClass::Authentication | ConsumerErrorClass::Transient => {
                         kafka::client_log().error("stage consumer", &e, "consuming");
@@ -349,6 +358,55 @@ fn stop_fatally(shared: &Shared, reason: String) {
     shared.fatal.cancel();
 }
 
+/// How long the stage goes on after an unreadable batch is reported, so that the partitions that can
+/// move do (their records are delivered and committed as usual) and the one that cannot stands out.
+const UNREADABLE_WATCH: Duration = Duration::from_secs(3);
+
+/// An unreadable batch reported by the consumer, and where every partition was then.
+struct Unreadable {
+    error: KafkaError,
+    seen: tokio::time::Instant,
+    positions: HashMap<TopicPartition, Offset>,
+}
+
+impl Unreadable {
+    async fn note(
+        consumer: &Arc<StreamConsumer<StageContext<Job>>>,
+        error: KafkaError,
+    ) -> Unreadable {
+        let consumer = consumer.clone();
+        let positions = tokio::task::spawn_blocking(move || positions(&consumer))
+            .await
+            .unwrap_or_default();
+        Unreadable {
+            error,
+            seen: tokio::time::Instant::now(),
+            positions,
+        }
+    }
+}
+
+/// Resolves at `at`, or never.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Every assigned partition's position: the next offset the consumer hands to the stage.
+fn positions(consumer: &StreamConsumer<StageContext<Job>>) -> HashMap<TopicPartition, Offset> {
+    consumer
+        .position()
+        .map(|tpl| {
+            tpl.elements()
+                .iter()
+                .map(|e| ((e.topic().to_string(), e.partition()), e.offset()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn committed_offset(
     consumer: &StreamConsumer<StageContext<Job>>,
     topic: &str,
@@ -368,47 +426,59 @@ fn committed_offset(
 /// The stage's fatal error for a record batch it cannot read, naming where it is.
 ///
 /// librdkafka does not say which partition a consumer error belongs to (rust-rdkafka drops it), but it
-/// hands records to the application in order and stops at the batch it cannot read: that partition is the
-/// one whose position (the next offset to hand out) is below its end. Every record before it was handed
-/// over and finishes normally; nothing after it is stored, so nothing past it is committed.
+/// hands records to the application in order and stops at the batch it cannot read: that partition's
+/// position (the next offset to hand out) stays below its end while the others move on. Every record
+/// before the batch was handed over and finishes normally; nothing after it is stored, so nothing past
+/// it is committed.
 async fn unreadable_batch(
     consumer: &Arc<StreamConsumer<StageContext<Job>>>,
-    error: &KafkaError,
+    noted: Option<Unreadable>,
 ) -> anyhow::Error {
+    let Some(noted) = noted else {
+        return anyhow!("internal: an unreadable batch was not noted");
+    };
     let consumer = consumer.clone();
-    let stuck = tokio::task::spawn_blocking(move || {
-        let Ok(positions) = consumer.position() else {
-            return Vec::new();
-        };
-        positions
-            .elements()
-            .iter()
-            .filter_map(|e| {
-                let (low, high) = consumer
-                    .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(5))
-                    .ok()?;
-                // Nothing handed out yet: the partition starts where its group committed, or at its
-                // beginning (auto.offset.reset = earliest).
-                let at = match e.offset() {
-                    Offset::Offset(o) => o,
-                    _ => committed_offset(&consumer, e.topic(), e.partition()).unwrap_or(low),
-                };
-                (at < high).then(|| format!("{} [{}] at offset {at}", e.topic(), e.partition()))
-            })
-            .collect::<Vec<_>>()
+    let before = noted.positions;
+    let (stuck, behind) = tokio::task::spawn_blocking(move || {
+        let (mut stuck, mut behind) = (Vec::new(), Vec::new());
+        for ((topic, partition), now) in positions(&consumer) {
+            let Ok((low, high)) =
+                consumer.fetch_watermarks(&topic, partition, Duration::from_secs(5))
+            else {
+                continue;
+            };
+            // Nothing handed out yet: the partition starts where its group committed, or at its
+            // beginning (auto.offset.reset = earliest).
+            let at = match now {
+                Offset::Offset(o) => o,
+                _ => committed_offset(&consumer, &topic, partition).unwrap_or(low),
+            };
+            if at >= high {
+                continue;
+            }
+            let place = format!("{topic} [{partition}] at offset {at}");
+            if before.get(&(topic, partition)) == Some(&now) {
+                stuck.push(place);
+            } else {
+                behind.push(place);
+            }
+        }
+        (stuck, behind)
     })
     .await
     .unwrap_or_default();
-    let place = match stuck.as_slice() {
+    let candidates = if stuck.is_empty() { behind } else { stuck };
+    let place = match candidates.as_slice() {
         [] => "a partition that could not be identified".to_string(),
         [one] => one.clone(),
         many => format!("one of {}", many.join(", ")),
     };
     anyhow!(
-        "cannot read the record batch in {place}: {error}. Nothing past it was committed, so the next \
+        "cannot read the record batch in {place}: {}. Nothing past it was committed, so the next \
          owner of the partition reads it again; if the batch is damaged, a Kafka administrator must move \
          the group's offset past it (kafka-consumer-groups --reset-offsets), knowing its records are lost; \
-         if it uses a codec this build lacks, see `uid2-enricher --version`"
+         if it uses a codec this build lacks, see `uid2-enricher --version`",
+        noted.error
     )
 }
 

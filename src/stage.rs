@@ -55,6 +55,11 @@ pub fn stage_config(s: &Settings) -> StageConfig {
 /// The HTTP listener cannot bind, the Kafka clients cannot be created, or the stage stopped on a fatal
 /// error (a failed delivery).
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // Every client kind once, before anything connects: a property librdkafka refuses stops the stage
+    // now, not after the keys and the opt-out set have loaded.
+    KafkaClients::new(&settings.kafka)
+        .check(&settings.kafka.group_id)
+        .map_err(|e| anyhow::anyhow!("{e} (check [kafka.client], [kafka.{}])", e.table()))?;
     let metrics = Arc::new(Metrics::new());
     // Opt-outs: follow the topic into the live set; the webhook publishes to it (when a token is set).
     let feed = FeedConfig::from_settings(&settings);
@@ -86,10 +91,14 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
 
     let caught_up = Arc::new(AtomicBool::new(false));
     {
+        // Follows the follower both ways: it reports false again when it cannot read past a batch.
         let (mut rx, caught_up) = (follower.subscribe(), caught_up.clone());
         tokio::spawn(async move {
-            if rx.wait_for(|c| *c).await.is_ok() {
-                caught_up.store(true, Ordering::Relaxed);
+            loop {
+                caught_up.store(*rx.borrow_and_update(), Ordering::Relaxed);
+                if rx.changed().await.is_err() {
+                    return;
+                }
             }
         });
     }

@@ -64,6 +64,17 @@ fn deps(generator: &Generator, counters: Arc<RunCounters>) -> StageDeps {
 
 /// Produces `records` (key, value) to `topic` with `compression.type` = `codec`.
 async fn produce(brokers: &str, topic: &str, codec: &str, records: &[(String, Vec<u8>)]) {
+    produce_to(brokers, topic, None, codec, records).await;
+}
+
+/// [`produce`] into one partition, or by key when `None`.
+async fn produce_to(
+    brokers: &str,
+    topic: &str,
+    partition: Option<i32>,
+    codec: &str,
+    records: &[(String, Vec<u8>)],
+) {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("compression.type", codec)
@@ -74,7 +85,10 @@ async fn produce(brokers: &str, topic: &str, codec: &str, records: &[(String, Ve
         .iter()
         .map(|(k, v)| {
             producer
-                .send_result(FutureRecord::to(topic).key(k).payload(v))
+                .send_result(FutureRecord {
+                    partition,
+                    ..FutureRecord::to(topic).key(k).payload(v)
+                })
                 .unwrap()
         })
         .collect();
@@ -354,4 +368,68 @@ async fn a_damaged_batch_stops_the_stage_naming_where_with_nothing_committed_pas
             );
         }
     }
+}
+
+/// With a backlog in two partitions, the error names the partition that holds the damaged batch, and the
+/// healthy partition goes on to its end meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_batch_is_named_among_partitions_with_backlog() {
+    const HEALTHY: usize = 400;
+    const BEFORE: usize = 30;
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    for (topic, partitions) in [("two", 2), ("two-out", 2), ("two-dlq", 1)] {
+        cluster.create_topic(topic, partitions, 1).unwrap();
+    }
+    let mut generator = Generator::new(11, Mix::default(), wall_clock_ms(), 100, 1200);
+    produce_to(
+        &brokers,
+        "two",
+        Some(1),
+        "lz4",
+        &requests(&mut generator, BEFORE),
+    )
+    .await;
+    assert_eq!(raw_produce(&brokers, "two", 1, &damaged_batch(4, 3)), 0);
+    produce_to(
+        &brokers,
+        "two",
+        Some(1),
+        "lz4",
+        &requests(&mut generator, 20),
+    )
+    .await;
+    produce_to(
+        &brokers,
+        "two",
+        Some(0),
+        "lz4",
+        &requests(&mut generator, HEALTHY),
+    )
+    .await;
+    let counters = Arc::new(RunCounters::default());
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(60),
+        pipeline::run(
+            config(KafkaClients::from_brokers(&brokers), "g-two", "two"),
+            deps(&generator, counters.clone()),
+            CancellationToken::new(),
+        ),
+    )
+    .await
+    .expect("the stage stops");
+    let error = format!("{:#}", outcome.expect_err("the stage stops"));
+    println!("RESULT unreadable batch among two partitions: {error}");
+    assert!(
+        error.contains(&format!(
+            "cannot read the record batch in two [1] at offset {BEFORE}:"
+        )),
+        "names the one partition: {error}"
+    );
+    let out = read_all(&brokers, &[("two-out", 2), ("two-dlq", 1)]);
+    assert_eq!(
+        out.len(),
+        HEALTHY + BEFORE,
+        "the healthy partition to its end, the other up to the batch"
+    );
 }
