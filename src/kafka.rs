@@ -115,16 +115,6 @@ impl KafkaClients {
         &self.brokers
     }
 
-    /// The value a consumer would get for `key` from the pass-through tables, if any.
-    pub fn consumer_property(&self, key: &str) -> Option<&str> {
-        self.consumer.get(key).or_else(|| self.client.get(key))
-    }
-
-    /// The value a producer would get for `key` from the pass-through tables, if any.
-    pub fn producer_property(&self, key: &str) -> Option<&str> {
-        self.producer.get(key).or_else(|| self.client.get(key))
-    }
-
     fn base(&self, defaults: &[(&str, &str)], role: &KafkaProps) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
