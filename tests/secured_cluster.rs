@@ -563,6 +563,36 @@ fn sasl_ssl_cluster(dir: &Path, user: &str) -> (Tansu, Pki, u16) {
     (broker, pki, proxy)
 }
 
+/// An open tansu (memory storage) with the default topics behind a TLS proxy, which asks for a client
+/// certificate when `client_auth`: the broker, the certificates and the proxy's port.
+fn tls_cluster(dir: &Path, client_auth: bool) -> (Tansu, Pki, u16) {
+    let pki = make_pki(dir);
+    let proxy = free_port();
+    let port = free_port();
+    let broker = Tansu::start(dir, port, proxy, "memory://tansu/", false);
+    broker.create_topics(&[
+        DEFAULT_TOPICS.0,
+        DEFAULT_TOPICS.1,
+        DEFAULT_TOPICS.2,
+        "uid2-optouts",
+    ]);
+    start_tls_proxy(
+        proxy,
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        &pki,
+        client_auth,
+    );
+    (broker, pki, proxy)
+}
+
+/// A cluster section for TLS with server verification against `ca`, no client certificate.
+fn ssl_only(proxy: u16, ca: &Path) -> String {
+    format!(
+        "[kafka]\nbrokers = \"127.0.0.1:{proxy}\"\n[kafka.client]\n\"security.protocol\" = \"SSL\"\n\"ssl.ca.location\" = \"{}\"\n",
+        ca.display()
+    )
+}
+
 fn sasl_plaintext(port: u16, mechanism: &str, user: &str, topics: (&str, &str, &str)) -> String {
     format!(
         r#"[kafka]
@@ -661,23 +691,8 @@ fn sasl_ssl_scram_512_from_the_readme_end_to_end() {
 #[ignore = "needs tansu (UID2_TANSU); run by scripts/test.sh"]
 fn ssl_with_server_verification_end_to_end_and_an_unknown_ca_refused() {
     let dir = scratch("ssl");
-    let pki = make_pki(&dir);
-    let proxy = free_port();
-    let port = free_port();
-    let broker = Tansu::start(&dir, port, proxy, "memory://tansu/", false);
-    broker.create_topics(&[
-        DEFAULT_TOPICS.0,
-        DEFAULT_TOPICS.1,
-        DEFAULT_TOPICS.2,
-        "uid2-optouts",
-    ]);
-    start_tls_proxy(proxy, SocketAddr::from(([127, 0, 0, 1], port)), &pki, false);
-    let cluster = |ca: &Path| {
-        format!(
-            "[kafka]\nbrokers = \"127.0.0.1:{proxy}\"\n[kafka.client]\n\"security.protocol\" = \"SSL\"\n\"ssl.ca.location\" = \"{}\"\n",
-            ca.display()
-        )
-    };
+    let (_broker, pki, proxy) = tls_cluster(&dir, false);
+    let cluster = |ca: &Path| ssl_only(proxy, ca);
     let ok = dir.join("ok");
     std::fs::create_dir_all(&ok).unwrap();
     end_to_end(
@@ -700,17 +715,7 @@ fn ssl_with_server_verification_end_to_end_and_an_unknown_ca_refused() {
 #[ignore = "needs tansu (UID2_TANSU); run by scripts/test.sh"]
 fn mtls_from_the_readme_end_to_end_and_a_missing_client_certificate_refused() {
     let dir = scratch("mtls");
-    let pki = make_pki(&dir);
-    let proxy = free_port();
-    let port = free_port();
-    let broker = Tansu::start(&dir, port, proxy, "memory://tansu/", false);
-    broker.create_topics(&[
-        DEFAULT_TOPICS.0,
-        DEFAULT_TOPICS.1,
-        DEFAULT_TOPICS.2,
-        "uid2-optouts",
-    ]);
-    start_tls_proxy(proxy, SocketAddr::from(([127, 0, 0, 1], port)), &pki, true);
+    let (_broker, pki, proxy) = tls_cluster(&dir, true);
     let env = vec![
         ("KAFKA_BROKERS", format!("127.0.0.1:{proxy}")),
         ("KAFKA_CA_LOCATION", pki.ca.display().to_string()),
@@ -728,10 +733,7 @@ fn mtls_from_the_readme_end_to_end_and_a_missing_client_certificate_refused() {
     );
     let bad = dir.join("no-client-cert");
     std::fs::create_dir_all(&bad).unwrap();
-    let cluster = format!(
-        "[kafka]\nbrokers = \"127.0.0.1:{proxy}\"\n[kafka.client]\n\"security.protocol\" = \"SSL\"\n\"ssl.ca.location\" = \"{}\"\n",
-        pki.ca.display()
-    );
+    let cluster = ssl_only(proxy, &pki.ca);
     let log = refused("missing client certificate", &bad, &cluster, &[], None);
     assert!(
         log.contains("certificate required") && log.contains("Kafka authentication or TLS failed"),
