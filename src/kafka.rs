@@ -532,15 +532,18 @@ impl ClientLog {
 
     /// A librdkafka log line (`log_cb`).
     pub fn log(&self, client: &str, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        let message = scrub(message);
         let quiet = matches!(
             level,
             RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info | RDKafkaLogLevel::Debug
         );
         if quiet {
-            tracing::debug!(client, facility, "librdkafka: {message}");
+            // With `debug` set librdkafka logs every fetch and produce: scrub only what is written.
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                tracing::debug!(client, facility, "librdkafka: {}", scrub(message));
+            }
             return;
         }
+        let message = scrub(message);
         let Some(repeats) = self.admit(&format!("{client}|{facility}|{}", cause_key(&message)))
         else {
             return;

@@ -543,17 +543,7 @@ fn readme_snippet(name: &str) -> String {
 fn sasl_ssl_cluster(dir: &Path, user: &str) -> (Tansu, Pki, u16) {
     let pki = make_pki(dir);
     let proxy = free_port();
-    let broker = scram_tansu(
-        dir,
-        Some(proxy),
-        &[(user, "scram512")],
-        &[
-            DEFAULT_TOPICS.0,
-            DEFAULT_TOPICS.1,
-            DEFAULT_TOPICS.2,
-            "uid2-optouts",
-        ],
-    );
+    let broker = scram_tansu(dir, Some(proxy), &[(user, "scram512")], &STAGE_TOPICS);
     start_tls_proxy(
         proxy,
         SocketAddr::from(([127, 0, 0, 1], broker.port)),
@@ -570,12 +560,7 @@ fn tls_cluster(dir: &Path, client_auth: bool) -> (Tansu, Pki, u16) {
     let proxy = free_port();
     let port = free_port();
     let broker = Tansu::start(dir, port, proxy, "memory://tansu/", false);
-    broker.create_topics(&[
-        DEFAULT_TOPICS.0,
-        DEFAULT_TOPICS.1,
-        DEFAULT_TOPICS.2,
-        "uid2-optouts",
-    ]);
+    broker.create_topics(&STAGE_TOPICS);
     start_tls_proxy(
         proxy,
         SocketAddr::from(([127, 0, 0, 1], port)),
@@ -613,6 +598,13 @@ dlq_topic = "{}"
 
 const DEFAULT_TOPICS: (&str, &str, &str) =
     ("bid-requests", "bid-requests-enriched", "bid-requests-dlq");
+/// Every topic a stage with the default names reads or writes, the opt-out topic included.
+const STAGE_TOPICS: [&str; 4] = [
+    DEFAULT_TOPICS.0,
+    DEFAULT_TOPICS.1,
+    DEFAULT_TOPICS.2,
+    "uid2-optouts",
+];
 
 #[test]
 #[ignore = "needs tansu (UID2_TANSU); run by scripts/test.sh"]
