@@ -335,7 +335,7 @@ fn bench_enrich(c: &mut Criterion) {
 /// one raw UID2 (2 × GCM seal).
 fn bench_sharing(c: &mut Criterion) {
     use uid2_enricher::tokenize::{self, TokenizeContext, TokenizePolicy};
-    use uid2_enricher::traffic::{Case, Generator, Mix};
+    use uid2_enricher::tools::traffic::{Case, Generator, Mix};
     let now = 1_767_225_600_000;
     let mut generator = Generator::new(5, Mix(vec![(Case::ValidV4, 1)]), now, 1, 0);
     let keys = generator.key_set();

@@ -39,9 +39,9 @@ use criterion::{Criterion, Throughput, criterion_group};
 
 use uid2_enricher::cache::DecryptCache;
 use uid2_enricher::enrich::{self, Context, Keys, PayloadFormat, Policy};
-use uid2_enricher::metrics::Metrics;
 use uid2_enricher::optout::{LiveOptOuts, NoOptOuts, OptOutLookup, OptOutSet, RawUid2};
-use uid2_enricher::optout_feed;
+use uid2_enricher::stage::optout_feed;
+use uid2_enricher::support::metrics::Metrics;
 use uid2_enricher::uid2::{Status, TokenVersion};
 
 mod support;
@@ -501,7 +501,7 @@ fn report(how: &str, seconds: f64, entries: u64, heap: usize) {
 
 fn feed(brokers: String, topic: String) -> optout_feed::FeedConfig {
     optout_feed::FeedConfig {
-        kafka: uid2_enricher::kafka::KafkaClients::from_brokers(&brokers),
+        kafka: uid2_enricher::stage::kafka::KafkaClients::from_brokers(&brokers),
         group_id: "optout-bench".into(),
         topic,
     }

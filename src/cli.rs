@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::pipeline::wall_clock_ms;
-use crate::uid2::{ClientMode, Decryption, KeySet, Status, decrypt};
+use crate::engine::uid2::{ClientMode, Decryption, KeySet, Status, decrypt};
+use crate::stage::pipeline::wall_clock_ms;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -53,9 +53,9 @@ pub enum Command {
     /// a summary (counts by status, records/s, latency, dead letters). Nothing to install or configure.
     Demo(DemoArgs),
     /// Enrich a captured or generated stream offline (file → file), or send it to a topic (file → Kafka).
-    Replay(crate::replay::ReplayArgs),
+    Replay(crate::tools::replay::ReplayArgs),
     /// Write a topic's records (exact values, keys, headers, offsets, timestamps) to a capture file.
-    Capture(crate::capture::CaptureArgs),
+    Capture(crate::tools::capture::CaptureArgs),
     /// Check what the stage did to a stream: read the input, output and dead-letter topics from the
     /// beginning (no consumer group), match records by request id and report per input partition the
     /// records lost, duplicated and delivered out of order.
@@ -68,7 +68,7 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct VerifyArgs {
     #[command(flatten)]
-    pub cluster: crate::kafka::ClusterArgs,
+    pub cluster: crate::stage::kafka::ClusterArgs,
     /// An input topic of the stage (repeat for several).
     #[arg(long, required = true)]
     pub input: Vec<String>,
@@ -204,10 +204,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => {
             let settings = crate::config::load(&args.config)?;
             let format = match settings.log.format {
-                crate::config::LogFormat::Human => crate::telemetry::LogFormat::Human,
-                crate::config::LogFormat::Json => crate::telemetry::LogFormat::Json,
+                crate::config::LogFormat::Human => crate::support::telemetry::LogFormat::Human,
+                crate::config::LogFormat::Json => crate::support::telemetry::LogFormat::Json,
             };
-            crate::telemetry::init(format, &settings.log.level);
+            crate::support::telemetry::init(format, &settings.log.level);
             let workers = settings.pipeline.workers.max(1);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(workers.max(2))
@@ -217,7 +217,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .context("starting the tokio runtime")?;
             runtime.block_on(async {
                 let shutdown = tokio_util::sync::CancellationToken::new();
-                crate::shutdown::cancel_on_signal(shutdown.clone());
+                crate::support::shutdown::cancel_on_signal(shutdown.clone());
                 crate::stage::run(settings, shutdown).await
             })?;
             Ok(ExitCode::SUCCESS)
@@ -239,25 +239,24 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map(|()| ExitCode::SUCCESS),
         ),
         Command::Gen(args) => reader_may_leave(gen_command(&args).map(|()| ExitCode::SUCCESS)),
-        Command::Verify(args) => crate::verify::command(&args),
+        Command::Verify(args) => crate::tools::verify::command(&args),
         Command::Demo(args) => {
-            crate::telemetry::init(crate::telemetry::LogFormat::Human, &args.log);
+            crate::support::telemetry::init(crate::support::telemetry::LogFormat::Human, &args.log);
             let mix = match &args.mix {
-                Some(text) => {
-                    crate::traffic::Mix::parse(text).map_err(|e| anyhow::anyhow!("--mix: {e}"))?
-                }
-                None => crate::traffic::Mix::default(),
+                Some(text) => crate::tools::traffic::Mix::parse(text)
+                    .map_err(|e| anyhow::anyhow!("--mix: {e}"))?,
+                None => crate::tools::traffic::Mix::default(),
             };
-            let options = crate::demo::DemoOptions {
+            let options = crate::tools::demo::DemoOptions {
                 count: args.count,
                 seed: args.seed,
                 size: args.size,
                 mix,
             };
-            runtime()?.block_on(crate::demo::run(options))?;
+            runtime()?.block_on(crate::tools::demo::run(options))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Replay(args) => reader_may_leave(crate::replay::run(&args).map(|clean| {
+        Command::Replay(args) => reader_may_leave(crate::tools::replay::run(&args).map(|clean| {
             if clean {
                 ExitCode::SUCCESS
             } else {
@@ -265,10 +264,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         })),
         Command::Capture(args) => {
-            crate::telemetry::init(crate::telemetry::LogFormat::Human, "warn");
+            crate::support::telemetry::init(crate::support::telemetry::LogFormat::Human, "warn");
             reader_may_leave(
                 runtime()?
-                    .block_on(crate::capture::run(&args))
+                    .block_on(crate::tools::capture::run(&args))
                     .map(|_| ExitCode::SUCCESS),
             )
         }
@@ -306,7 +305,10 @@ fn validate_command(args: &RunArgs) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     for problem in &problems {
-        eprintln!("uid2-enricher: error: {}", crate::kafka::scrub(problem));
+        eprintln!(
+            "uid2-enricher: error: {}",
+            crate::stage::kafka::scrub(problem)
+        );
     }
     eprintln!(
         "{origin}: {} problem{}",
@@ -325,7 +327,7 @@ fn validate_settings(settings: &crate::config::Settings) -> Vec<String> {
     {
         problems.push(format!("{e:#}"));
     }
-    let clients = crate::kafka::KafkaClients::new(&settings.kafka);
+    let clients = crate::stage::kafka::KafkaClients::new(&settings.kafka);
     problems.extend(
         clients
             .problems(&settings.kafka.group_id)
@@ -357,10 +359,9 @@ fn decrypt_command(args: &DecryptArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.token.clone()
     };
-    let site_name = args
-        .site
-        .as_deref()
-        .and_then(|site| crate::openrtb::domain::domain_or_app_name(Some(site), None, None));
+    let site_name = args.site.as_deref().and_then(|site| {
+        crate::engine::openrtb::domain::domain_or_app_name(Some(site), None, None)
+    });
     let result = decrypt(
         token.trim(),
         Some(&keys),
@@ -379,9 +380,9 @@ fn decrypt_command(args: &DecryptArgs) -> anyhow::Result<ExitCode> {
 fn gen_command(args: &GenArgs) -> anyhow::Result<()> {
     let mix = match &args.mix {
         Some(text) => {
-            crate::traffic::Mix::parse(text).map_err(|e| anyhow::anyhow!("--mix: {e}"))?
+            crate::tools::traffic::Mix::parse(text).map_err(|e| anyhow::anyhow!("--mix: {e}"))?
         }
-        None => crate::traffic::Mix::default(),
+        None => crate::tools::traffic::Mix::default(),
     };
     let now_ms = match &args.now {
         Some(text) => parse_time(text)?,
@@ -389,7 +390,7 @@ fn gen_command(args: &GenArgs) -> anyhow::Result<()> {
     };
     let (min_size, max_size) = parse_size_range(&args.size)?;
     let mut generator =
-        crate::traffic::Generator::new(args.seed, mix, now_ms, args.users, min_size);
+        crate::tools::traffic::Generator::new(args.seed, mix, now_ms, args.users, min_size);
     // Its own stream, so a fixed size gives the same requests as before sizes could vary.
     let mut sizes = fastrand::Rng::with_seed(args.seed ^ 0x51ce);
     std::fs::write(&args.keys_out, generator.keys_json())
@@ -399,7 +400,7 @@ fn gen_command(args: &GenArgs) -> anyhow::Result<()> {
             "--raw-uid2 needs --format json (raw UID2s never travel in pixels or bid requests)"
         );
     }
-    let mut out = crate::jsonl::Output::create(&args.output)?;
+    let mut out = crate::tools::capture_file::Output::create(&args.output)?;
     let mut by_case: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
     let mut line = Vec::with_capacity(16 * 1024);
     for _ in 0..args.count {

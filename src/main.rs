@@ -12,7 +12,7 @@ fn main() -> ExitCode {
         format!(
             "{}\n{}",
             env!("CARGO_PKG_VERSION"),
-            uid2_enricher::kafka::library_info()
+            uid2_enricher::stage::kafka::library_info()
         )
         .into_boxed_str(),
     );
@@ -25,7 +25,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             // Scrubbed again here: no secret value of the configuration leaves the process in an error.
-            let message = uid2_enricher::kafka::scrub(&format!("{err:#}"));
+            let message = uid2_enricher::stage::kafka::scrub(&format!("{err:#}"));
             eprintln!("uid2-enricher: error: {message}");
             ExitCode::from(2)
         }

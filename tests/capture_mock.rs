@@ -11,7 +11,7 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use uid2_enricher::jsonl::{self, CaptureRecord};
+use uid2_enricher::tools::capture_file::{self, CaptureRecord};
 
 async fn produce(brokers: &str, topic: &str, from: usize, n: usize) {
     let producer: FutureProducer = ClientConfig::new()
@@ -50,7 +50,8 @@ fn capture(
         String::from_utf8_lossy(&run.stderr)
     );
     let mut text = String::new();
-    std::io::Read::read_to_string(&mut jsonl::open_input(output).unwrap(), &mut text).unwrap();
+    std::io::Read::read_to_string(&mut capture_file::open_input(output).unwrap(), &mut text)
+        .unwrap();
     text.lines()
         .map(|l| CaptureRecord::parse(l.as_bytes()).unwrap())
         .collect()

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use uid2_enricher::config;
-use uid2_enricher::kafka::KafkaClients;
+use uid2_enricher::stage::kafka::KafkaClients;
 
 fn scratch() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))

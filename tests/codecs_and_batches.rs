@@ -21,14 +21,14 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use uid2_enricher::enrich::{PayloadFormat, Policy};
-use uid2_enricher::kafka::KafkaClients;
-use uid2_enricher::metrics::Metrics;
 use uid2_enricher::optout::NoOptOuts;
-use uid2_enricher::pipeline::{
+use uid2_enricher::stage::kafka::KafkaClients;
+use uid2_enricher::stage::pipeline::{
     self, OutputPartitioning, RunCounters, StageConfig, StageDeps, wall_clock_ms,
 };
-use uid2_enricher::traffic::{Generator, Mix};
-use uid2_enricher::verify::{VerifyOptions, verify};
+use uid2_enricher::support::metrics::Metrics;
+use uid2_enricher::tools::traffic::{Generator, Mix};
+use uid2_enricher::tools::verify::{VerifyOptions, verify};
 
 const CODECS: [&str; 4] = ["gzip", "snappy", "lz4", "zstd"];
 

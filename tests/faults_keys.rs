@@ -17,8 +17,8 @@ use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
-use uid2_enricher::pipeline::wall_clock_ms;
-use uid2_enricher::traffic::{Case, Generator, Mix};
+use uid2_enricher::stage::pipeline::wall_clock_ms;
+use uid2_enricher::tools::traffic::{Case, Generator, Mix};
 
 const CLIENT_SECRET_B64: &str = "ioG3wKxAokmp+rERx6A4kM/13qhyolUXIu14WN16Spo=";
 const API_KEY: &str = "UID2-C-L-999-faultsApiKeyThatMustNotLeak=";

@@ -1,5 +1,5 @@
 //! Fault scenarios against librdkafka's in-process mock cluster, each checked with the verifier
-//! (`uid2_enricher::verify`): hostile input through the running stage (every record dead-lettered or
+//! (`uid2_enricher::tools::verify`): hostile input through the running stage (every record dead-lettered or
 //! passed with the status the pure core gives it, the stage keeps going, counts exact), a record too
 //! large for the producer (dead-lettered, not fatal), a blocked output topic (consumption stalls at the
 //! in-flight bound, memory stays bounded, nothing lost when it resumes), a slow output (the producer
@@ -26,16 +26,16 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use tokio_util::sync::CancellationToken;
 use uid2_enricher::enrich::{self, PayloadFormat, Policy};
-use uid2_enricher::kafka::KafkaClients;
-use uid2_enricher::metrics::Metrics;
 use uid2_enricher::openrtb::proto::pb;
 use uid2_enricher::optout::NoOptOuts;
-use uid2_enricher::pipeline::{
+use uid2_enricher::stage::kafka::KafkaClients;
+use uid2_enricher::stage::pipeline::{
     self, OutputPartitioning, RunCounters, StageConfig, StageDeps, wall_clock_ms,
 };
-use uid2_enricher::traffic::{Generator, Mix};
+use uid2_enricher::support::metrics::Metrics;
+use uid2_enricher::tools::traffic::{Generator, Mix};
+use uid2_enricher::tools::verify::{self, Report, VerifyOptions};
 use uid2_enricher::uid2::{KeySet, TokenVersion};
-use uid2_enricher::verify::{self, Report, VerifyOptions};
 
 fn long() -> bool {
     std::env::var("UID2_LONG").is_ok_and(|v| v == "1")

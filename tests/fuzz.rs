@@ -20,7 +20,7 @@ use serde_json::Value;
 use uid2_enricher::enrich::{Context, Enriched, Keys, PayloadFormat, Policy, enrich, enrich_into};
 use uid2_enricher::openrtb::proto::pb;
 use uid2_enricher::optout::NoOptOuts;
-use uid2_enricher::traffic::{Case, Generator, Mix};
+use uid2_enricher::tools::traffic::{Case, Generator, Mix};
 use uid2_enricher::uid2::{ClientMode, KeySet, Status, decrypt};
 
 fn cases() -> u32 {

@@ -14,7 +14,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use uid2_enricher::config::{KeysFrom, Redacted, RefreshSettings};
-use uid2_enricher::keysource::{self, FetchError, KeyHandle, KeySource};
+use uid2_enricher::stage::keysource::{self, FetchError, KeyHandle, KeySource};
 use uid2_enricher::uid2::cipher::Secret;
 use uid2_enricher::uid2::envelope::{self, EnvelopeError};
 use uid2_enricher::uid2::{ClientMode, wire};

@@ -18,8 +18,8 @@ use rdkafka::message::Headers;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use uid2_enricher::pipeline::wall_clock_ms;
-use uid2_enricher::traffic::{Generator, Mix};
+use uid2_enricher::stage::pipeline::wall_clock_ms;
+use uid2_enricher::tools::traffic::{Generator, Mix};
 
 const API_KEY: &str = "UID2-C-L-777-LogHygieneApiKeyZZZ9xQ=";
 const CLIENT_SECRET_B64: &str = "Vt3FRIA2R3fNTqRY5hTsYsvnkq/Gtuw6pfNx94e0ZzA=";

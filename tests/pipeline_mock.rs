@@ -22,11 +22,13 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use uid2_enricher::enrich::{PayloadFormat, Policy};
-use uid2_enricher::kafka::KafkaClients;
-use uid2_enricher::metrics::Metrics;
 use uid2_enricher::optout::NoOptOuts;
-use uid2_enricher::pipeline::{self, OutputPartitioning, RunCounters, StageConfig, StageDeps};
-use uid2_enricher::traffic::{Case, Generator, Mix};
+use uid2_enricher::stage::kafka::KafkaClients;
+use uid2_enricher::stage::pipeline::{
+    self, OutputPartitioning, RunCounters, StageConfig, StageDeps,
+};
+use uid2_enricher::support::metrics::Metrics;
+use uid2_enricher::tools::traffic::{Case, Generator, Mix};
 
 const PARTITIONS: i32 = 4;
 

@@ -19,14 +19,14 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use uid2_enricher::enrich::{PayloadFormat, Policy};
 use uid2_enricher::formats::event::JsonPointer;
-use uid2_enricher::kafka::KafkaClients;
-use uid2_enricher::metrics::Metrics;
 use uid2_enricher::optout::NoOptOuts;
-use uid2_enricher::pipeline::{
+use uid2_enricher::stage::kafka::KafkaClients;
+use uid2_enricher::stage::pipeline::{
     self, KeyProvider, OutputPartitioning, RunCounters, StageConfig, StageDeps,
 };
+use uid2_enricher::support::metrics::Metrics;
 use uid2_enricher::tokenize::{Direction, TokenizePolicy};
-use uid2_enricher::traffic::{Case, Generator, Mix};
+use uid2_enricher::tools::traffic::{Case, Generator, Mix};
 use uid2_enricher::uid2::{ClientMode, KeySet, Status, decrypt};
 
 /// Keys the test swaps while the stage runs.
@@ -45,7 +45,7 @@ async fn records_wait_for_keys_that_can_encrypt_and_never_go_out_raw() {
         cluster.create_topic(topic, partitions, 1).unwrap();
     }
     let brokers = cluster.bootstrap_servers();
-    let now = uid2_enricher::pipeline::wall_clock_ms();
+    let now = uid2_enricher::stage::pipeline::wall_clock_ms();
     let mix = Mix(vec![
         (Case::ValidV4, 8),
         (Case::NoToken, 1),

@@ -8,8 +8,8 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use uid2_enricher::jsonl::{self, CaptureRecord};
-use uid2_enricher::traffic::{Case, Generator, Mix};
+use uid2_enricher::tools::capture_file::{self, CaptureRecord};
+use uid2_enricher::tools::traffic::{Case, Generator, Mix};
 use uid2_enricher::uid2::TokenVersion;
 
 fn scratch(name: &str) -> PathBuf {
@@ -36,7 +36,7 @@ fn path(p: &Path) -> &str {
 /// The lines of a (possibly compressed) file; bytes that are not UTF-8 show as U+FFFD.
 fn lines(p: &Path) -> Vec<String> {
     let mut bytes = Vec::new();
-    std::io::Read::read_to_end(&mut jsonl::open_input(p).unwrap(), &mut bytes).unwrap();
+    std::io::Read::read_to_end(&mut capture_file::open_input(p).unwrap(), &mut bytes).unwrap();
     String::from_utf8_lossy(&bytes)
         .lines()
         .map(str::to_string)

@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::broker::{Instance, free_port, http_get, metric_sum};
-use uid2_enricher::pipeline::wall_clock_ms;
-use uid2_enricher::traffic::{Generator, Mix};
+use uid2_enricher::stage::pipeline::wall_clock_ms;
+use uid2_enricher::tools::traffic::{Generator, Mix};
 
 const N: usize = 300;
 const PASSWORD: &str = "s3cret-ScramPassword-Zq7";

@@ -16,7 +16,7 @@ use common::broker::{
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use uid2_enricher::traffic::{Generator, Mix};
+use uid2_enricher::tools::traffic::{Generator, Mix};
 
 const PARTITIONS: i32 = 8;
 
@@ -48,7 +48,7 @@ fn two_instances_over_eight_partitions_lose_nothing() {
     let mut generator = Generator::new(
         11,
         Mix::default(),
-        uid2_enricher::pipeline::wall_clock_ms(),
+        uid2_enricher::stage::pipeline::wall_clock_ms(),
         20_000,
         1000,
     );

@@ -1,5 +1,5 @@
 //! Process faults through a real Kafka-compatible broker (`tansu`, address in `UID2_TEST_BROKER`), each
-//! checked by the verifier (`uid2_enricher::verify`):
+//! checked by the verifier (`uid2_enricher::tools::verify`):
 //! - `kill -9` of an instance mid-stream, then a restart: nothing lost, duplicates counted and within
 //!   the bound the code gives (see [`duplicate_bound`]);
 //! - an instance added and another removed mid-stream: nothing lost, per-partition order of first
@@ -16,8 +16,8 @@ use common::broker::{
     broker, create_topics, free_port, http_get, kill9, produce_paced, scratch, stage_counts,
     start_instance, terminate, write_config,
 };
-use uid2_enricher::traffic::{Generator, Mix};
-use uid2_enricher::verify::{Report, VerifyOptions, verify, verify_with_passes};
+use uid2_enricher::tools::traffic::{Generator, Mix};
+use uid2_enricher::tools::verify::{Report, VerifyOptions, verify, verify_with_passes};
 
 const PARTITIONS: i32 = 4;
 /// `[pipeline] max_in_flight` of the test instances.
@@ -60,7 +60,7 @@ fn setup(what: &str, count: usize, seed: u64) -> Setup {
     let mut generator = Generator::new(
         seed,
         Mix::default(),
-        uid2_enricher::pipeline::wall_clock_ms(),
+        uid2_enricher::stage::pipeline::wall_clock_ms(),
         2000,
         600,
     );

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use common::broker::{broker, create_topics, scratch};
-use uid2_enricher::jsonl::{self, CaptureRecord, HeaderPair};
+use uid2_enricher::tools::capture_file::{self, CaptureRecord, HeaderPair};
 
 type Record = (Option<Vec<u8>>, Vec<(String, Option<Vec<u8>>)>, Vec<u8>);
 
@@ -25,7 +25,7 @@ fn comparable(r: &CaptureRecord) -> Record {
 #[ignore = "needs a tansu broker; run by scripts/test.sh"]
 fn replay_to_a_topic_then_capture_gives_back_the_same_records() {
     let brokers = broker();
-    let run_id = format!("{:x}", uid2_enricher::pipeline::wall_clock_ms());
+    let run_id = format!("{:x}", uid2_enricher::stage::pipeline::wall_clock_ms());
     let topic = format!("replay-{run_id}");
     create_topics(&brokers, &[(&topic, 4)]);
     let dir = scratch();
@@ -67,7 +67,7 @@ fn replay_to_a_topic_then_capture_gives_back_the_same_records() {
         sent.push(r);
     }
     let input = dir.join(format!("replay-{run_id}.jsonl.zst"));
-    let mut out = jsonl::Output::create(&input).unwrap();
+    let mut out = capture_file::Output::create(&input).unwrap();
     for r in &sent {
         let mut line = Vec::new();
         r.write_line(&mut line);
@@ -105,8 +105,11 @@ fn replay_to_a_topic_then_capture_gives_back_the_same_records() {
     let stderr = String::from_utf8_lossy(&capture.stderr);
     assert!(capture.status.success(), "{stderr}");
     let mut text = String::new();
-    std::io::Read::read_to_string(&mut jsonl::open_input(&captured_path).unwrap(), &mut text)
-        .unwrap();
+    std::io::Read::read_to_string(
+        &mut capture_file::open_input(&captured_path).unwrap(),
+        &mut text,
+    )
+    .unwrap();
     let captured: Vec<CaptureRecord> = text
         .lines()
         .map(|l| CaptureRecord::parse(l.as_bytes()).unwrap())

@@ -20,7 +20,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
-use uid2_enricher::traffic::{Case, Generator, Mix};
+use uid2_enricher::tools::traffic::{Case, Generator, Mix};
 
 const PARTITIONS: i32 = 2;
 
@@ -92,7 +92,7 @@ fn tokenize_then_decrypt_with_sharing_keys_gives_every_raw_uid2_back() {
         ],
     );
 
-    let now = uid2_enricher::pipeline::wall_clock_ms();
+    let now = uid2_enricher::stage::pipeline::wall_clock_ms();
     let mix = Mix(vec![
         (Case::ValidV4, 85),
         (Case::NoToken, 12),

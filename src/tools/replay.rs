@@ -21,15 +21,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::ValueEnum;
 
-use crate::cache::DecryptCache;
 use crate::cli::ModeArg;
-use crate::enrich::{self, Malformed, PayloadFormat, Policy};
-use crate::formats::event::JsonPointer;
-use crate::jsonl::{self, CaptureRecord, Line, Output};
-use crate::optout::{NoOptOuts, OptOutLookup};
-use crate::pipeline::{STATUS_NAMES, wall_clock_ms};
-use crate::tokenize::{Direction, TokenizeContext, TokenizeError, TokenizePolicy};
-use crate::uid2::{ClientMode, KeySet};
+use crate::engine::cache::DecryptCache;
+use crate::engine::enrich::{self, Malformed, PayloadFormat, Policy};
+use crate::engine::formats::event::JsonPointer;
+use crate::engine::optout::{NoOptOuts, OptOutLookup};
+use crate::engine::tokenize::{Direction, TokenizeContext, TokenizeError, TokenizePolicy};
+use crate::engine::uid2::{ClientMode, KeySet};
+use crate::stage::pipeline::{STATUS_NAMES, wall_clock_ms};
+use crate::tools::capture_file::{self, CaptureRecord, Line, Output};
 
 /// Bytes per batch handed to a worker (about 2,000 requests of 2 KB): large enough to amortise the
 /// hand-offs, small enough to keep every core busy and memory bounded.
@@ -417,7 +417,7 @@ fn to_file(args: &ReplayArgs, output_path: &Path, now: Now) -> anyhow::Result<Su
                 Now::At(ms) => ms,
                 Now::Captured => wall_clock_ms(),
             };
-            if let Err(e) = crate::tokenize::can_encrypt(Some(&keys), probe_ms) {
+            if let Err(e) = crate::engine::tokenize::can_encrypt(Some(&keys), probe_ms) {
                 bail!(
                     "--direction tokenize: the keys in {} cannot make tokens ({e}); they must be sharing keys (/v2/key/sharing) with an active master key, an active key in the default keyset and a caller site id",
                     keys_path.display()
@@ -427,7 +427,7 @@ fn to_file(args: &ReplayArgs, output_path: &Path, now: Now) -> anyhow::Result<Su
         }
     };
     let optouts: Arc<dyn OptOutLookup + Send + Sync> = match &args.optouts {
-        Some(path) => Arc::new(crate::optout_feed::load_file(path)?),
+        Some(path) => Arc::new(crate::stage::optout_feed::load_file(path)?),
         None => Arc::new(NoOptOuts),
     };
     let job = Arc::new(Job {
@@ -443,14 +443,17 @@ fn to_file(args: &ReplayArgs, output_path: &Path, now: Now) -> anyhow::Result<Su
         write_dlq: args.dlq.is_some(),
     });
 
-    let input = jsonl::open_input(&args.input)?;
-    let input_size = (!jsonl::is_stdio(&args.input)
-        && jsonl::Compression::of(&args.input) == jsonl::Compression::None)
+    let input = capture_file::open_input(&args.input)?;
+    let input_size = (!capture_file::is_stdio(&args.input)
+        && capture_file::Compression::of(&args.input) == capture_file::Compression::None)
         .then(|| std::fs::metadata(&args.input).ok().map(|m| m.len()))
         .flatten();
     let mut output = Output::create(output_path)?;
     let mut dlq = args.dlq.as_deref().map(Output::create).transpose()?;
-    let progress = progress_bar(input_size, args.quiet || jsonl::is_stdio(output_path));
+    let progress = progress_bar(
+        input_size,
+        args.quiet || capture_file::is_stdio(output_path),
+    );
 
     let threads = args
         .threads
@@ -718,7 +721,7 @@ fn process_batch(job: &Job, batch: &Batch) -> Done {
 /// A line as `--shape` says to read it.
 fn classify(line: &[u8], shape: Shape) -> Line {
     match shape {
-        Shape::Auto => jsonl::classify(line),
+        Shape::Auto => capture_file::classify(line),
         Shape::Bare => Line::Bare,
         Shape::Capture => Line::Capture(CaptureRecord::parse(line)),
     }
@@ -830,7 +833,7 @@ fn transform<'a>(job: &Job, payload: &'a [u8], now_ms: i64) -> Result<Transforme
                     .expect("the operating system's random number generator failed");
                 n
             };
-            match crate::tokenize::tokenize(payload, &ctx, &job.tokenize, &mut nonces) {
+            match crate::engine::tokenize::tokenize(payload, &ctx, &job.tokenize, &mut nonces) {
                 Ok(t) => Ok(Transformed {
                     output: t.output,
                     status: t.status.as_str(),
@@ -881,15 +884,15 @@ fn to_topic(args: &ReplayArgs, topic: &str) -> anyhow::Result<Summary> {
     use rdkafka::producer::{BaseRecord, Producer as _, ThreadedProducer};
 
     // Records go out as they are: nothing is decrypted, so the operator's credentials are not needed.
-    let kafka = crate::kafka::clients_from(args.config.as_deref(), args.brokers.as_deref())
+    let kafka = crate::stage::kafka::clients_from(args.config.as_deref(), args.brokers.as_deref())
         .context("--to-topic needs --config C (brokers, TLS, SASL) or --brokers HOST:PORT")?;
     let context = DeliveryCounter::default();
     let producer: ThreadedProducer<DeliveryCounter> = kafka
         .producer()?
         .create_with_context(context)
-        .map_err(crate::kafka::creation_error)
+        .map_err(crate::stage::kafka::creation_error)
         .with_context(|| format!("creating a producer for {}", kafka.brokers()))?;
-    let mut input = jsonl::open_input(&args.input)?;
+    let mut input = capture_file::open_input(&args.input)?;
     let started = Instant::now();
     let mut summary = Summary::default();
     let mut first_ts: Option<i64> = None;
@@ -1018,11 +1021,11 @@ struct DeliveryCounter {
 
 impl rdkafka::ClientContext for DeliveryCounter {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
-        crate::kafka::client_log().log("replay producer", level, fac, log_message);
+        crate::stage::kafka::client_log().log("replay producer", level, fac, log_message);
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        crate::kafka::client_log().error("replay producer", &error, reason);
+        crate::stage::kafka::client_log().error("replay producer", &error, reason);
     }
 }
 

@@ -195,7 +195,7 @@ mod tests {
     use base64::Engine as _;
 
     use super::*;
-    use crate::uid2::wire::{STANDARD_LENIENT, URL_SAFE_LENIENT};
+    use crate::engine::uid2::wire::{STANDARD_LENIENT, URL_SAFE_LENIENT};
 
     const STANDARD_CHARS: &[u8] =
         b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";

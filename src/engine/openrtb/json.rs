@@ -1915,29 +1915,62 @@ mod tests {
 
     fn fixture(name: &str) -> String {
         let raw = match name {
-            "iab26-video.json" => include_str!("../../tests/fixtures/openrtb/iab26-video.json"),
+            "iab26-video.json" => include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/openrtb/iab26-video.json"
+            )),
             "iab26-simple-banner.json" => {
-                include_str!("../../tests/fixtures/openrtb/iab26-simple-banner.json")
+                include_str!(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/fixtures/openrtb/iab26-simple-banner.json"
+                ))
             }
             "iab26-mobile-app.json" => {
-                include_str!("../../tests/fixtures/openrtb/iab26-mobile-app.json")
+                include_str!(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/fixtures/openrtb/iab26-mobile-app.json"
+                ))
             }
             "prebid-server-25.json" => {
-                include_str!("../../tests/fixtures/openrtb/prebid-server-25.json")
+                include_str!(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/fixtures/openrtb/prebid-server-25.json"
+                ))
             }
             "both-locations.json" => {
-                include_str!("../../tests/fixtures/openrtb/both-locations.json")
+                include_str!(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/fixtures/openrtb/both-locations.json"
+                ))
             }
             "pretty-odd-whitespace.json" => {
-                include_str!("../../tests/fixtures/openrtb/pretty-odd-whitespace.json")
+                include_str!(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/fixtures/openrtb/pretty-odd-whitespace.json"
+                ))
             }
             "unicode-numbers.json" => {
-                include_str!("../../tests/fixtures/openrtb/unicode-numbers.json")
+                include_str!(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/fixtures/openrtb/unicode-numbers.json"
+                ))
             }
-            "user-ext-many.json" => include_str!("../../tests/fixtures/openrtb/user-ext-many.json"),
-            "euid.json" => include_str!("../../tests/fixtures/openrtb/euid.json"),
-            "no-token.json" => include_str!("../../tests/fixtures/openrtb/no-token.json"),
-            "no-user.json" => include_str!("../../tests/fixtures/openrtb/no-user.json"),
+            "user-ext-many.json" => include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/openrtb/user-ext-many.json"
+            )),
+            "euid.json" => include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/openrtb/euid.json"
+            )),
+            "no-token.json" => include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/openrtb/no-token.json"
+            )),
+            "no-user.json" => include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/openrtb/no-user.json"
+            )),
             other => panic!("unknown fixture {other}"),
         };
         raw.replace("@@UID2_V4@@", UID2_V4)

@@ -31,8 +31,8 @@ use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 
 pub use crate::config::{KeysFrom, RefreshSettings};
-use crate::uid2::envelope::{self, EnvelopeError};
-use crate::uid2::{ClientMode, KeySet, KeysError};
+use crate::engine::uid2::envelope::{self, EnvelopeError};
+use crate::engine::uid2::{ClientMode, KeySet, KeysError};
 
 /// Sent as `X-UID2-Client-Version` (the operator uses it for metrics only).
 pub const CLIENT_VERSION: &str = concat!("uid2-enricher-", env!("CARGO_PKG_VERSION"));

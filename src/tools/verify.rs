@@ -31,7 +31,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::kafka::{KafkaClients, Logged};
+use crate::stage::kafka::{KafkaClients, Logged};
 
 /// Why a verification could not run (not what it found: that is the [`Report`]).
 #[derive(Debug, thiserror::Error)]
@@ -442,7 +442,7 @@ pub fn read_topic_counting(
         .create_with_context(Logged("verify"))
         .map_err(|source| VerifyError::Client {
             brokers: options.kafka.brokers().to_string(),
-            reason: crate::kafka::scrub(&source.to_string()),
+            reason: crate::stage::kafka::scrub(&source.to_string()),
         })?;
     let metadata = consumer
         .fetch_metadata(Some(topic), request_timeout())

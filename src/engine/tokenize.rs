@@ -14,10 +14,10 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
-use crate::enrich::Malformed;
-use crate::formats::event::{self, JsonPointer};
-use crate::uid2::KeySet;
-use crate::uid2::encrypt::{self, EncryptError};
+use crate::engine::enrich::Malformed;
+use crate::engine::formats::event::{self, JsonPointer};
+use crate::engine::uid2::KeySet;
+use crate::engine::uid2::encrypt::{self, EncryptError};
 
 /// The default place of the raw UID2 in an outbound event.
 pub const DEFAULT_POINTER: &str = "/uid2";
@@ -178,7 +178,7 @@ pub fn can_encrypt(keys: Option<&KeySet>, now_ms: i64) -> Result<(), EncryptErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::uid2::{ClientMode, Status, decrypt};
+    use crate::engine::uid2::{ClientMode, Status, decrypt};
 
     const NOW: i64 = 1_767_225_600_000;
     const RAW: &str = "ywsvDO4i2mFAD5Y0Uc5+FTWAfTdhgFIijeNrS3fZ7q0=";

@@ -24,7 +24,7 @@ use rdkafka::statistics::Statistics;
 use tokio::task::JoinHandle;
 
 use crate::config::{KafkaProps, KafkaSettings};
-use crate::metrics::{Metrics, PartitionLabel, ReasonLabel};
+use crate::support::metrics::{Metrics, PartitionLabel, ReasonLabel};
 
 /// Consumer properties the stage sets itself and that pass-through tables may not override.
 pub const OWNED_CONSUMER_KEYS: &[&str] =

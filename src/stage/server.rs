@@ -20,9 +20,9 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Redacted;
-use crate::metrics::{Metrics, OutcomeLabel};
-use crate::optout::{self, LiveOptOuts, OptOutRecord, OptOutTimeError};
-use crate::pipeline::KeyProvider;
+use crate::engine::optout::{self, LiveOptOuts, OptOutRecord, OptOutTimeError};
+use crate::stage::pipeline::KeyProvider;
+use crate::support::metrics::{Metrics, OutcomeLabel};
 
 /// Writes opt-outs where every instance reads them (the opt-out topic) and resolves once they are
 /// acknowledged. A trait so the webhook can be tested without a broker.
@@ -54,7 +54,7 @@ impl OptOutEndpoint {
             caught_up: Arc::new(AtomicBool::new(true)),
             token: None,
             publisher: None,
-            now_ms: crate::pipeline::wall_clock_ms,
+            now_ms: crate::stage::pipeline::wall_clock_ms,
         }
     }
 }
@@ -152,7 +152,7 @@ async fn readyz(State(state): State<ServerState>) -> impl IntoResponse {
     }
     if !state.optouts.caught_up.load(Ordering::Relaxed) {
         // Most often because no Kafka client can connect: say why when librdkafka said.
-        let why = crate::kafka::client_log()
+        let why = crate::stage::kafka::client_log()
             .last_error()
             .map(|e| format!(" (last Kafka client error: {e})"))
             .unwrap_or_default();
@@ -169,7 +169,7 @@ async fn readyz(State(state): State<ServerState>) -> impl IntoResponse {
     }
     // A credential or certificate that stops working while the stage runs (a rotated password, an
     // expired certificate): nothing can be read or written, whatever the other checks say.
-    if let Some(e) = crate::kafka::client_log().authentication_failing(AUTH_FAILURE_WINDOW) {
+    if let Some(e) = crate::stage::kafka::client_log().authentication_failing(AUTH_FAILURE_WINDOW) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: Kafka authentication or TLS is failing ({e})\n"),

@@ -219,7 +219,7 @@ impl Metrics {
             "1, labelled with the version, librdkafka's version and its builtin features",
             m.build_info.clone(),
         );
-        let (version, librdkafka, features) = crate::kafka::library_parts();
+        let (version, librdkafka, features) = crate::stage::kafka::library_parts();
         m.build_info
             .get_or_create(&BuildLabel {
                 version: version.to_string(),

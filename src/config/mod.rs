@@ -41,11 +41,11 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use crate::enrich::{PayloadFormat, Policy, TokenSource};
-use crate::formats::event::JsonPointer;
-use crate::tokenize::{Direction, TokenizePolicy};
-use crate::uid2::cipher::Secret;
-use crate::uid2::{ClientMode, IdentityScope, wire};
+use crate::engine::enrich::{PayloadFormat, Policy, TokenSource};
+use crate::engine::formats::event::JsonPointer;
+use crate::engine::tokenize::{Direction, TokenizePolicy};
+use crate::engine::uid2::cipher::Secret;
+use crate::engine::uid2::{ClientMode, IdentityScope, wire};
 
 // ---------------------------------------------------------------------------------------------------------
 // Public types
@@ -341,10 +341,11 @@ pub mod defaults {
     pub const OPTOUT_TOPIC: &str = "uid2-optouts";
     pub const LISTEN: &str = "127.0.0.1:9898";
     pub const FORMAT: &str = "openrtb";
-    pub const PIXEL_TOKEN_PARAM: &str = crate::enrich::DEFAULT_PIXEL_TOKEN_PARAM;
-    pub const EVENT_TOKEN_POINTERS: [&str; 1] = [crate::enrich::DEFAULT_EVENT_TOKEN_POINTER];
+    pub const PIXEL_TOKEN_PARAM: &str = crate::engine::enrich::DEFAULT_PIXEL_TOKEN_PARAM;
+    pub const EVENT_TOKEN_POINTERS: [&str; 1] =
+        [crate::engine::enrich::DEFAULT_EVENT_TOKEN_POINTER];
     pub const DIRECTION: &str = "enrich";
-    pub const TOKENIZE_POINTERS: [&str; 1] = [crate::tokenize::DEFAULT_POINTER];
+    pub const TOKENIZE_POINTERS: [&str; 1] = [crate::engine::tokenize::DEFAULT_POINTER];
     /// eid source → identity scope.
     pub const SOURCES: [(&str, &str); 2] = [("uidapi.com", "UID2"), ("euid.eu", "EUID")];
     pub const MEMBER_NAME: &str = "uid2_enrichment";

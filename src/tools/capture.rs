@@ -1,4 +1,4 @@
-//! `uid2-enricher capture`: a topic's records into a capture file (JSON Lines, `jsonl::CaptureRecord`)
+//! `uid2-enricher capture`: a topic's records into a capture file (JSON Lines, `capture_file::CaptureRecord`)
 //! with the exact value bytes, key, headers, topic, partition, offset and timestamp, for `replay` later.
 //! Reads with no consumer group by default (it assigns every partition itself and commits nothing), or
 //! as a member of `--group` to continue where the last capture stopped. Depends on rdkafka, tokio and the
@@ -13,8 +13,8 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::jsonl::{CaptureRecord, Output};
-use crate::kafka::Logged;
+use crate::stage::kafka::Logged;
+use crate::tools::capture_file::{CaptureRecord, Output};
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
@@ -27,7 +27,7 @@ Example:
       --output capture.jsonl.zst")]
 pub struct CaptureArgs {
     #[command(flatten)]
-    pub cluster: crate::kafka::ClusterArgs,
+    pub cluster: crate::stage::kafka::ClusterArgs,
     /// The topic to capture.
     #[arg(long, value_name = "TOPIC")]
     pub topic: String,
@@ -105,7 +105,7 @@ pub async fn run(args: &CaptureArgs) -> anyhow::Result<CaptureSummary> {
     };
     let consumer: StreamConsumer<Logged> = config
         .create_with_context(Logged("capture"))
-        .map_err(crate::kafka::creation_error)
+        .map_err(crate::stage::kafka::creation_error)
         .with_context(|| format!("creating a consumer for {}", kafka.brokers()))?;
     let timeout = Duration::from_secs(10);
     let metadata = consumer
@@ -178,7 +178,7 @@ pub async fn run(args: &CaptureArgs) -> anyhow::Result<CaptureSummary> {
     }
 
     let mut output = Output::create(&args.output)?;
-    let progress = if args.quiet || crate::jsonl::is_stdio(&args.output) {
+    let progress = if args.quiet || crate::tools::capture_file::is_stdio(&args.output) {
         indicatif::ProgressBar::hidden()
     } else {
         indicatif::ProgressBar::new_spinner()

@@ -16,14 +16,14 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
-use crate::enrich::{PayloadFormat, Policy};
-use crate::kafka::{KafkaClients, Logged};
-use crate::metrics::Metrics;
-use crate::optout::NoOptOuts;
-use crate::pipeline::{
+use crate::engine::enrich::{PayloadFormat, Policy};
+use crate::engine::optout::NoOptOuts;
+use crate::stage::kafka::{KafkaClients, Logged};
+use crate::stage::pipeline::{
     self, OutputPartitioning, RunCounters, STATUS_NAMES, StageConfig, StageDeps,
 };
-use crate::traffic::{Generator, Mix};
+use crate::support::metrics::Metrics;
+use crate::tools::traffic::{Generator, Mix};
 
 const INPUT: &str = "bid-requests";
 const OUTPUT: &str = "bid-requests-enriched";
@@ -119,7 +119,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let producer: FutureProducer<Logged> = kafka
         .producer()?
         .create_with_context(Logged("demo input producer"))
-        .map_err(crate::kafka::creation_error)
+        .map_err(crate::stage::kafka::creation_error)
         .context("creating the demo's input producer")?;
     let started = Instant::now();
     let mut deliveries = Vec::with_capacity(options.count as usize);
@@ -182,7 +182,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
             let consumer: BaseConsumer<Logged> = kafka
                 .reader("uid2-enricher-demo-count")
                 .create_with_context(Logged("demo counter"))
-                .map_err(crate::kafka::creation_error)?;
+                .map_err(crate::stage::kafka::creation_error)?;
             let count = |topic: &str, partitions: i32| -> anyhow::Result<i64> {
                 let mut total = 0;
                 for p in 0..partitions {

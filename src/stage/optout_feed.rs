@@ -35,12 +35,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::kafka::{self, KafkaClients, Logged};
-use crate::metrics::{Metrics, OutcomeLabel};
-use crate::optout::{
+use crate::engine::optout::{
     Applied, LineFormat, LiveOptOuts, OptOutRecord, OptOutSet, RawUid2, parse_line,
     parse_optout_secs,
 };
+use crate::stage::kafka::{self, KafkaClients, Logged};
+use crate::support::metrics::{Metrics, OutcomeLabel};
 
 // ------------------------------------------------------------------------------------------------
 // Files
@@ -569,7 +569,7 @@ fn decode(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<OptOutRecord, &'st
     };
     // The key is the base64 text; raw bytes (32/33) are taken too.
     let raw = match std::str::from_utf8(key) {
-        Ok(text) if text.len() == crate::optout::RAW_UID2_TEXT_LEN => RawUid2::parse(text),
+        Ok(text) if text.len() == crate::engine::optout::RAW_UID2_TEXT_LEN => RawUid2::parse(text),
         _ => RawUid2::from_bytes(key),
     };
     let Some(raw_uid2) = raw else {
@@ -663,7 +663,7 @@ impl Publisher {
     }
 }
 
-impl crate::server::OptOutPublisher for Publisher {
+impl crate::stage::server::OptOutPublisher for Publisher {
     fn publish<'a>(
         &'a self,
         records: &'a [OptOutRecord],

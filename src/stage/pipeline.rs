@@ -32,15 +32,15 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::DecryptCache;
-use crate::enrich::{self, PayloadFormat, Policy};
-use crate::kafka::{
+use crate::engine::cache::DecryptCache;
+use crate::engine::enrich::{self, PayloadFormat, Policy};
+use crate::engine::optout::OptOutLookup;
+use crate::engine::tokenize::{self, Direction, TokenizeContext, TokenizeError, TokenizePolicy};
+use crate::engine::uid2::KeySet;
+use crate::stage::kafka::{
     self, ConsumerErrorClass, PartitionRegistry, PartitionSlot, StageContext, TopicPartition,
 };
-use crate::metrics::{Metrics, ReasonLabel, StatusLabel};
-use crate::optout::OptOutLookup;
-use crate::tokenize::{self, Direction, TokenizeContext, TokenizeError, TokenizePolicy};
-use crate::uid2::KeySet;
+use crate::support::metrics::{Metrics, ReasonLabel, StatusLabel};
 
 /// Where the stage gets the key set in force (a refreshed operator key set, a file, or a fixed set).
 pub trait KeyProvider: Send + Sync {
@@ -878,7 +878,7 @@ fn enrich_record<'m>(
                         status: t.decryption.status.as_str(),
                     })
                     .inc();
-                if t.decryption.status == crate::uid2::Status::OptedOut {
+                if t.decryption.status == crate::engine::uid2::Status::OptedOut {
                     shared.metrics.opted_out.inc();
                 }
             }

@@ -11,8 +11,8 @@
 
 use std::sync::Arc;
 
-use crate::uid2::decrypt::{ClientMode, Decryption, decrypt_with_name};
-use crate::uid2::{KeySet, Status, TokenVersion};
+use crate::engine::uid2::decrypt::{ClientMode, Decryption, decrypt_with_name};
+use crate::engine::uid2::{KeySet, Status, TokenVersion};
 
 /// Default bound on cached tokens: an entry (token, result, moka bookkeeping) takes ~300-600 bytes, so
 /// 200,000 entries stay near 100 MB, inside the stage's 256 MB budget.
@@ -51,7 +51,7 @@ impl DecryptCache {
         }
     }
 
-    /// Decrypts `token` as [`decrypt`](crate::uid2::decrypt()) would, answering from the cache when a stored result provably
+    /// Decrypts `token` as [`decrypt`](crate::engine::uid2::decrypt()) would, answering from the cache when a stored result provably
     /// holds for these arguments.
     pub fn decrypt(
         &self,
@@ -165,10 +165,10 @@ fn validity_window(result: &Decryption, keys: &KeySet, mode: ClientMode) -> Opti
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::uid2::cipher::Secret;
-    use crate::uid2::decrypt;
-    use crate::uid2::encrypt::{TokenSpec, generate};
-    use crate::uid2::{IdentityScope, IdentityType};
+    use crate::engine::uid2::cipher::Secret;
+    use crate::engine::uid2::decrypt;
+    use crate::engine::uid2::encrypt::{TokenSpec, generate};
+    use crate::engine::uid2::{IdentityScope, IdentityType};
 
     const NOW: i64 = 1_767_225_600_000;
     const SECRET_B64: &str = "o8HsvkwJ5Ulnrd0uui3GpukpwDapj+JLqb7qfN/GJKo=";
@@ -188,7 +188,7 @@ mod tests {
         privacy_bits: i32,
     ) -> String {
         let secret = Secret::new(
-            crate::uid2::wire::decode_standard(SECRET_B64)
+            crate::engine::uid2::wire::decode_standard(SECRET_B64)
                 .unwrap()
                 .try_into()
                 .unwrap(),

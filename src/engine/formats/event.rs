@@ -17,8 +17,8 @@ use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 
-use crate::openrtb::json::JsonError;
-use crate::openrtb::json::parts;
+use crate::engine::openrtb::json::JsonError;
+use crate::engine::openrtb::json::parts;
 
 /// A parsed RFC 6901 JSON pointer: `/a/b~1c/0` is the tokens `a`, `b/c`, `0`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -318,7 +318,7 @@ impl<'a> Walker<'a, '_> {
         key: &str,
         rest: &[String],
     ) -> Result<(usize, Option<Hit<'a>>), JsonError> {
-        if depth >= crate::openrtb::json::MAX_DEPTH {
+        if depth >= crate::engine::openrtb::json::MAX_DEPTH {
             return Err(JsonError::TooDeep);
         }
         let mut host = Host {
@@ -379,7 +379,7 @@ impl<'a> Walker<'a, '_> {
         index: &str,
         rest: &[String],
     ) -> Result<(usize, Option<Hit<'a>>), JsonError> {
-        if depth >= crate::openrtb::json::MAX_DEPTH {
+        if depth >= crate::engine::openrtb::json::MAX_DEPTH {
             return Err(JsonError::TooDeep);
         }
         // RFC 6901: "0" or digits without a leading zero; anything else (including "-") matches nothing.

@@ -13,14 +13,14 @@ use std::cell::OnceCell;
 
 use smallvec::SmallVec;
 
-use crate::cache::DecryptCache;
-use crate::formats::event::{self, JsonPointer};
-use crate::formats::pixel;
-use crate::openrtb::proto::pb;
-use crate::openrtb::{domain, json, proto};
-use crate::optout::{self, OptOutLookup};
-use crate::uid2::decrypt::decrypt_with_name;
-use crate::uid2::{ClientMode, Decryption, IdentityScope, KeySet, Status};
+use crate::engine::cache::DecryptCache;
+use crate::engine::formats::event::{self, JsonPointer};
+use crate::engine::formats::pixel;
+use crate::engine::openrtb::proto::pb;
+use crate::engine::openrtb::{domain, json, proto};
+use crate::engine::optout::{self, OptOutLookup};
+use crate::engine::uid2::decrypt::decrypt_with_name;
+use crate::engine::uid2::{ClientMode, Decryption, IdentityScope, KeySet, Status};
 
 /// How the payload is encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -736,8 +736,8 @@ mod tests {
     use std::io::Write as _;
 
     use super::*;
-    use crate::optout::NoOptOuts;
-    use crate::uid2::{IdentityType, TokenVersion};
+    use crate::engine::optout::NoOptOuts;
+    use crate::engine::uid2::{IdentityType, TokenVersion};
 
     /// The member as it was written before the hand-rolled formatting: `write!` and serde_json.
     fn reference_member_json(

@@ -2,6 +2,12 @@
 //! pipeline, signals — and reports how it ended. Depends on everything in the shell; holds no logic of
 //! its own beyond the order of start-up and shutdown.
 
+pub mod kafka;
+pub mod keysource;
+pub mod optout_feed;
+pub mod pipeline;
+pub mod server;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -9,15 +15,15 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::kafka::KafkaClients;
-use crate::keysource::{KeyHandle, KeySource};
-use crate::metrics::Metrics;
-use crate::optout::LiveOptOuts;
-use crate::optout_feed::{self, FeedConfig, Publisher};
-use crate::pipeline::{self, KeyProvider, OutputPartitioning, RunCounters, StageConfig, StageDeps};
-use crate::server::{self, OptOutEndpoint, OptOutPublisher, ServerState};
-use crate::tokenize::{self, Direction};
-use crate::uid2::KeySet;
+use crate::engine::optout::LiveOptOuts;
+use crate::engine::tokenize::{self, Direction};
+use crate::engine::uid2::KeySet;
+use crate::support::metrics::Metrics;
+use kafka::KafkaClients;
+use keysource::{KeyHandle, KeySource};
+use optout_feed::{FeedConfig, Publisher};
+use pipeline::{KeyProvider, OutputPartitioning, RunCounters, StageConfig, StageDeps};
+use server::{OptOutEndpoint, OptOutPublisher, ServerState};
 
 impl KeyProvider for KeyHandle {
     fn current(&self) -> Option<Arc<KeySet>> {

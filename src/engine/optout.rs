@@ -1096,7 +1096,7 @@ mod tests {
             assert_eq!(k.to_base64(), text);
             assert_eq!(
                 k.as_bytes(),
-                crate::uid2::encrypt::parse_raw_uid2(text).unwrap()
+                crate::engine::uid2::encrypt::parse_raw_uid2(text).unwrap()
             );
         }
         assert_eq!(RawUid2::parse(UID_32).unwrap().as_bytes().len(), 32);

@@ -10,9 +10,9 @@ use std::fmt::Write as _;
 
 use base64::Engine as _;
 
-use crate::uid2::cipher::Secret;
-use crate::uid2::encrypt::{TokenSpec, generate};
-use crate::uid2::{IdentityScope, IdentityType, KeySet, Status, TokenVersion};
+use crate::engine::uid2::cipher::Secret;
+use crate::engine::uid2::encrypt::{TokenSpec, generate};
+use crate::engine::uid2::{IdentityScope, IdentityType, KeySet, Status, TokenVersion};
 
 const MASTER_KEY_ID: u32 = 1001;
 const SITE_KEY_ID: u32 = 2001;
@@ -79,12 +79,12 @@ impl Case {
     /// or event names no site).
     pub fn expected_status_outside_bids(
         self,
-        mode: crate::uid2::ClientMode,
+        mode: crate::engine::uid2::ClientMode,
     ) -> Option<&'static str> {
         match (self, mode) {
             (
                 Case::CstgMatchingDomain | Case::CstgOtherDomain,
-                crate::uid2::ClientMode::Sharing,
+                crate::engine::uid2::ClientMode::Sharing,
             ) => Some(Status::Success.as_str()),
             (Case::CstgMatchingDomain | Case::CstgOtherDomain, _) => {
                 Some(Status::DomainOrAppNameCheckFailed.as_str())
@@ -382,7 +382,7 @@ impl Generator {
         );
         if let Some(t) = &token {
             url.push_str("&uid2_token=");
-            crate::formats::pixel::encode_into(&mut url, t);
+            crate::engine::formats::pixel::encode_into(&mut url, t);
         }
         let _ = write!(
             url,
@@ -562,8 +562,8 @@ impl Generator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::enrich::{Context, Keys, PayloadFormat, Policy, enrich};
-    use crate::optout::NoOptOuts;
+    use crate::engine::enrich::{Context, Keys, PayloadFormat, Policy, enrich};
+    use crate::engine::optout::NoOptOuts;
 
     /// Every case of the mix gets the status it was generated for.
     #[test]
@@ -603,7 +603,7 @@ mod tests {
     /// Pixel hits and events get their intended status in both modes; raw events tokenize.
     #[test]
     fn pixels_and_events_get_their_intended_status() {
-        use crate::uid2::ClientMode;
+        use crate::engine::uid2::ClientMode;
         let now = 1_767_225_600_000;
         let mix = Mix(Case::ALL.iter().map(|c| (*c, 1)).collect());
         let mut generator = Generator::new(9, mix, now, 500, 2000);
@@ -632,20 +632,20 @@ mod tests {
                 }
             }
         }
-        let tctx = crate::tokenize::TokenizeContext {
+        let tctx = crate::engine::tokenize::TokenizeContext {
             keys: Some(&keys),
             now_ms: now,
         };
-        let policy = crate::tokenize::TokenizePolicy::default();
+        let policy = crate::engine::tokenize::TokenizePolicy::default();
         for _ in 0..200 {
             let (r, raw) = generator.next_raw_event();
-            let got = crate::tokenize::tokenize(&r.bytes, &tctx, &policy, &mut || [7; 24])
+            let got = crate::engine::tokenize::tokenize(&r.bytes, &tctx, &policy, &mut || [7; 24])
                 .map(|t| t.status);
             match (r.case, got) {
-                (Case::ValidV4, Ok(crate::tokenize::TokenizeStatus::Tokenized)) => {
+                (Case::ValidV4, Ok(crate::engine::tokenize::TokenizeStatus::Tokenized)) => {
                     assert!(raw.is_some())
                 }
-                (Case::NoToken, Ok(crate::tokenize::TokenizeStatus::NoRawUid2)) => {}
+                (Case::NoToken, Ok(crate::engine::tokenize::TokenizeStatus::NoRawUid2)) => {}
                 (Case::Malformed, Err(_)) => {}
                 (case, other) => panic!("{case:?}: {other:?}"),
             }

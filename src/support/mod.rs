@@ -1,0 +1,6 @@
+//! Shell leaves that the stage and the tools share and that know nothing of either: the wall clock,
+//! secrets kept out of logs, logging, signals and the Prometheus registry.
+
+pub mod metrics;
+pub mod shutdown;
+pub mod telemetry;
