@@ -17,7 +17,7 @@ use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
-use uid2_enricher::stage::pipeline::wall_clock_ms;
+use uid2_enricher::support::clock::wall_clock_ms;
 use uid2_enricher::tools::traffic::{Case, Generator, Mix};
 
 const CLIENT_SECRET_B64: &str = "ioG3wKxAokmp+rERx6A4kM/13qhyolUXIu14WN16Spo=";

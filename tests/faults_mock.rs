@@ -30,8 +30,9 @@ use uid2_enricher::openrtb::proto::pb;
 use uid2_enricher::optout::NoOptOuts;
 use uid2_enricher::stage::kafka::KafkaClients;
 use uid2_enricher::stage::pipeline::{
-    self, OutputPartitioning, RunCounters, StageConfig, StageDeps, wall_clock_ms,
+    self, OutputPartitioning, RunCounters, StageConfig, StageDeps,
 };
+use uid2_enricher::support::clock::wall_clock_ms;
 use uid2_enricher::support::metrics::Metrics;
 use uid2_enricher::tools::traffic::{Generator, Mix};
 use uid2_enricher::tools::verify::{self, Report, VerifyOptions};

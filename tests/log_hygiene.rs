@@ -18,7 +18,7 @@ use rdkafka::message::Headers;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use uid2_enricher::stage::pipeline::wall_clock_ms;
+use uid2_enricher::support::clock::wall_clock_ms;
 use uid2_enricher::tools::traffic::{Generator, Mix};
 
 const API_KEY: &str = "UID2-C-L-777-LogHygieneApiKeyZZZ9xQ=";

@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use common::broker::{http_get, http_request, metric_sum};
-use uid2_enricher::config::Redacted;
 use uid2_enricher::optout::{LiveOptOuts, OptOutRecord, RawUid2};
 use uid2_enricher::stage::server::{self, OptOutEndpoint, OptOutPublisher, ServerState};
 use uid2_enricher::support::metrics::Metrics;
+use uid2_enricher::support::secret::Redacted;
 use uid2_enricher::uid2::KeySet;
 
 const TOKEN: &str = "test-token-0123456789";

@@ -155,7 +155,13 @@ async fn enriches_end_to_end_keeping_keys_and_headers_and_dead_letters_malformed
     let cluster = cluster();
     let brokers = cluster.bootstrap_servers();
     let mix = Mix(Case::ALL.iter().map(|c| (*c, 1)).collect());
-    let mut generator = Generator::new(3, mix, pipeline::wall_clock_ms(), 200, 1500);
+    let mut generator = Generator::new(
+        3,
+        mix,
+        uid2_enricher::support::clock::wall_clock_ms(),
+        200,
+        1500,
+    );
     let stage = start(config(&brokers, "g-e2e"), &generator);
     let cases = produce(&brokers, &mut generator, 1100).await;
     stage.wait_for(1100, Duration::from_secs(60)).await;
@@ -223,7 +229,13 @@ async fn enriches_end_to_end_keeping_keys_and_headers_and_dead_letters_malformed
 async fn brokers_down_and_back_mid_stream_lose_nothing() {
     let cluster = cluster();
     let brokers = cluster.bootstrap_servers();
-    let generator = Generator::new(4, Mix::default(), pipeline::wall_clock_ms(), 500, 1200);
+    let generator = Generator::new(
+        4,
+        Mix::default(),
+        uid2_enricher::support::clock::wall_clock_ms(),
+        500,
+        1200,
+    );
     let stage = start(config(&brokers, "g-outage"), &generator);
     // A paced input stream of ~8 s; every broker goes down for 2 s in the middle of it.
     let feeder = tokio::spawn({
@@ -274,7 +286,13 @@ async fn brokers_down_and_back_mid_stream_lose_nothing() {
 async fn shutdown_drains_and_commits_so_a_restart_rereads_nothing() {
     let cluster = cluster();
     let brokers = cluster.bootstrap_servers();
-    let mut generator = Generator::new(5, Mix::default(), pipeline::wall_clock_ms(), 500, 1200);
+    let mut generator = Generator::new(
+        5,
+        Mix::default(),
+        uid2_enricher::support::clock::wall_clock_ms(),
+        500,
+        1200,
+    );
     let cases = produce(&brokers, &mut generator, 2000).await;
     let stage = start(config(&brokers, "g-restart"), &generator);
     stage

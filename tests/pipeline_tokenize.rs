@@ -45,7 +45,7 @@ async fn records_wait_for_keys_that_can_encrypt_and_never_go_out_raw() {
         cluster.create_topic(topic, partitions, 1).unwrap();
     }
     let brokers = cluster.bootstrap_servers();
-    let now = uid2_enricher::stage::pipeline::wall_clock_ms();
+    let now = uid2_enricher::support::clock::wall_clock_ms();
     let mix = Mix(vec![
         (Case::ValidV4, 8),
         (Case::NoToken, 1),

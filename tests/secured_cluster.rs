@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::broker::{Instance, free_port, http_get, metric_sum};
-use uid2_enricher::stage::pipeline::wall_clock_ms;
+use uid2_enricher::support::clock::wall_clock_ms;
 use uid2_enricher::tools::traffic::{Generator, Mix};
 
 const N: usize = 300;

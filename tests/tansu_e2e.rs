@@ -48,7 +48,7 @@ fn two_instances_over_eight_partitions_lose_nothing() {
     let mut generator = Generator::new(
         11,
         Mix::default(),
-        uid2_enricher::stage::pipeline::wall_clock_ms(),
+        uid2_enricher::support::clock::wall_clock_ms(),
         20_000,
         1000,
     );

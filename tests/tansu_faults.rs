@@ -60,7 +60,7 @@ fn setup(what: &str, count: usize, seed: u64) -> Setup {
     let mut generator = Generator::new(
         seed,
         Mix::default(),
-        uid2_enricher::stage::pipeline::wall_clock_ms(),
+        uid2_enricher::support::clock::wall_clock_ms(),
         2000,
         600,
     );

@@ -28,7 +28,7 @@ const TOKEN: &str = "tansu-optout-token-5f0c2b7e";
 const DAY_MS: i64 = 86_400_000;
 
 fn now_ms() -> i64 {
-    uid2_enricher::stage::pipeline::wall_clock_ms()
+    uid2_enricher::support::clock::wall_clock_ms()
 }
 
 fn run_id() -> String {

@@ -25,7 +25,7 @@ fn comparable(r: &CaptureRecord) -> Record {
 #[ignore = "needs a tansu broker; run by scripts/test.sh"]
 fn replay_to_a_topic_then_capture_gives_back_the_same_records() {
     let brokers = broker();
-    let run_id = format!("{:x}", uid2_enricher::stage::pipeline::wall_clock_ms());
+    let run_id = format!("{:x}", uid2_enricher::support::clock::wall_clock_ms());
     let topic = format!("replay-{run_id}");
     create_topics(&brokers, &[(&topic, 4)]);
     let dir = scratch();

@@ -92,7 +92,7 @@ fn tokenize_then_decrypt_with_sharing_keys_gives_every_raw_uid2_back() {
         ],
     );
 
-    let now = uid2_enricher::stage::pipeline::wall_clock_ms();
+    let now = uid2_enricher::support::clock::wall_clock_ms();
     let mix = Mix(vec![
         (Case::ValidV4, 85),
         (Case::NoToken, 12),

@@ -46,38 +46,12 @@ use crate::engine::formats::event::JsonPointer;
 use crate::engine::tokenize::{Direction, TokenizePolicy};
 use crate::engine::uid2::cipher::Secret;
 use crate::engine::uid2::{ClientMode, IdentityScope, wire};
+pub use crate::support::secret::Redacted;
+pub use crate::support::telemetry::LogFormat;
 
 // ---------------------------------------------------------------------------------------------------------
 // Public types
 // ---------------------------------------------------------------------------------------------------------
-
-/// A value that must never be printed: `Debug` and `Display` show `<redacted>`. Use [`Redacted::expose`]
-/// at the one place that needs the value (an HTTP header, a cipher).
-#[derive(Clone, PartialEq, Eq)]
-pub struct Redacted<T>(T);
-
-impl<T> Redacted<T> {
-    pub fn new(value: T) -> Redacted<T> {
-        Redacted(value)
-    }
-
-    /// The secret itself. Never log it.
-    pub fn expose(&self) -> &T {
-        &self.0
-    }
-}
-
-impl<T> fmt::Debug for Redacted<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl<T> fmt::Display for Redacted<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
 
 /// Where the UID2 keys come from.
 // Built once at start-up; the prepared cipher schedules in `Secret` make the operator variant large.
@@ -275,14 +249,6 @@ pub struct PipelineSettings {
     pub shutdown_timeout: Duration,
     /// `false` = pass-through stage (measures the Kafka overhead alone).
     pub enrich: bool,
-}
-
-/// `[log] format`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum LogFormat {
-    #[default]
-    Human,
-    Json,
 }
 
 /// `[log]`.
@@ -2267,9 +2233,7 @@ mod tests {
     }
 
     #[test]
-    fn redacted_never_prints() {
-        let r = Redacted::new("hunter2".to_string());
-        assert_eq!(format!("{r} {r:?}"), "<redacted> <redacted>");
+    fn kafka_props_never_print_secrets() {
         let props = KafkaProps(vec![
             ("sasl.password".into(), "pw".into()),
             ("acks".into(), "all".into()),

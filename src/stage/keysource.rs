@@ -25,7 +25,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::support::clock::{fill_random, wall_clock_ms};
 
 use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
@@ -601,20 +603,9 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-fn fill_random(buf: &mut [u8]) {
-    // The OS RNG failing is not recoverable; a predictable nonce would be worse than stopping.
-    getrandom::fill(buf).expect("the operating system's random number generator failed");
-}
-
 /// Installs rustls' ring provider as the process default, once; an Err means one is installed already.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-fn wall_clock_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn fmt_ms(ms: Option<i64>) -> String {

@@ -7,7 +7,9 @@ pub mod keysource;
 pub mod optout_feed;
 pub mod pipeline;
 pub mod server;
+pub mod validate;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -24,6 +26,13 @@ use keysource::{KeyHandle, KeySource};
 use optout_feed::{FeedConfig, Publisher};
 use pipeline::{KeyProvider, OutputPartitioning, RunCounters, StageConfig, StageDeps};
 use server::{OptOutEndpoint, OptOutPublisher, ServerState};
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The configuration file; config/enricher.toml documents every option.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+}
 
 impl KeyProvider for KeyHandle {
     fn current(&self) -> Option<Arc<KeySet>> {
@@ -118,7 +127,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             caught_up,
             token: settings.optout.token.clone(),
             publisher,
-            now_ms: pipeline::wall_clock_ms,
+            now_ms: crate::support::clock::wall_clock_ms,
         }),
     };
     let server_stop = CancellationToken::new();
@@ -190,7 +199,10 @@ async fn wait_until_usable(keys: &KeyHandle, direction: Direction) {
     }
     let mut logged = false;
     loop {
-        match tokenize::can_encrypt(keys.current().as_deref(), pipeline::wall_clock_ms()) {
+        match tokenize::can_encrypt(
+            keys.current().as_deref(),
+            crate::support::clock::wall_clock_ms(),
+        ) {
             Ok(()) => return,
             Err(e) if !logged => {
                 tracing::warn!(reason = %e, "Tokenize: the key set cannot encrypt; not consuming until it can.");
@@ -210,8 +222,11 @@ async fn watch_encryption(keys: KeyHandle, ready: Arc<AtomicBool>, stop: Cancell
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let ok =
-            tokenize::can_encrypt(keys.current().as_deref(), pipeline::wall_clock_ms()).is_ok();
+        let ok = tokenize::can_encrypt(
+            keys.current().as_deref(),
+            crate::support::clock::wall_clock_ms(),
+        )
+        .is_ok();
         if !stop.is_cancelled() {
             ready.store(ok, Ordering::Relaxed);
         }

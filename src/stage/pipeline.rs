@@ -40,6 +40,7 @@ use crate::engine::uid2::KeySet;
 use crate::stage::kafka::{
     self, ConsumerErrorClass, PartitionRegistry, PartitionSlot, StageContext, TopicPartition,
 };
+use crate::support::clock::wall_clock_ms;
 use crate::support::metrics::{Metrics, ReasonLabel, StatusLabel};
 
 /// Where the stage gets the key set in force (a refreshed operator key set, a file, or a fixed set).
@@ -823,12 +824,7 @@ fn tokenize_record<'m>(shared: &Shared, message: &'m OwnedMessage) -> Outcome<'m
         keys: keys.as_deref(),
         now_ms: wall_clock_ms(),
     };
-    let mut nonces = || {
-        let mut n = [0u8; 24];
-        // GCM nonces must never repeat under a key: the operating system's generator, never a seeded one.
-        getrandom::fill(&mut n).expect("the operating system's random number generator failed");
-        n
-    };
+    let mut nonces = crate::support::clock::token_nonce;
     let started = Instant::now();
     let result = tokenize::tokenize(payload, &ctx, &shared.config.tokenize, &mut nonces);
     shared
@@ -887,11 +883,4 @@ fn enrich_record<'m>(
         }
         Err(malformed) => dead_letter(shared, malformed.reason),
     }
-}
-
-/// The wall clock in milliseconds: the shell's `now` for every record.
-pub fn wall_clock_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

@@ -54,7 +54,7 @@ impl OptOutEndpoint {
             caught_up: Arc::new(AtomicBool::new(true)),
             token: None,
             publisher: None,
-            now_ms: crate::stage::pipeline::wall_clock_ms,
+            now_ms: crate::support::clock::wall_clock_ms,
         }
     }
 }

@@ -88,7 +88,7 @@ pub async fn run(args: &CaptureArgs) -> anyhow::Result<CaptureSummary> {
         "beginning" | "earliest" => Start::Beginning,
         "end" | "latest" => Start::End,
         other => Start::Time(
-            crate::cli::parse_time(other)
+            crate::support::clock::parse_time(other)
                 .with_context(|| format!("--from {other:?}: expected beginning, end, or a time"))?,
         ),
     };

@@ -32,6 +32,45 @@ const DLQ: &str = "bid-requests-dlq";
 // 100,000 requests of ~1.5 KB (and their enriched copies) whole.
 const PARTITIONS: i32 = 48;
 
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Requests to generate.
+    #[arg(long, default_value_t = 100_000)]
+    pub count: u64,
+    /// Seed of the generator: the same seed gives the same requests and tokens.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Approximate request size in bytes.
+    #[arg(long, default_value_t = 1500)]
+    pub size: usize,
+    /// Token mix as case=weight pairs, e.g. `v4=60,expired=5,none=15,malformed=1`. Cases: v2, v3, v4,
+    /// expired, unknown-site-key, tampered, euid, cstg-match, cstg-mismatch, none, malformed.
+    #[arg(long)]
+    pub mix: Option<String>,
+    /// Log level while the demo runs (tracing EnvFilter syntax).
+    #[arg(long, default_value = "warn")]
+    pub log: String,
+}
+
+impl DemoArgs {
+    /// The options `run` takes, with `--mix` parsed.
+    ///
+    /// # Errors
+    /// `--mix` cannot be parsed.
+    pub fn options(&self) -> anyhow::Result<DemoOptions> {
+        let mix = match &self.mix {
+            Some(text) => Mix::parse(text).map_err(|e| anyhow::anyhow!("--mix: {e}"))?,
+            None => Mix::default(),
+        };
+        Ok(DemoOptions {
+            count: self.count,
+            seed: self.seed,
+            size: self.size,
+            mix,
+        })
+    }
+}
+
 /// What `demo` was asked for.
 #[derive(Clone, Debug)]
 pub struct DemoOptions {
@@ -73,7 +112,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         "mock cluster: 3 brokers at {brokers}; topics {INPUT} ({PARTITIONS} partitions), {OUTPUT} ({PARTITIONS}), {DLQ} (4)"
     );
 
-    let now_ms = pipeline::wall_clock_ms();
+    let now_ms = crate::support::clock::wall_clock_ms();
     let mut generator = Generator::new(
         options.seed,
         options.mix.clone(),

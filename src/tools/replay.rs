@@ -21,14 +21,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::ValueEnum;
 
-use crate::cli::ModeArg;
 use crate::engine::cache::DecryptCache;
 use crate::engine::enrich::{self, Malformed, PayloadFormat, Policy};
 use crate::engine::formats::event::JsonPointer;
 use crate::engine::optout::{NoOptOuts, OptOutLookup};
 use crate::engine::tokenize::{Direction, TokenizeContext, TokenizeError, TokenizePolicy};
 use crate::engine::uid2::{ClientMode, KeySet};
-use crate::stage::pipeline::{STATUS_NAMES, wall_clock_ms};
+use crate::stage::pipeline::STATUS_NAMES;
+use crate::support::clock::wall_clock_ms;
+use crate::tools::ModeArg;
 use crate::tools::capture_file::{self, CaptureRecord, Line, Output};
 
 /// Bytes per batch handed to a worker (about 2,000 requests of 2 KB): large enough to amortise the
@@ -315,7 +316,7 @@ pub fn parse_now(text: Option<&str>) -> anyhow::Result<Now> {
     Ok(match text {
         None => Now::At(wall_clock_ms()),
         Some("capture") => Now::Captured,
-        Some(other) => Now::At(crate::cli::parse_time(other)?),
+        Some(other) => Now::At(crate::support::clock::parse_time(other)?),
     })
 }
 
@@ -382,7 +383,7 @@ fn to_file(args: &ReplayArgs, output_path: &Path, now: Now) -> anyhow::Result<Su
             "replay needs keys: --keys KEYS.json (what /v2/key/bidstream or /v2/key/sharing returns once decrypted; `gen --keys-out` writes one)"
         );
     };
-    let keys = crate::cli::load_keys(&keys_path)?;
+    let keys = crate::tools::load_keys(&keys_path)?;
     let mut policy = settings
         .as_ref()
         .map_or_else(Policy::default, |s| s.pipeline.policy.clone());
@@ -826,13 +827,7 @@ fn transform<'a>(job: &Job, payload: &'a [u8], now_ms: i64) -> Result<Transforme
                 keys: job.keys.as_ref(),
                 now_ms,
             };
-            let mut nonces = || {
-                let mut n = [0u8; 24];
-                // GCM nonces must never repeat under a key: the operating system's generator.
-                getrandom::fill(&mut n)
-                    .expect("the operating system's random number generator failed");
-                n
-            };
+            let mut nonces = crate::support::clock::token_nonce;
             match crate::engine::tokenize::tokenize(payload, &ctx, &job.tokenize, &mut nonces) {
                 Ok(t) => Ok(Transformed {
                     output: t.output,

@@ -33,6 +33,31 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::stage::kafka::{KafkaClients, Logged};
 
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub cluster: crate::stage::kafka::ClusterArgs,
+    /// An input topic of the stage (repeat for several).
+    #[arg(long, required = true)]
+    pub input: Vec<String>,
+    /// The stage's output topic.
+    #[arg(long)]
+    pub output: String,
+    /// The stage's dead-letter topic.
+    #[arg(long)]
+    pub dlq: String,
+    /// JSON pointer of the request id in a JSON payload (protobuf payloads use field 1; otherwise the
+    /// record key).
+    #[arg(long, default_value = "/id")]
+    pub id_field: String,
+    /// Give up reading one topic after this many seconds (connecting and its metadata included).
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Why a verification could not run (not what it found: that is the [`Report`]).
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -594,7 +619,7 @@ pub fn verify_with_passes(
 ///
 /// # Errors
 /// The topics cannot be read; the message names the topic and the brokers.
-pub fn command(args: &crate::cli::VerifyArgs) -> anyhow::Result<std::process::ExitCode> {
+pub fn command(args: &VerifyArgs) -> anyhow::Result<std::process::ExitCode> {
     use anyhow::Context as _;
     let options = VerifyOptions {
         kafka: args.cluster.clients()?,
