@@ -803,6 +803,85 @@ impl<J: Send + 'static> ConsumerContext for StageContext<J> {
     }
 }
 
+/// One partition of a topic and the offsets it holds now: `low` is the first, `high` the next to be
+/// written (the high watermark).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartitionRange {
+    pub partition: i32,
+    pub low: i64,
+    pub high: i64,
+}
+
+/// Why [`partition_ranges`] could not list a topic's partitions.
+#[derive(Debug, thiserror::Error)]
+pub enum PartitionRangeError {
+    #[error("metadata: {0}")]
+    Metadata(KafkaError),
+    #[error("the topic is not in the metadata")]
+    Missing,
+    #[error("the topic: {0:?}")]
+    Topic(RDKafkaErrorCode),
+    #[error("the topic has no partitions")]
+    NoPartitions,
+    #[error("watermarks of partition {partition}: {error}")]
+    Watermarks { partition: i32, error: KafkaError },
+}
+
+impl PartitionRangeError {
+    /// The topic does not exist as far as a reader can tell (absent, in error, or without partitions).
+    pub fn no_such_topic(&self) -> bool {
+        matches!(
+            self,
+            PartitionRangeError::Missing
+                | PartitionRangeError::Topic(_)
+                | PartitionRangeError::NoPartitions
+        )
+    }
+}
+
+/// Every partition of `topic` with its low and high watermarks, from the topic's metadata and one
+/// watermark request per partition, each waiting at most `timeout`.
+///
+/// # Errors
+/// The metadata or a partition's watermarks cannot be read, or the topic is absent, in error or empty.
+pub fn partition_ranges<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<PartitionRange>, PartitionRangeError> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(PartitionRangeError::Metadata)?;
+    let t = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .ok_or(PartitionRangeError::Missing)?;
+    if let Some(e) = t.error() {
+        return Err(PartitionRangeError::Topic(RDKafkaErrorCode::from(e)));
+    }
+    if t.partitions().is_empty() {
+        return Err(PartitionRangeError::NoPartitions);
+    }
+    t.partitions()
+        .iter()
+        .map(|p| {
+            let (low, high) =
+                consumer
+                    .fetch_watermarks(topic, p.id(), timeout)
+                    .map_err(|error| PartitionRangeError::Watermarks {
+                        partition: p.id(),
+                        error,
+                    })?;
+            Ok(PartitionRange {
+                partition: p.id(),
+                low,
+                high,
+            })
+        })
+        .collect()
+}
+
 /// Copies the input headers and appends `extra`, keeping the input's order.
 pub fn headers_with(input: Option<&OwnedHeaders>, extra: &[(&str, &[u8])]) -> OwnedHeaders {
     let mut out = OwnedHeaders::new_with_capacity(input.map_or(0, Headers::count) + extra.len());

@@ -2,10 +2,13 @@
 //! pipeline, signals — and reports how it ended. Depends on everything in the shell; holds no logic of
 //! its own beyond the order of start-up and shutdown.
 
+pub mod headers;
 pub mod kafka;
 pub mod keysource;
 pub mod optout_feed;
 pub mod pipeline;
+pub mod produce;
+mod route;
 pub mod server;
 pub mod validate;
 

@@ -40,6 +40,7 @@ use crate::engine::optout::{
     parse_optout_secs,
 };
 use crate::stage::kafka::{self, KafkaClients, Logged};
+use crate::stage::produce::{Backpressure, send_with_backpressure};
 use crate::support::metrics::{Metrics, OutcomeLabel};
 
 // ------------------------------------------------------------------------------------------------
@@ -300,36 +301,6 @@ const REFRESH_PARTITIONS: Duration = Duration::from_secs(30);
 /// After the ends are reached, how long live records may keep the follower from announcing.
 const DRAIN_MAX: Duration = Duration::from_secs(2);
 
-/// The partitions of `topic` and their high watermarks, or why not yet.
-fn partitions_and_ends(
-    consumer: &FollowerConsumer,
-    topic: &str,
-) -> Result<Vec<(i32, i64, i64)>, String> {
-    let metadata = consumer
-        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-        .map_err(|e| format!("metadata: {e}"))?;
-    let t = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .ok_or("the topic is not in the metadata")?;
-    if let Some(e) = t.error() {
-        return Err(format!("the topic: {:?}", RDKafkaErrorCode::from(e)));
-    }
-    if t.partitions().is_empty() {
-        return Err("the topic has no partitions".into());
-    }
-    t.partitions()
-        .iter()
-        .map(|p| {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, p.id(), METADATA_TIMEOUT)
-                .map_err(|e| format!("watermarks of partition {}: {e}", p.id()))?;
-            Ok((p.id(), low, high))
-        })
-        .collect()
-}
-
 fn follow(
     consumer: &FollowerConsumer,
     topic: &str,
@@ -345,7 +316,7 @@ fn follow(
         if stop.is_cancelled() {
             return;
         }
-        match partitions_and_ends(consumer, topic) {
+        match kafka::partition_ranges(consumer, topic, METADATA_TIMEOUT) {
             Ok(ends) => break ends,
             Err(e) => {
                 if logged.elapsed() > Duration::from_secs(10) {
@@ -359,8 +330,8 @@ fn follow(
         }
     };
     let mut tpl = TopicPartitionList::new();
-    for (p, _, _) in &ends {
-        let _ = tpl.add_partition_offset(topic, *p, Offset::Beginning);
+    for range in &ends {
+        let _ = tpl.add_partition_offset(topic, range.partition, Offset::Beginning);
     }
     while let Err(e) = consumer.assign(&tpl) {
         tracing::error!(%topic, error = %e, "Cannot assign the opt-out topic's partitions; not ready, retrying.");
@@ -369,14 +340,14 @@ fn follow(
             return;
         }
     }
-    let mut assigned: Vec<i32> = ends.iter().map(|(p, _, _)| *p).collect();
+    let mut assigned: Vec<i32> = ends.iter().map(|range| range.partition).collect();
     // Partitions still to read up to their end-at-start; empty ones are done already.
     let mut pending: HashMap<i32, i64> = ends
         .iter()
-        .filter(|(_, low, high)| high > low)
-        .map(|(p, _, high)| (*p, *high))
+        .filter(|range| range.high > range.low)
+        .map(|range| (range.partition, range.high))
         .collect();
-    let total: i64 = ends.iter().map(|(_, low, high)| high - low).sum();
+    let total: i64 = ends.iter().map(|range| range.high - range.low).sum();
     tracing::info!(%topic, partitions = ends.len(), records = total, "Loading the opt-out set.");
     // The initial load goes into a set of its own (no locks, batched inserts); it moves into the live
     // store when caught up. Live records after that go straight into the store.
@@ -634,22 +605,14 @@ impl Publisher {
         for r in records {
             let key = r.raw_uid2.to_base64();
             let value = r.secs.to_string();
-            let mut record = FutureRecord::to(&self.topic).key(&key).payload(&value);
-            let deadline = Instant::now() + PUBLISH_TIMEOUT;
-            loop {
-                match self.producer.send_result(record) {
-                    Ok(d) => {
-                        deliveries.push(d);
-                        break;
-                    }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
-                        if Instant::now() < deadline =>
-                    {
-                        record = back;
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                    Err((e, _)) => return Err(format!("queueing an opt-out record: {e}")),
-                }
+            let record = FutureRecord::to(&self.topic).key(&key).payload(&value);
+            let wait = Backpressure {
+                pause: Duration::from_millis(5),
+                deadline: Some(Instant::now() + PUBLISH_TIMEOUT),
+            };
+            match send_with_backpressure(&self.producer, record, wait, || {}).await {
+                Ok(d) => deliveries.push(d),
+                Err(e) => return Err(format!("queueing an opt-out record: {e}")),
             }
         }
         for d in deliveries {

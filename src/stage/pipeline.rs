@@ -20,28 +20,29 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, anyhow};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedMessage;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::cache::DecryptCache;
-use crate::engine::enrich::{self, PayloadFormat, Policy};
+use crate::engine::enrich::{PayloadFormat, Policy};
 use crate::engine::optout::OptOutLookup;
-use crate::engine::tokenize::{self, Direction, TokenizeContext, TokenizeError, TokenizePolicy};
-use crate::engine::uid2::KeySet;
+use crate::engine::tokenize::{Direction, TokenizePolicy, TokenizeStatus};
+use crate::engine::uid2::{KeySet, Status};
 use crate::stage::kafka::{
     self, ConsumerErrorClass, PartitionRegistry, PartitionSlot, StageContext, TopicPartition,
 };
-use crate::support::clock::wall_clock_ms;
-use crate::support::metrics::{Metrics, ReasonLabel, StatusLabel};
+use crate::stage::produce::{self, Accounting, PendingDelivery};
+use crate::stage::route::{self, Outcome};
+use crate::support::metrics::Metrics;
 
 /// Where the stage gets the key set in force (a refreshed operator key set, a file, or a fixed set).
 pub trait KeyProvider: Send + Sync {
@@ -103,23 +104,23 @@ impl StageConfig {
 
 /// The `uid2-status` values, in the order of [`RunCounters::statuses`]: the decryption statuses and
 /// `no_token` (enrich direction), then `tokenized` and `no_raw_uid2` (tokenize direction).
-pub const STATUS_NAMES: [&str; 15] = [
-    "success",
-    "not_authorized_for_master_key",
-    "not_authorized_for_key",
-    "not_initialized",
-    "invalid_payload",
-    "expired_token",
-    "keys_not_synced",
-    "version_not_supported",
-    "invalid_identity_scope",
-    "invalid_token_lifetime",
-    "domain_or_app_name_check_failed",
-    "opted_out",
-    "no_token",
-    "tokenized",
-    "no_raw_uid2",
-];
+pub const STATUS_NAMES: [&str; STATUS_COUNT] = {
+    let mut names = [""; STATUS_COUNT];
+    let mut i = 0;
+    while i < Status::ALL.len() {
+        names[i] = Status::ALL[i].as_str();
+        i += 1;
+    }
+    names[i] = NO_TOKEN;
+    names[i + 1] = TokenizeStatus::Tokenized.as_str();
+    names[i + 2] = TokenizeStatus::NoRawUid2.as_str();
+    names
+};
+
+const STATUS_COUNT: usize = Status::ALL.len() + 3;
+
+/// The status of a request that carries no token.
+const NO_TOKEN: &str = "no_token";
 
 /// Counters of one run, for the summary of `demo` and for tests.
 #[derive(Debug, Default)]
@@ -128,7 +129,7 @@ pub struct RunCounters {
     pub produced: AtomicU64,
     pub dead_lettered: AtomicU64,
     /// Output records by `uid2-status`, indexed like [`STATUS_NAMES`].
-    pub statuses: [AtomicU64; 15],
+    pub statuses: [AtomicU64; STATUS_COUNT],
     /// When set, the consume-to-acknowledge time of every record in microseconds (demo and tests only).
     pub latencies_us: Option<Mutex<Vec<u32>>>,
 }
@@ -158,20 +159,52 @@ pub struct Job {
     _permit: OwnedSemaphorePermit,
 }
 
-struct Shared {
-    config: StageConfig,
-    producer: FutureProducer<kafka::Logged>,
+/// What every partition task of a run shares.
+pub(crate) struct Shared {
+    pub config: StageConfig,
+    pub producer: FutureProducer<kafka::Logged>,
     consumer: Arc<StreamConsumer<StageContext<Job>>>,
-    keys: Arc<dyn KeyProvider>,
-    optouts: Arc<dyn OptOutLookup + Send + Sync>,
-    cache: Option<DecryptCache>,
-    metrics: Arc<Metrics>,
-    counters: Arc<RunCounters>,
+    pub keys: Arc<dyn KeyProvider>,
+    pub optouts: Arc<dyn OptOutLookup + Send + Sync>,
+    pub cache: Option<DecryptCache>,
+    pub metrics: Arc<Metrics>,
+    pub counters: Arc<RunCounters>,
     /// The first fatal error, which stops the stage.
     fatal: CancellationToken,
-    fatal_reason: Mutex<Option<String>>,
+    fatal_error: Mutex<Option<StageError>>,
     /// Tokenize direction: set while records wait for keys that can encrypt (logged once per episode).
     waiting_for_keys: std::sync::atomic::AtomicBool,
+}
+
+/// Why the stage stopped on its own.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum StageError {
+    /// A record was not acknowledged after the producer's own retries; its offset is never stored.
+    #[error("delivery for {topic}/{partition} offset {offset} failed: {failure}")]
+    Delivery {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        failure: DeliveryFailure,
+    },
+    /// The producer refused a record for a reason other than a full queue or its size.
+    #[error("producing to {topic} failed: {error}")]
+    Produce { topic: String, error: KafkaError },
+    /// A record held for keys that can encrypt reached the producer: a bug, stopped before it leaks.
+    #[error("internal: a held record reached the producer")]
+    HeldRecordProduced,
+    /// The fatal token was cancelled with no error recorded: a bug.
+    #[error("fatal error")]
+    Unrecorded,
+}
+
+/// How a delivery failed.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum DeliveryFailure {
+    #[error("{0}")]
+    Kafka(KafkaError),
+    #[error("the producer was dropped")]
+    ProducerDropped,
 }
 
 /// The inputs of a run that are not configuration.
@@ -194,6 +227,21 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let partitions: PartitionRegistry<Job> = Arc::new(Mutex::new(HashMap::new()));
+    let shared = start(config, deps, &partitions)?;
+    let consume_result = consume(&shared, &partitions, &shutdown).await;
+    drain_and_commit(&shared, &partitions).await;
+    if shared.fatal.is_cancelled() {
+        return Err(fatal_error(&shared).into());
+    }
+    consume_result
+}
+
+/// Creates the consumer (subscribed) and the producer, and what the partition tasks share.
+fn start(
+    config: StageConfig,
+    deps: StageDeps,
+    partitions: &PartitionRegistry<Job>,
+) -> anyhow::Result<Arc<Shared>> {
     let context = StageContext {
         partitions: partitions.clone(),
         drain_timeout: config.drain_timeout,
@@ -205,7 +253,6 @@ pub async fn run(
         .create_with_context(context)
         .map_err(kafka::creation_error)
         .context("creating the Kafka consumer")?;
-    let consumer = Arc::new(consumer);
     let topics: Vec<&str> = config.input_topics.iter().map(String::as_str).collect();
     consumer
         .subscribe(&topics)
@@ -216,47 +263,56 @@ pub async fn run(
         .create_with_context(kafka::Logged("stage producer"))
         .map_err(kafka::creation_error)
         .context("creating the Kafka producer")?;
-    let shared = Arc::new(Shared {
+    tracing::info!(topics = ?config.input_topics, output = %config.output_topic, dlq = %config.dlq_topic, group = %config.group_id, "Stage started.");
+    Ok(Arc::new(Shared {
         cache: (config.enrich && config.direction == Direction::Enrich && config.cache_entries > 0)
             .then(|| DecryptCache::new(config.cache_entries)),
-        config: config.clone(),
+        config,
         producer,
-        consumer: consumer.clone(),
+        consumer: Arc::new(consumer),
         keys: deps.keys,
         optouts: deps.optouts,
         metrics: deps.metrics,
         counters: deps.counters,
         fatal: CancellationToken::new(),
-        fatal_reason: Mutex::new(None),
+        fatal_error: Mutex::new(None),
         waiting_for_keys: std::sync::atomic::AtomicBool::new(false),
-    });
-    tracing::info!(topics = ?config.input_topics, output = %config.output_topic, dlq = %config.dlq_topic, group = %config.group_id, "Stage started.");
+    }))
+}
 
-    let permits = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
+/// The consume loop: each record, once an in-flight permit is free, goes to its partition's task. Ends
+/// on `shutdown`, on a fatal error, or when a reported unreadable batch has been watched long enough.
+async fn consume(
+    shared: &Arc<Shared>,
+    partitions: &PartitionRegistry<Job>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let consumer = &shared.consumer;
+    let permits = Arc::new(Semaphore::new(shared.config.max_in_flight.max(1)));
     // A batch that cannot be read was reported: the stage goes on for a moment, so that the partitions
     // that can move do, and then stops, naming the one that did not.
     let mut unreadable: Option<Unreadable> = None;
-    let consume_result: anyhow::Result<()> = loop {
+    loop {
         let stop_at = unreadable.as_ref().map(|u| u.seen + UNREADABLE_WATCH);
         let permit = tokio::select! {
             biased;
-            () = shutdown.cancelled() => break Ok(()),
-            () = shared.fatal.cancelled() => break Err(anyhow!(fatal_reason(&shared))),
-            () = sleep_until(stop_at) => break Err(unreadable_batch(&consumer, unreadable.take()).await),
+            () = shutdown.cancelled() => return Ok(()),
+            () = shared.fatal.cancelled() => return Err(fatal_error(shared).into()),
+            () = sleep_until(stop_at) => return Err(unreadable_batch(consumer, unreadable.take()).await),
             permit = permits.clone().acquire_owned() => permit.map_err(|_| anyhow!("the in-flight semaphore closed"))?,
         };
         let message = tokio::select! {
             biased;
-            () = shutdown.cancelled() => break Ok(()),
-            () = shared.fatal.cancelled() => break Err(anyhow!(fatal_reason(&shared))),
-            () = sleep_until(stop_at) => break Err(unreadable_batch(&consumer, unreadable.take()).await),
+            () = shutdown.cancelled() => return Ok(()),
+            () = shared.fatal.cancelled() => return Err(fatal_error(shared).into()),
+            () = sleep_until(stop_at) => return Err(unreadable_batch(consumer, unreadable.take()).await),
             received = consumer.recv() => match received {
                 Ok(m) => m.detach(),
                 Err(e) => match kafka::classify_consumer_error(&e) {
-                    ConsumerErrorClass::Fatal => break Err(anyhow!(e).context("consuming")),
+                    ConsumerErrorClass::Fatal => return Err(anyhow!(e).context("consuming")),
                     ConsumerErrorClass::UnreadableBatch => {
                         if unreadable.is_none() {
-                            unreadable = Some(Unreadable::note(&consumer, e).await);
+                            unreadable = Some(Unreadable::note(consumer, e).await);
                         }
                         continue;
                     }
@@ -267,31 +323,43 @@ pub async fn run(
                 },
             },
         };
-        shared.metrics.records_in.inc();
-        shared.metrics.in_flight.inc();
-        shared.counters.consumed.fetch_add(1, Ordering::Relaxed);
-        let tp = (message.topic().to_string(), message.partition());
-        let job = Job {
-            message,
-            received: Instant::now(),
-            _permit: permit,
-        };
-        // The registry holds each partition's only queue sender: a revoke removes the slot (closing the
-        // queue), so a record of a re-assigned partition starts a fresh task.
-        let mut registry = partitions.lock().unwrap_or_else(|e| e.into_inner());
-        let slot = registry.entry(tp.clone()).or_insert_with(|| {
-            let (queue, rx) = mpsc::unbounded_channel();
-            let task = tokio::spawn(partition_task(tp.clone(), rx, shared.clone()));
-            PartitionSlot { queue, task }
-        });
-        if slot.queue.send(job).is_err() {
-            shared.metrics.in_flight.dec();
-            tracing::warn!(topic = %tp.0, partition = tp.1, "Record for a stopped partition task; it will be redelivered.");
-        }
-        drop(registry);
-    };
+        dispatch(shared, partitions, message, permit);
+    }
+}
 
-    // Stop consuming, let every partition finish what it holds (bounded), then commit and flush.
+/// Hands a consumed record to its partition's task, starting the task for a newly seen partition.
+fn dispatch(
+    shared: &Arc<Shared>,
+    partitions: &PartitionRegistry<Job>,
+    message: OwnedMessage,
+    permit: OwnedSemaphorePermit,
+) {
+    shared.metrics.records_in.inc();
+    shared.metrics.in_flight.inc();
+    shared.counters.consumed.fetch_add(1, Ordering::Relaxed);
+    let tp = (message.topic().to_string(), message.partition());
+    let job = Job {
+        message,
+        received: Instant::now(),
+        _permit: permit,
+    };
+    // The registry holds each partition's only queue sender: a revoke removes the slot (closing the
+    // queue), so a record of a re-assigned partition starts a fresh task.
+    let mut registry = partitions.lock().unwrap_or_else(|e| e.into_inner());
+    let slot = registry.entry(tp.clone()).or_insert_with(|| {
+        let (queue, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(partition_task(tp.clone(), rx, shared.clone()));
+        PartitionSlot { queue, task }
+    });
+    if slot.queue.send(job).is_err() {
+        shared.metrics.in_flight.dec();
+        tracing::warn!(topic = %tp.0, partition = tp.1, "Record for a stopped partition task; it will be redelivered.");
+    }
+}
+
+/// Stops consuming, lets every partition finish what it holds (bounded by `shutdown_timeout`), then
+/// commits and flushes.
+async fn drain_and_commit(shared: &Arc<Shared>, partitions: &PartitionRegistry<Job>) {
     let slots: Vec<PartitionSlot<Job>> = partitions
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -313,6 +381,7 @@ pub async fn run(
             "Shutdown: in-flight records did not drain in time; they will be redelivered."
         );
     }
+    let consumer = shared.consumer.clone();
     let commit = tokio::task::spawn_blocking({
         let consumer = consumer.clone();
         move || consumer.commit_consumer_state(CommitMode::Sync)
@@ -334,28 +403,24 @@ pub async fn run(
         dead_lettered = shared.counters.dead_lettered.load(Ordering::Relaxed),
         "Stage stopped."
     );
-    if shared.fatal.is_cancelled() {
-        bail!(fatal_reason(&shared));
-    }
-    consume_result
 }
 
-fn fatal_reason(shared: &Shared) -> String {
+fn fatal_error(shared: &Shared) -> StageError {
     shared
-        .fatal_reason
+        .fatal_error
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone()
-        .unwrap_or_else(|| "fatal error".into())
+        .unwrap_or(StageError::Unrecorded)
 }
 
-fn stop_fatally(shared: &Shared, reason: String) {
-    tracing::error!(reason = %reason, "Stopping the stage.");
+fn stop_fatally(shared: &Shared, error: StageError) {
+    tracing::error!(reason = %error, "Stopping the stage.");
     shared
-        .fatal_reason
+        .fatal_error
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .get_or_insert(reason);
+        .get_or_insert(error);
     shared.fatal.cancel();
 }
 
@@ -483,26 +548,6 @@ async fn unreadable_batch(
     )
 }
 
-/// Extra headers of an output or dead-letter record, after the input's own.
-type ExtraHeaders = Vec<(&'static str, Vec<u8>)>;
-
-/// What one record became. `payload` borrows the input when the request passes unchanged.
-enum Outcome<'m> {
-    Output {
-        payload: std::borrow::Cow<'m, [u8]>,
-        status: &'static str,
-        member: Option<String>,
-    },
-    Passthrough,
-    DeadLetter {
-        reason: &'static str,
-    },
-    /// Tokenize direction: the keys cannot encrypt now; the record must wait (never go out raw).
-    WaitForKeys {
-        reason: String,
-    },
-}
-
 /// Processes one partition's records in order until its queue closes and every delivery is acknowledged.
 async fn partition_task(
     tp: TopicPartition,
@@ -528,10 +573,10 @@ async fn partition_task(
                 shared.metrics.in_flight.dec();
                 match result {
                     Ok(()) => acked_next = Some(offset + 1),
-                    Err(reason) => {
+                    Err(failure) => {
                         // Nothing at or after this offset may be stored: stop before storing anything more.
                         store(&shared, &tp, &mut stored_next, acked_next);
-                        stop_fatally(&shared, format!("delivery for {}/{} offset {offset} failed: {reason}", tp.0, tp.1));
+                        stop_fatally(&shared, StageError::Delivery { topic: tp.0.clone(), partition: tp.1, offset, failure });
                         return;
                     }
                 }
@@ -539,9 +584,9 @@ async fn partition_task(
             job = rx.recv(), if open => match job {
                 Some(job) => match process(&shared, job, &mut output_buffer).await {
                     Ok(pending) => deliveries.push_back(pending),
-                    Err(reason) => {
+                    Err(error) => {
                         store(&shared, &tp, &mut stored_next, acked_next);
-                        stop_fatally(&shared, reason);
+                        stop_fatally(&shared, error);
                         return;
                     }
                 },
@@ -589,12 +634,8 @@ fn store(
 /// The largest output buffer a partition keeps between records (bytes).
 const MAX_KEPT_OUTPUT_BUFFER: usize = 1 << 20;
 
-type PendingDelivery = std::pin::Pin<
-    Box<dyn std::future::Future<Output = (i64, OwnedSemaphorePermit, Result<(), String>)> + Send>,
->;
-
 /// Enriches one record and hands its output (or dead letter) to the producer; returns the delivery to
-/// await, or a fatal reason.
+/// await, or the error that stops the stage.
 ///
 /// `output_buffer` receives the enriched JSON or protobuf body (cleared first); its bytes are handed to
 /// the producer, which copies them, before this returns.
@@ -602,21 +643,49 @@ async fn process(
     shared: &Arc<Shared>,
     job: Job,
     output_buffer: &mut Vec<u8>,
-) -> Result<PendingDelivery, String> {
+) -> Result<PendingDelivery, StageError> {
     let Job {
         message,
         received,
         _permit: permit,
     } = job;
-    let offset = message.offset();
     if output_buffer.capacity() > MAX_KEPT_OUTPUT_BUFFER {
         // One huge record should not pin its size for the life of the partition.
         *output_buffer = Vec::new();
     }
     output_buffer.clear();
-    let mut outcome = handle_record(shared, &message, output_buffer);
-    // Hold the record (and with it its partition; the in-flight bound then stops the consumer) until the
-    // keys can encrypt; the stage reports itself not ready meanwhile (see `stage`).
+    let first = route::handle_record(shared, &message, output_buffer);
+    let outcome = wait_for_keys(shared, &message, first).await?;
+    let routed =
+        route::route(&shared.config, &message, &outcome).ok_or(StageError::HeldRecordProduced)?;
+    let sent = produce::send(shared, &message, &routed).await?;
+    let status_index = match &outcome {
+        Outcome::Output { status, .. } if !sent.too_large => {
+            STATUS_NAMES.iter().position(|s| s == status)
+        }
+        _ => None,
+    };
+    let accounting = Accounting {
+        offset: message.offset(),
+        received,
+        permit,
+        dead_letter: sent.too_large || matches!(outcome, Outcome::DeadLetter { .. }),
+        status_index,
+    };
+    Ok(produce::track_delivery(
+        shared.clone(),
+        sent.delivery,
+        accounting,
+    ))
+}
+
+/// Holds a record the keys cannot encrypt yet (and with it its partition; the in-flight bound then stops
+/// the consumer) until they can; the stage reports itself not ready meanwhile (see `stage`).
+async fn wait_for_keys<'m>(
+    shared: &Shared,
+    message: &'m OwnedMessage,
+    mut outcome: Outcome<'m>,
+) -> Result<Outcome<'m>, StageError> {
     while let Outcome::WaitForKeys { reason } = &outcome {
         if !shared
             .waiting_for_keys
@@ -625,11 +694,11 @@ async fn process(
             tracing::warn!(reason = %reason, "Tokenize: the keys cannot encrypt; holding records until they can.");
         }
         tokio::select! {
-            () = shared.fatal.cancelled() => return Err(fatal_reason(shared)),
+            () = shared.fatal.cancelled() => return Err(fatal_error(shared)),
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
         // Only the sharing sender waits for keys, and it writes no buffer.
-        outcome = tokenize_record(shared, &message);
+        outcome = route::tokenize_record(shared, message);
     }
     if shared
         .waiting_for_keys
@@ -637,250 +706,5 @@ async fn process(
     {
         tracing::info!("Tokenize: the keys can encrypt again; resuming.");
     }
-    let config = &shared.config;
-    let (topic, payload, extra): (&str, &[u8], ExtraHeaders) = match &outcome {
-        Outcome::Output {
-            payload,
-            status,
-            member,
-        } => {
-            let mut extra = vec![("uid2-status", status.as_bytes().to_vec())];
-            if let Some(member) = member {
-                extra.push(("uid2-enrichment", member.as_bytes().to_vec()));
-            }
-            (&config.output_topic, payload.as_ref(), extra)
-        }
-        Outcome::Passthrough => (
-            &config.output_topic,
-            message.payload().unwrap_or_default(),
-            Vec::new(),
-        ),
-        Outcome::DeadLetter { reason } => (
-            &config.dlq_topic,
-            message.payload().unwrap_or_default(),
-            vec![
-                ("uid2-error", reason.as_bytes().to_vec()),
-                ("uid2-source-topic", message.topic().as_bytes().to_vec()),
-                (
-                    "uid2-source-partition",
-                    message.partition().to_string().into_bytes(),
-                ),
-                ("uid2-source-offset", offset.to_string().into_bytes()),
-            ],
-        ),
-        Outcome::WaitForKeys { .. } => {
-            return Err("internal: a held record reached the producer".into());
-        }
-    };
-    let extra_refs: Vec<(&str, &[u8])> = extra.iter().map(|(k, v)| (*k, v.as_slice())).collect();
-    let headers = kafka::headers_with(message.headers(), &extra_refs);
-    let mut record: FutureRecord<'_, [u8], [u8]> =
-        FutureRecord::to(topic).payload(payload).headers(headers);
-    if let Some(key) = message.key() {
-        record = record.key(key);
-    }
-    if let Some(ts) = message.timestamp().to_millis() {
-        record = record.timestamp(ts);
-    }
-    if config.output_partitioning == OutputPartitioning::Same && topic == config.output_topic {
-        record = record.partition(message.partition());
-    }
-    let mut too_large = false;
-    let delivery: DeliveryFuture = loop {
-        match shared.producer.send_result(record) {
-            Ok(delivery) => break delivery,
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                // The producer is ahead of the brokers: wait for it (this is the backpressure path).
-                shared.metrics.produce_retries.inc();
-                record = returned;
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _))
-                if !too_large =>
-            {
-                // The record outgrew the producer's `message.max.bytes` (librdkafka's default,
-                // 1,000,000, is below Kafka's broker default, so an input near 1 MB that grows by its
-                // enrichment lands here). Failing would stop the stage on every restart; instead the
-                // record is dead-lettered without its payload, which would not fit either: the source
-                // headers point at the original in the input topic.
-                too_large = true;
-                shared
-                    .metrics
-                    .dead_lettered
-                    .get_or_create(&ReasonLabel {
-                        reason: "too_large",
-                    })
-                    .inc();
-                let headers = kafka::headers_with(
-                    message.headers(),
-                    &[
-                        ("uid2-error", b"too_large".as_slice()),
-                        ("uid2-source-topic", message.topic().as_bytes()),
-                        (
-                            "uid2-source-partition",
-                            message.partition().to_string().as_bytes(),
-                        ),
-                        ("uid2-source-offset", offset.to_string().as_bytes()),
-                    ],
-                );
-                record = FutureRecord::to(&config.dlq_topic)
-                    .payload(&[][..])
-                    .headers(headers);
-                if let Some(key) = message.key() {
-                    record = record.key(key);
-                }
-            }
-            Err((e, _)) => return Err(format!("producing to {topic} failed: {e}")),
-        }
-    };
-    let status_index = match &outcome {
-        Outcome::Output { status, .. } if !too_large => {
-            STATUS_NAMES.iter().position(|s| s == status)
-        }
-        _ => None,
-    };
-    let is_dlq = too_large || matches!(outcome, Outcome::DeadLetter { .. });
-    let shared = shared.clone();
-    Ok(Box::pin(async move {
-        let result = match delivery.await {
-            Ok(Ok(_)) => {
-                if is_dlq {
-                    shared
-                        .counters
-                        .dead_lettered
-                        .fetch_add(1, Ordering::Relaxed);
-                } else {
-                    shared.metrics.records_out.inc();
-                    shared.counters.produced.fetch_add(1, Ordering::Relaxed);
-                    if let Some(i) = status_index {
-                        shared.counters.statuses[i].fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                let latency = received.elapsed();
-                shared.metrics.stage_seconds.observe(latency.as_secs_f64());
-                if let Some(samples) = &shared.counters.latencies_us {
-                    let us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
-                    samples.lock().unwrap_or_else(|e| e.into_inner()).push(us);
-                }
-                Ok(())
-            }
-            Ok(Err((e, _))) => Err(e.to_string()),
-            Err(_) => Err("the producer was dropped".to_string()),
-        };
-        (offset, permit, result)
-    }))
-}
-
-/// What to do with one record, by the stage's direction.
-fn handle_record<'m>(
-    shared: &Shared,
-    message: &'m OwnedMessage,
-    output_buffer: &'m mut Vec<u8>,
-) -> Outcome<'m> {
-    if !shared.config.enrich {
-        return Outcome::Passthrough;
-    }
-    match shared.config.direction {
-        Direction::Enrich => enrich_record(shared, message, output_buffer),
-        Direction::Tokenize => tokenize_record(shared, message),
-    }
-}
-
-/// An output record, counted under its `uid2-status`.
-fn output<'m>(
-    shared: &Shared,
-    payload: std::borrow::Cow<'m, [u8]>,
-    status: &'static str,
-    member: Option<String>,
-) -> Outcome<'m> {
-    shared
-        .metrics
-        .request_status
-        .get_or_create(&StatusLabel { status })
-        .inc();
-    Outcome::Output {
-        payload,
-        status,
-        member,
-    }
-}
-
-fn dead_letter(shared: &Shared, reason: &'static str) -> Outcome<'static> {
-    shared
-        .metrics
-        .dead_lettered
-        .get_or_create(&ReasonLabel { reason })
-        .inc();
-    Outcome::DeadLetter { reason }
-}
-
-/// The sharing sender: raw UID2s at the configured pointers become tokens with fresh random nonces.
-fn tokenize_record<'m>(shared: &Shared, message: &'m OwnedMessage) -> Outcome<'m> {
-    let Some(payload) = message.payload() else {
-        return dead_letter(shared, "no_payload");
-    };
-    let keys = shared.keys.current();
-    let ctx = TokenizeContext {
-        keys: keys.as_deref(),
-        now_ms: wall_clock_ms(),
-    };
-    let mut nonces = crate::support::clock::token_nonce;
-    let started = Instant::now();
-    let result = tokenize::tokenize(payload, &ctx, &shared.config.tokenize, &mut nonces);
-    shared
-        .metrics
-        .enrich_seconds
-        .observe(started.elapsed().as_secs_f64());
-    match result {
-        Ok(tokenized) => output(shared, tokenized.output, tokenized.status.as_str(), None),
-        Err(TokenizeError::Malformed(malformed)) => dead_letter(shared, malformed.reason),
-        Err(TokenizeError::Keys(e)) => Outcome::WaitForKeys {
-            reason: e.to_string(),
-        },
-    }
-}
-
-/// An enriched JSON or protobuf request is written to `output_buffer` (empty on entry), and the outcome
-/// borrows it.
-fn enrich_record<'m>(
-    shared: &Shared,
-    message: &'m OwnedMessage,
-    output_buffer: &'m mut Vec<u8>,
-) -> Outcome<'m> {
-    let Some(payload) = message.payload() else {
-        return dead_letter(shared, "no_payload");
-    };
-    let keys = shared.keys.current();
-    let ctx = enrich::Context {
-        keys: enrich::Keys::single(keys.as_deref()),
-        optouts: shared.optouts.as_ref(),
-        cache: shared.cache.as_ref(),
-        now_ms: wall_clock_ms(),
-    };
-    let started = Instant::now();
-    let format = shared.config.format_for(message.topic());
-    let result = enrich::enrich_into(payload, format, &ctx, &shared.config.policy, output_buffer);
-    shared
-        .metrics
-        .enrich_seconds
-        .observe(started.elapsed().as_secs_f64());
-    match result {
-        Ok(enriched) => {
-            for t in &enriched.tokens {
-                shared
-                    .metrics
-                    .token_status
-                    .get_or_create(&StatusLabel {
-                        status: t.decryption.status.as_str(),
-                    })
-                    .inc();
-                if t.decryption.status == crate::engine::uid2::Status::OptedOut {
-                    shared.metrics.opted_out.inc();
-                }
-            }
-            let status = enriched.status_header();
-            output(shared, enriched.output, status, enriched.member_json)
-        }
-        Err(malformed) => dead_letter(shared, malformed.reason),
-    }
+    Ok(outcome)
 }

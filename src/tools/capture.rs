@@ -13,7 +13,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::stage::kafka::Logged;
+use crate::stage::kafka::{self, Logged, PartitionRange, PartitionRangeError};
 use crate::tools::capture_file::{CaptureRecord, Output};
 
 #[derive(Debug, clap::Args)]
@@ -108,28 +108,27 @@ pub async fn run(args: &CaptureArgs) -> anyhow::Result<CaptureSummary> {
         .map_err(crate::stage::kafka::creation_error)
         .with_context(|| format!("creating a consumer for {}", kafka.brokers()))?;
     let timeout = Duration::from_secs(10);
-    let metadata = consumer
-        .fetch_metadata(Some(&args.topic), timeout)
-        .with_context(|| format!("reading the metadata of topic {}", args.topic))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == args.topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        bail!(
+    let ranges = kafka::partition_ranges(&consumer, &args.topic, timeout).map_err(|e| match e {
+        PartitionRangeError::Metadata(source) => anyhow::Error::new(source)
+            .context(format!("reading the metadata of topic {}", args.topic)),
+        PartitionRangeError::Watermarks { partition, error } => anyhow::Error::new(error).context(
+            format!("reading the offsets of {}[{partition}]", args.topic),
+        ),
+        _ => anyhow::anyhow!(
             "topic {} does not exist on {} (or has no partitions)",
             args.topic,
             kafka.brokers()
-        );
-    }
+        ),
+    })?;
+    let partitions: Vec<i32> = ranges.iter().map(|r| r.partition).collect();
     // Where each partition ends now: --until-caught-up stops there.
     let mut ends: HashMap<i32, i64> = HashMap::new();
-    for &p in &partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(&args.topic, p, timeout)
-            .with_context(|| format!("reading the offsets of {}[{p}]", args.topic))?;
+    for &PartitionRange {
+        partition: p,
+        low,
+        high,
+    } in &ranges
+    {
         let begin_at = match start {
             Start::End => high,
             _ => low,

@@ -22,6 +22,7 @@ use crate::stage::kafka::{KafkaClients, Logged};
 use crate::stage::pipeline::{
     self, OutputPartitioning, RunCounters, STATUS_NAMES, StageConfig, StageDeps,
 };
+use crate::stage::produce::{Backpressure, send_with_backpressure};
 use crate::support::metrics::Metrics;
 use crate::tools::traffic::{Generator, Mix};
 
@@ -169,17 +170,13 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
             .entry(request.case.expected_status().unwrap_or("dead_letter"))
             .or_default() += 1;
         input_bytes += request.bytes.len() as u64;
-        let mut record = FutureRecord::to(INPUT)
+        let record = FutureRecord::to(INPUT)
             .key(request.id.as_bytes())
             .payload(request.bytes.as_slice());
-        loop {
-            match producer.send_result(record) {
-                Ok(d) => break deliveries.push(d),
-                Err((_, r)) => {
-                    record = r;
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            }
+        let wait = Backpressure::patient(Duration::from_millis(1));
+        match send_with_backpressure(&producer, record, wait, || {}).await {
+            Ok(d) => deliveries.push(d),
+            Err(e) => bail!("producing the demo input failed: {e}"),
         }
     }
     for d in deliveries {

@@ -27,7 +27,9 @@ use crate::engine::formats::event::JsonPointer;
 use crate::engine::optout::{NoOptOuts, OptOutLookup};
 use crate::engine::tokenize::{Direction, TokenizeContext, TokenizeError, TokenizePolicy};
 use crate::engine::uid2::{ClientMode, KeySet};
+use crate::stage::headers;
 use crate::stage::pipeline::STATUS_NAMES;
+use crate::stage::produce::{Backpressure, send_with_backpressure};
 use crate::support::clock::wall_clock_ms;
 use crate::tools::ModeArg;
 use crate::tools::capture_file::{self, CaptureRecord, Line, Output};
@@ -790,9 +792,9 @@ fn replay_capture_line(
     let status = transformed.status;
     let mut record = record.clone();
     // The headers the stage adds to an output record (pipeline::process).
-    record.push_header("uid2-status", Some(status.as_bytes()));
+    record.push_header(headers::STATUS, Some(status.as_bytes()));
     if let Some(member) = &transformed.member {
-        record.push_header("uid2-enrichment", Some(member.as_bytes()));
+        record.push_header(headers::ENRICHMENT, Some(member.as_bytes()));
     }
     if let Cow::Owned(bytes) = &transformed.output {
         record.set_value(bytes);
@@ -859,17 +861,17 @@ fn dead_letter(
         r.set_value(line);
         r
     });
-    record.push_header("uid2-error", Some(bad.reason.as_bytes()));
+    record.push_header(headers::ERROR, Some(bad.reason.as_bytes()));
     if let Some(topic) = record.topic.clone() {
-        record.push_header("uid2-source-topic", Some(topic.as_bytes()));
+        record.push_header(headers::SOURCE_TOPIC, Some(topic.as_bytes()));
     }
     if let Some(p) = record.partition {
-        record.push_header("uid2-source-partition", Some(p.to_string().as_bytes()));
+        record.push_header(headers::SOURCE_PARTITION, Some(p.to_string().as_bytes()));
     }
     if let Some(o) = record.offset {
-        record.push_header("uid2-source-offset", Some(o.to_string().as_bytes()));
+        record.push_header(headers::SOURCE_OFFSET, Some(o.to_string().as_bytes()));
     }
-    record.push_header("uid2-source-line", Some(line_no.to_string().as_bytes()));
+    record.push_header(headers::SOURCE_LINE, Some(line_no.to_string().as_bytes()));
     record.write_line(out);
 }
 
@@ -882,6 +884,11 @@ fn to_topic(args: &ReplayArgs, topic: &str) -> anyhow::Result<Summary> {
     let kafka = crate::stage::kafka::clients_from(args.config.as_deref(), args.brokers.as_deref())
         .context("--to-topic needs --config C (brokers, TLS, SASL) or --brokers HOST:PORT")?;
     let context = DeliveryCounter::default();
+    // The producer's queue is waited on with the stage's function, which sleeps on tokio's timer.
+    let waiter = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .context("starting a timer for the producer's backpressure")?;
     let producer: ThreadedProducer<DeliveryCounter> = kafka
         .producer()?
         .create_with_context(context)
@@ -968,20 +975,10 @@ fn to_topic(args: &ReplayArgs, topic: &str) -> anyhow::Result<Summary> {
         if let Some(key) = &key {
             record = record.key(key);
         }
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    returned,
-                )) => {
-                    record = returned;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err((e, _)) => bail!("producing line {line_no} to {topic}: {e}"),
-            }
+        let wait = Backpressure::patient(Duration::from_millis(5));
+        let sent = send_with_backpressure(&producer, record, wait, || {});
+        if let Err(e) = waiter.block_on(sent) {
+            bail!("producing line {line_no} to {topic}: {e}");
         }
         summary.records += 1;
     }

@@ -31,7 +31,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::stage::kafka::{KafkaClients, Logged};
+use crate::stage::headers;
+use crate::stage::kafka::{self, KafkaClients, Logged, PartitionRange, PartitionRangeError};
 
 #[derive(Debug, clap::Args)]
 pub struct VerifyArgs {
@@ -469,32 +470,28 @@ pub fn read_topic_counting(
             brokers: options.kafka.brokers().to_string(),
             reason: crate::stage::kafka::scrub(&source.to_string()),
         })?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), request_timeout())
-        .map_err(|source| VerifyError::Metadata {
-            topic: topic.to_string(),
-            source,
+    let ranges =
+        kafka::partition_ranges(&consumer, topic, request_timeout()).map_err(|e| match e {
+            PartitionRangeError::Metadata(source) => VerifyError::Metadata {
+                topic: topic.to_string(),
+                source,
+            },
+            PartitionRangeError::Watermarks { error, .. } => VerifyError::Read {
+                topic: topic.to_string(),
+                source: error,
+            },
+            _ => VerifyError::NoSuchTopic(topic.to_string()),
         })?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        return Err(VerifyError::NoSuchTopic(topic.to_string()));
-    }
     let mut tpl = TopicPartitionList::new();
     // partition → the end to reach (the high watermark when reading started)
     let mut ends: HashMap<i32, i64> = HashMap::new();
     let mut deleted = 0;
-    for &p in &partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p, request_timeout())
-            .map_err(|source| VerifyError::Read {
-                topic: topic.to_string(),
-                source,
-            })?;
+    for &PartitionRange {
+        partition: p,
+        low,
+        high,
+    } in &ranges
+    {
         if high > low {
             ends.insert(p, high);
         }
@@ -557,18 +554,18 @@ pub fn read_topic_counting(
 
 /// `topic/partition@offset` from a dead letter's `uid2-source-*` headers.
 fn source_coordinates(m: &rdkafka::message::BorrowedMessage<'_>) -> Option<String> {
-    let headers = m.headers()?;
+    let record_headers = m.headers()?;
     let get = |name: &str| {
-        headers
+        record_headers
             .iter()
             .find(|h| h.key == name)
             .and_then(|h| std::str::from_utf8(h.value?).ok())
     };
     Some(format!(
         "{}/{}@{}",
-        get("uid2-source-topic")?,
-        get("uid2-source-partition")?,
-        get("uid2-source-offset")?
+        get(headers::SOURCE_TOPIC)?,
+        get(headers::SOURCE_PARTITION)?,
+        get(headers::SOURCE_OFFSET)?
     ))
 }
 
