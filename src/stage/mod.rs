@@ -79,57 +79,23 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .check(&settings.kafka.group_id)
         .map_err(|e| anyhow::anyhow!("{e} (check [kafka.client], [kafka.{}])", e.table()))?;
     let metrics = Arc::new(Metrics::new());
-    // Opt-outs: follow the topic into the live set; the webhook publishes to it (when a token is set).
-    let feed = FeedConfig::from_settings(&settings);
-    let store = Arc::new(LiveOptOuts::new());
-    let follower_stop = CancellationToken::new();
-    let publisher: Option<Arc<dyn OptOutPublisher>> = match settings.optout.token {
-        Some(_) => Some(Arc::new(Publisher::new(&feed)?)),
-        None => {
-            tracing::warn!(
-                "UID2_OPTOUT_TOKEN is not set: the opt-out webhook answers 503 (disabled); opt-outs still arrive through the topic."
-            );
-            None
-        }
-    };
-    {
-        // In the background: the follower waits for the topic anyway, and /healthz must answer now.
-        let feed = feed.clone();
-        tokio::spawn(async move { optout_feed::ensure_topic(&feed).await });
-    }
-    let mut follower =
-        optout_feed::spawn_follower(&feed, store.clone(), metrics.clone(), follower_stop.clone())?;
+    let mut optouts = OptOuts::start(&settings, &metrics)?;
     let keys = KeySource::spawn(
         settings.uid2.keys.clone(),
         settings.uid2.refresh.clone(),
         settings.uid2.mode,
     );
-    let consuming = Arc::new(AtomicBool::new(false));
-    let failed = Arc::new(AtomicBool::new(false));
-
-    let caught_up = Arc::new(AtomicBool::new(false));
-    {
-        // Follows the follower both ways: it reports false again when it cannot read past a batch.
-        let (mut rx, caught_up) = (follower.subscribe(), caught_up.clone());
-        tokio::spawn(async move {
-            loop {
-                caught_up.store(*rx.borrow_and_update(), Ordering::Relaxed);
-                if rx.changed().await.is_err() {
-                    return;
-                }
-            }
-        });
-    }
+    let readiness = Readiness::default();
     let state = ServerState {
         metrics: metrics.clone(),
         keys: Arc::new(keys.clone()),
-        consuming: consuming.clone(),
-        failed: failed.clone(),
+        consuming: readiness.consuming.clone(),
+        failed: readiness.failed.clone(),
         optouts: Arc::new(OptOutEndpoint {
-            store: store.clone(),
-            caught_up,
+            store: optouts.store.clone(),
+            caught_up: optouts.caught_up.clone(),
             token: settings.optout.token.clone(),
-            publisher,
+            publisher: optouts.publisher.take(),
             now_ms: crate::support::clock::wall_clock_ms,
         }),
     };
@@ -146,7 +112,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         server_stop.clone(),
     ));
 
-    tracing::info!(source = %keys.status().source, topic = %feed.topic, "Waiting for the first key set and the opt-out set before consuming.");
+    tracing::info!(source = %keys.status().source, topic = %optouts.feed.topic, "Waiting for the first key set and the opt-out set before consuming.");
     let result = tokio::select! {
         () = shutdown.cancelled() => Ok(()),
         server_result = server => match server_result {
@@ -156,41 +122,132 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         _ = async {
             tokio::join!(
                 wait_until_usable(&keys, settings.pipeline.direction),
-                follower.wait_caught_up()
+                optouts.follower.wait_caught_up()
             )
         } => {
-            consuming.store(true, Ordering::Relaxed);
-            // Tokenize: ready only while the keys can encrypt (the pipeline holds records meanwhile).
-            let watch_stop = CancellationToken::new();
-            let watcher = (settings.pipeline.direction == Direction::Tokenize).then(|| {
-                tokio::spawn(watch_encryption(keys.clone(), consuming.clone(), watch_stop.clone()))
-            });
             let deps = StageDeps {
                 keys: Arc::new(keys.clone()),
-                optouts: store.clone(),
+                optouts: optouts.store.clone(),
                 metrics: metrics.clone(),
                 counters: Arc::new(RunCounters::default()),
             };
-            let outcome = pipeline::run(stage_config(&settings), deps, shutdown.clone()).await;
-            watch_stop.cancel();
-            if let Some(watcher) = watcher {
-                // Stopped before the flag is cleared, so it cannot set it again.
-                let _ = watcher.await;
-            }
-            consuming.store(false, Ordering::Relaxed);
-            if outcome.is_err() {
-                failed.store(true, Ordering::Relaxed);
-            }
-            outcome
+            consume(&settings, &keys, deps, &readiness, &shutdown).await
         }
     };
     server_stop.cancel();
     keys.stop();
-    follower_stop.cancel();
-    tokio::task::spawn_blocking(move || follower.join())
-        .await
-        .ok();
+    optouts.stop().await;
     result
+}
+
+/// What `/readyz` reports besides the key and opt-out sets.
+#[derive(Default)]
+struct Readiness {
+    /// The pipeline is consuming (in the tokenize direction: and the keys can encrypt).
+    consuming: Arc<AtomicBool>,
+    /// The pipeline stopped on a fatal error.
+    failed: Arc<AtomicBool>,
+}
+
+/// The pipeline's run, once the keys are usable and the opt-out set has caught up, with readiness kept
+/// current around it.
+async fn consume(
+    settings: &Settings,
+    keys: &KeyHandle,
+    deps: StageDeps,
+    readiness: &Readiness,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let consuming = &readiness.consuming;
+    consuming.store(true, Ordering::Relaxed);
+    // Tokenize: ready only while the keys can encrypt (the pipeline holds records meanwhile).
+    let watch_stop = CancellationToken::new();
+    let watcher = (settings.pipeline.direction == Direction::Tokenize).then(|| {
+        tokio::spawn(watch_encryption(
+            keys.clone(),
+            consuming.clone(),
+            watch_stop.clone(),
+        ))
+    });
+    let outcome = pipeline::run(stage_config(settings), deps, shutdown.clone()).await;
+    watch_stop.cancel();
+    if let Some(watcher) = watcher {
+        // Stopped before the flag is cleared, so it cannot set it again.
+        let _ = watcher.await;
+    }
+    consuming.store(false, Ordering::Relaxed);
+    if outcome.is_err() {
+        readiness.failed.store(true, Ordering::Relaxed);
+    }
+    outcome
+}
+
+/// The opt-out side of the stage: the follower filling the live set from the topic, whether it has
+/// caught up, and the webhook's publisher (when a token is set).
+struct OptOuts {
+    feed: FeedConfig,
+    store: Arc<LiveOptOuts>,
+    publisher: Option<Arc<dyn OptOutPublisher>>,
+    follower: optout_feed::Follower,
+    follower_stop: CancellationToken,
+    caught_up: Arc<AtomicBool>,
+}
+
+impl OptOuts {
+    fn start(settings: &Settings, metrics: &Arc<Metrics>) -> anyhow::Result<OptOuts> {
+        let feed = FeedConfig::from_settings(settings);
+        let store = Arc::new(LiveOptOuts::new());
+        let follower_stop = CancellationToken::new();
+        let publisher: Option<Arc<dyn OptOutPublisher>> = match settings.optout.token {
+            Some(_) => Some(Arc::new(Publisher::new(&feed)?)),
+            None => {
+                tracing::warn!(
+                    "UID2_OPTOUT_TOKEN is not set: the opt-out webhook answers 503 (disabled); opt-outs still arrive through the topic."
+                );
+                None
+            }
+        };
+        {
+            // In the background: the follower waits for the topic anyway, and /healthz must answer now.
+            let feed = feed.clone();
+            tokio::spawn(async move { optout_feed::ensure_topic(&feed).await });
+        }
+        let follower = optout_feed::spawn_follower(
+            &feed,
+            store.clone(),
+            metrics.clone(),
+            follower_stop.clone(),
+        )?;
+        let caught_up = Arc::new(AtomicBool::new(false));
+        {
+            // Follows the follower both ways: it reports false again when it cannot read past a batch.
+            let (mut rx, caught_up) = (follower.subscribe(), caught_up.clone());
+            tokio::spawn(async move {
+                loop {
+                    caught_up.store(*rx.borrow_and_update(), Ordering::Relaxed);
+                    if rx.changed().await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Ok(OptOuts {
+            feed,
+            store,
+            publisher,
+            follower,
+            follower_stop,
+            caught_up,
+        })
+    }
+
+    async fn stop(self) {
+        self.follower_stop.cancel();
+        let follower = self.follower;
+        tokio::task::spawn_blocking(move || follower.join())
+            .await
+            .ok();
+    }
 }
 
 /// Waits for the first key set and, in the tokenize direction, for keys that can encrypt (an active master

@@ -301,6 +301,14 @@ const REFRESH_PARTITIONS: Duration = Duration::from_secs(30);
 /// After the ends are reached, how long live records may keep the follower from announcing.
 const DRAIN_MAX: Duration = Duration::from_secs(2);
 
+/// Where the follower thread reports to: the store it fills, the metrics, and the caught-up flag.
+struct FollowTarget<'a> {
+    topic: &'a str,
+    store: &'a LiveOptOuts,
+    metrics: &'a Metrics,
+    caught_up: &'a watch::Sender<bool>,
+}
+
 fn follow(
     consumer: &FollowerConsumer,
     topic: &str,
@@ -310,35 +318,12 @@ fn follow(
     caught_up: &watch::Sender<bool>,
 ) {
     let started = Instant::now();
-    // 1. Find the partitions and where they end now.
-    let mut logged = Instant::now() - Duration::from_secs(60);
-    let ends = loop {
-        if stop.is_cancelled() {
-            return;
-        }
-        match kafka::partition_ranges(consumer, topic, METADATA_TIMEOUT) {
-            Ok(ends) => break ends,
-            Err(e) => {
-                if logged.elapsed() > Duration::from_secs(10) {
-                    tracing::warn!(%topic, reason = %e, "Waiting for the opt-out topic; not ready until it is read.");
-                    logged = Instant::now();
-                }
-                // Polling (rather than sleeping) hands librdkafka's queued errors and log lines to the
-                // context: a refused password or certificate is reported now, not once the topic is read.
-                let _ = consumer.poll(Duration::from_millis(500));
-            }
-        }
+    // 1. Find the partitions and where they end now, and read them from the beginning.
+    let Some(ends) = find_partitions(consumer, topic, stop) else {
+        return;
     };
-    let mut tpl = TopicPartitionList::new();
-    for range in &ends {
-        let _ = tpl.add_partition_offset(topic, range.partition, Offset::Beginning);
-    }
-    while let Err(e) = consumer.assign(&tpl) {
-        tracing::error!(%topic, error = %e, "Cannot assign the opt-out topic's partitions; not ready, retrying.");
-        std::thread::sleep(Duration::from_secs(1));
-        if stop.is_cancelled() {
-            return;
-        }
+    if !assign_from_beginning(consumer, topic, &ends, stop) {
+        return;
     }
     let mut assigned: Vec<i32> = ends.iter().map(|range| range.partition).collect();
     // Partitions still to read up to their end-at-start; empty ones are done already.
@@ -349,33 +334,15 @@ fn follow(
         .collect();
     let total: i64 = ends.iter().map(|range| range.high - range.low).sum();
     tracing::info!(%topic, partitions = ends.len(), records = total, "Loading the opt-out set.");
-    // The initial load goes into a set of its own (no locks, batched inserts); it moves into the live
-    // store when caught up. Live records after that go straight into the store.
-    let mut building: Option<OptOutSet> = Some(OptOutSet::new());
-    let mut batch: Vec<OptOutRecord> = Vec::with_capacity(BATCH);
-    let mut counts = OutcomeCounts::default();
-    let apply_batch = |building: &mut Option<OptOutSet>,
-                       batch: &mut Vec<OptOutRecord>,
-                       counts: &mut OutcomeCounts| {
-        if let Some(set) = building.as_mut() {
-            set.insert_batch(batch, |a| counts.add(applied_outcome(a)));
-        }
-        batch.clear();
-    };
-    // Set once a batch of the topic cannot be read: opt-outs behind it never arrive, so the set is not
-    // caught up again until a restart reads past it.
-    let unreadable = std::cell::Cell::new(false);
-    let announce = |building: &mut Option<OptOutSet>| {
-        if let Some(set) = building.take() {
-            store.absorb(set);
-        }
-        if !*caught_up.borrow() && !unreadable.get() {
-            metrics.optout_caught_up.set(1);
-            metrics.optout_set_size.set(store.len() as i64);
-            tracing::info!(%topic, entries = store.len(), seconds = started.elapsed().as_secs_f64(), "Opt-out set loaded; following the topic live.");
-            let _ = caught_up.send(true);
-        }
-    };
+    let mut load = Load::new(
+        FollowTarget {
+            topic,
+            store,
+            metrics,
+            caught_up,
+        },
+        started,
+    );
 
     // 2. Read, and keep reading. Once every partition reached its end-at-start (or end-of-partition),
     // what was already fetched is applied before announcing: a poll that comes back empty, or at most
@@ -387,31 +354,13 @@ fn follow(
         if pending.is_empty() {
             let since = *drain_started.get_or_insert_with(Instant::now);
             if since.elapsed() > DRAIN_MAX {
-                apply_batch(&mut building, &mut batch, &mut counts);
-                announce(&mut building);
+                load.apply_batch();
+                load.announce();
             }
         }
         match consumer.poll(POLL) {
             Some(Ok(msg)) => {
-                let outcome = match (building.is_some(), decode(msg.key(), msg.payload())) {
-                    (true, Ok(record)) => {
-                        batch.push(record);
-                        if batch.len() == BATCH {
-                            apply_batch(&mut building, &mut batch, &mut counts);
-                        }
-                        None
-                    }
-                    (false, Ok(record)) => {
-                        Some(applied_outcome(store.insert(&record.raw_uid2, record.secs)))
-                    }
-                    (_, Err(outcome)) => Some(outcome),
-                };
-                if let Some(outcome) = outcome {
-                    counts.add(outcome);
-                    if outcome == "invalid" {
-                        tracing::warn!(%topic, partition = msg.partition(), offset = msg.offset(), "Skipped an opt-out record that is not <raw UID2 base64> = <unix seconds>.");
-                    }
-                }
+                load.record(&msg);
                 if let Some(end) = pending.get(&msg.partition())
                     && msg.offset() + 1 >= *end
                 {
@@ -422,31 +371,160 @@ fn follow(
                 pending.remove(&p);
             }
             None => {
-                apply_batch(&mut building, &mut batch, &mut counts);
+                load.apply_batch();
                 if pending.is_empty() {
-                    announce(&mut building);
+                    load.announce();
                 }
             }
-            Some(Err(e)) => {
-                // Broker blips: librdkafka reconnects and resumes fetching on its own. The log is
-                // rate-limited per cause. An unreadable batch is an error, and the stage is not ready
-                // while opt-outs behind it are missing.
-                kafka::client_log().error("opt-out follower", &e, &format!("consuming {topic}"));
-                if kafka::classify_consumer_error(&e) == kafka::ConsumerErrorClass::UnreadableBatch
-                    && !unreadable.replace(true)
-                {
-                    metrics.optout_caught_up.set(0);
-                    let _ = caught_up.send(false);
-                }
-            }
+            Some(Err(e)) => load.consumer_error(&e),
         }
-        if counts.due() || pending.is_empty() {
-            counts.flush(metrics, store.len());
+        if load.counts.due() || pending.is_empty() {
+            load.counts.flush(metrics, store.len());
         }
         if last_refresh.elapsed() > REFRESH_PARTITIONS {
             last_refresh = Instant::now();
             metrics.optout_set_size.set(store.len() as i64);
             add_new_partitions(consumer, topic, &mut assigned);
+        }
+    }
+}
+
+/// The topic's partitions and their offsets now, retried until it can be read; `None` once stopped.
+fn find_partitions(
+    consumer: &FollowerConsumer,
+    topic: &str,
+    stop: &CancellationToken,
+) -> Option<Vec<kafka::PartitionRange>> {
+    let mut logged = Instant::now() - Duration::from_secs(60);
+    loop {
+        if stop.is_cancelled() {
+            return None;
+        }
+        match kafka::partition_ranges(consumer, topic, METADATA_TIMEOUT) {
+            Ok(ends) => return Some(ends),
+            Err(e) => {
+                if logged.elapsed() > Duration::from_secs(10) {
+                    tracing::warn!(%topic, reason = %e, "Waiting for the opt-out topic; not ready until it is read.");
+                    logged = Instant::now();
+                }
+                // Polling (rather than sleeping) hands librdkafka's queued errors and log lines to the
+                // context: a refused password or certificate is reported now, not once the topic is read.
+                let _ = consumer.poll(Duration::from_millis(500));
+            }
+        }
+    }
+}
+
+/// Assigns every partition from its beginning, retried until it works; false once stopped.
+fn assign_from_beginning(
+    consumer: &FollowerConsumer,
+    topic: &str,
+    ends: &[kafka::PartitionRange],
+    stop: &CancellationToken,
+) -> bool {
+    let mut tpl = TopicPartitionList::new();
+    for range in ends {
+        let _ = tpl.add_partition_offset(topic, range.partition, Offset::Beginning);
+    }
+    while let Err(e) = consumer.assign(&tpl) {
+        tracing::error!(%topic, error = %e, "Cannot assign the opt-out topic's partitions; not ready, retrying.");
+        std::thread::sleep(Duration::from_secs(1));
+        if stop.is_cancelled() {
+            return false;
+        }
+    }
+    true
+}
+
+/// The follower's state while it reads: the initial load goes into a set of its own (no locks, batched
+/// inserts) that moves into the live store when caught up; live records after that go straight into the
+/// store.
+struct Load<'a> {
+    target: FollowTarget<'a>,
+    started: Instant,
+    building: Option<OptOutSet>,
+    batch: Vec<OptOutRecord>,
+    counts: OutcomeCounts,
+    /// Set once a batch of the topic cannot be read: opt-outs behind it never arrive, so the set is not
+    /// caught up again until a restart reads past it.
+    unreadable: bool,
+}
+
+impl<'a> Load<'a> {
+    fn new(target: FollowTarget<'a>, started: Instant) -> Load<'a> {
+        Load {
+            target,
+            started,
+            building: Some(OptOutSet::new()),
+            batch: Vec::with_capacity(BATCH),
+            counts: OutcomeCounts::default(),
+            unreadable: false,
+        }
+    }
+
+    fn apply_batch(&mut self) {
+        if let Some(set) = self.building.as_mut() {
+            let counts = &mut self.counts;
+            set.insert_batch(&self.batch, |a| counts.add(applied_outcome(a)));
+        }
+        self.batch.clear();
+    }
+
+    /// Hands the initial load to the live store and reports the set caught up (once, and never while a
+    /// batch could not be read).
+    fn announce(&mut self) {
+        let FollowTarget {
+            topic,
+            store,
+            metrics,
+            caught_up,
+        } = &self.target;
+        if let Some(set) = self.building.take() {
+            store.absorb(set);
+        }
+        if !*caught_up.borrow() && !self.unreadable {
+            metrics.optout_caught_up.set(1);
+            metrics.optout_set_size.set(store.len() as i64);
+            tracing::info!(%topic, entries = store.len(), seconds = self.started.elapsed().as_secs_f64(), "Opt-out set loaded; following the topic live.");
+            let _ = caught_up.send(true);
+        }
+    }
+
+    /// One opt-out record: batched during the initial load, applied at once after it.
+    fn record(&mut self, msg: &rdkafka::message::BorrowedMessage<'_>) {
+        let outcome = match (self.building.is_some(), decode(msg.key(), msg.payload())) {
+            (true, Ok(record)) => {
+                self.batch.push(record);
+                if self.batch.len() == BATCH {
+                    self.apply_batch();
+                }
+                None
+            }
+            (false, Ok(record)) => Some(applied_outcome(
+                self.target.store.insert(&record.raw_uid2, record.secs),
+            )),
+            (_, Err(outcome)) => Some(outcome),
+        };
+        if let Some(outcome) = outcome {
+            self.counts.add(outcome);
+            if outcome == "invalid" {
+                tracing::warn!(topic = %self.target.topic, partition = msg.partition(), offset = msg.offset(), "Skipped an opt-out record that is not <raw UID2 base64> = <unix seconds>.");
+            }
+        }
+    }
+
+    /// Broker blips: librdkafka reconnects and resumes fetching on its own. The log is rate-limited per
+    /// cause. An unreadable batch is an error, and the stage is not ready while opt-outs behind it are
+    /// missing.
+    fn consumer_error(&mut self, e: &KafkaError) {
+        let topic = self.target.topic;
+        kafka::client_log().error("opt-out follower", e, &format!("consuming {topic}"));
+        if kafka::classify_consumer_error(e) == kafka::ConsumerErrorClass::UnreadableBatch
+            && !self.unreadable
+        {
+            self.unreadable = true;
+            self.target.metrics.optout_caught_up.set(0);
+            let _ = self.target.caught_up.send(false);
         }
     }
 }
