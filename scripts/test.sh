@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The project's one test command (CI runs it through .ci/run on a clean clone):
-#   formatting, lints, the pure-core rule, every Rust test (the Kafka stage against librdkafka's mock
-#   cluster included), interop with the official UID2 SDK, and the stage end to end through a real
-#   Kafka-compatible broker (tansu).
+#   formatting, lints, the engine's purity and the one-way dependencies between folders, every Rust
+#   test (the Kafka stage against librdkafka's mock cluster included), interop with the official UID2
+#   SDK, and the stage end to end through a real Kafka-compatible broker (tansu).
 # It installs what it needs — a throwaway Python venv with uid2-client under target/, tansu with
 # `cargo install` into a cache when it is not there yet (a one-off ~15-25 min build on 2 cores; later runs
 # reuse the binary), and cmake from Debian packages for the `oidc` build — starts the broker on loopback,
@@ -18,12 +18,26 @@ cargo fmt --check
 step "clippy (all targets, warnings are errors)"
 cargo clippy --all-targets --quiet -- -D warnings
 
-step "the pure core does no I/O, reads no clock and no environment"
-core=(src/uid2 src/openrtb src/enrich.rs src/optout.rs src/formats src/tokenize.rs)
-if grep -rnE 'tokio::|rdkafka::|reqwest::|std::fs|SystemTime::now|Instant::now|std::env::var|tracing::|chrono::' "${core[@]}" | grep -vE '^\S+:\s*//'; then
-  echo "error: the lines above reach for I/O, the clock or the environment from the pure core; pass them in" >&2
+step "the engine does no I/O, reads no clock and no environment"
+if grep -rnE 'tokio::|rdkafka::|reqwest::|std::fs|SystemTime::now|Instant::now|std::env::var|tracing::|chrono::' src/engine | grep -vE '^\S+:\s*//'; then
+  echo "error: the lines above reach for I/O, the clock or the environment from src/engine; pass them in" >&2
   exit 1
 fi
+
+step "dependencies point one way: cli → tools → stage → config → support, engine"
+# A folder may use the ones to its right, never those to its left. Doc comments are not imports.
+one_way() {
+  local folder=$1 forbidden=$2
+  if grep -rnE "crate::($forbidden)\b" "$folder" | grep -vE '^\S+:[0-9]+:\s*//'; then
+    echo "error: the lines above make $folder depend on crate::{${forbidden//|/, }}; move the shared piece down a layer" >&2
+    exit 1
+  fi
+}
+one_way src/engine 'cli|tools|stage|config|support'
+one_way src/support 'cli|tools|stage|config|engine'
+one_way src/config 'cli|tools|stage'
+one_way src/stage 'cli|tools'
+one_way src/tools 'cli'
 
 step "the shipped configurations validate (config/dev.toml; config/enricher.toml with its variables)"
 cargo run --quiet -- validate --config config/dev.toml

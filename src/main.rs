@@ -12,7 +12,7 @@ fn main() -> ExitCode {
         format!(
             "{}\n{}",
             env!("CARGO_PKG_VERSION"),
-            uid2_enricher::stage::kafka::library_info()
+            uid2_enricher::support::build_info::library_info()
         )
         .into_boxed_str(),
     );

@@ -653,22 +653,6 @@ impl ClientContext for Logged {
 
 impl ConsumerContext for Logged {}
 
-/// librdkafka's version and the features it was built with, as `kcat -V` prints them.
-pub fn library_info() -> String {
-    let (_, librdkafka, features) = library_parts();
-    format!("librdkafka {librdkafka} builtin.features={features}")
-}
-
-/// (this crate's version, librdkafka's version, librdkafka's `builtin.features`).
-pub fn library_parts() -> (&'static str, String, String) {
-    let (_, version) = rdkafka::util::get_rdkafka_version();
-    let features = ClientConfig::new()
-        .create_native_config()
-        .and_then(|c| c.get("builtin.features"))
-        .unwrap_or_else(|e| format!("unknown ({e})"));
-    (env!("CARGO_PKG_VERSION"), version, features)
-}
-
 /// (topic, partition)
 pub type TopicPartition = (String, i32);
 

@@ -20,21 +20,21 @@
 //! expiry. Never the API key, the client secret or key material: errors carry URLs, HTTP statuses and at
 //! most a short, sanitised snippet of an error body.
 //!
-//! Shell code: it reads the wall clock, files and the network. Depends on tokio (runtime, `watch`,
-//! timers), reqwest/rustls (HTTPS), the core's `uid2::{envelope, keys}` and `config` (its inputs).
+//! Shell code: it reads the wall clock, files and the network (reqwest over rustls); the envelope and
+//! the key set's parsing are the engine's.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::support::clock::{fill_random, wall_clock_ms};
-
+use anyhow::Context as _;
 use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 
 pub use crate::config::{KeysFrom, RefreshSettings};
 use crate::engine::uid2::envelope::{self, EnvelopeError};
 use crate::engine::uid2::{ClientMode, KeySet, KeysError};
+use crate::support::clock::{fill_random, wall_clock_ms};
 
 /// Sent as `X-UID2-Client-Version` (the operator uses it for metrics only).
 pub const CLIENT_VERSION: &str = concat!("uid2-enricher-", env!("CARGO_PKG_VERSION"));
@@ -601,6 +601,25 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Reads and parses a keys file at once (`validate`, `decrypt`, `replay`), naming the file and the fix in
+/// the error.
+pub fn load_keys_file(path: &Path) -> anyhow::Result<KeySet> {
+    let text = std::fs::read(path).with_context(|| {
+        format!(
+            "reading keys file {}: give the decrypted response of /v2/key/bidstream or \
+             /v2/key/sharing (`uid2-enricher gen --keys-out FILE` writes a test key set)",
+            path.display()
+        )
+    })?;
+    KeySet::parse_json(&text).with_context(|| {
+        format!(
+            "parsing keys file {}: it must hold what a key endpoint returns once decrypted, \
+             {{\"body\":{{\"keys\":[…],…}},\"status\":\"success\"}} or just the body",
+            path.display()
+        )
+    })
 }
 
 /// Installs rustls' ring provider as the process default, once; an Err means one is installed already.

@@ -1,6 +1,6 @@
 //! `uid2-enricher run`: wires a validated configuration into a running stage — key source, HTTP server,
-//! pipeline, signals — and reports how it ended. Depends on everything in the shell; holds no logic of
-//! its own beyond the order of start-up and shutdown.
+//! pipeline, signals — and reports how it ended. It holds no logic of its own beyond the order of
+//! start-up and shutdown; the modules below do the work.
 
 pub mod headers;
 pub mod kafka;

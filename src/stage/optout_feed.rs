@@ -1,6 +1,5 @@
 //! Where opt-outs come from, for the pure set in `optout`: a file (`replay --optouts FILE`), the
 //! compacted `[optout] topic` every instance follows, and the webhook's publisher that writes to it.
-//! Shell: depends on the core's `optout`, rdkafka, tokio, the metrics and the configuration.
 //!
 //! # The topic
 //! Key: the raw UID2 as standard base64 (44 characters); value: the opt-out time in Unix seconds as

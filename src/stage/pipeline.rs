@@ -13,7 +13,8 @@
 //! raw UID2 is invalid are dead-lettered, and while the keys cannot encrypt a record is held (never
 //! emitted raw) until they can.
 //!
-//! Depends on the enrichment and tokenization core, the Kafka clients, the metrics and tokio.
+//! What a record becomes and where it goes is `route`'s; handing it to the producer and accounting for
+//! its delivery is `produce`'s. This module owns the consume loop, the partition tasks and the drain.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

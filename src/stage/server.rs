@@ -2,7 +2,6 @@
 //! process is alive and not failing), `/readyz` (keys loaded, the opt-out set caught up with its topic,
 //! the stage consuming) and the opt-out webhook `GET|POST /optout` (bearer token from
 //! `UID2_OPTOUT_TOKEN`; answers 200 only once the opt-outs are acknowledged by the opt-out topic).
-//! Depends on axum, tokio, the metrics and the core's `optout` types.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -19,10 +18,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Redacted;
 use crate::engine::optout::{self, LiveOptOuts, OptOutRecord, OptOutTimeError};
 use crate::stage::pipeline::KeyProvider;
 use crate::support::metrics::{Metrics, OutcomeLabel};
+use crate::support::secret::Redacted;
 
 /// Writes opt-outs where every instance reads them (the opt-out topic) and resolves once they are
 /// acknowledged. A trait so the webhook can be tested without a broker.

@@ -37,7 +37,7 @@ pub fn command(args: &RunArgs) -> ExitCode {
 fn validate_settings(settings: &crate::config::Settings) -> Vec<String> {
     let mut problems = Vec::new();
     if let crate::config::KeysFrom::File(path) = &settings.uid2.keys
-        && let Err(e) = crate::tools::load_keys(path)
+        && let Err(e) = crate::stage::keysource::load_keys_file(path)
     {
         problems.push(format!("{e:#}"));
     }

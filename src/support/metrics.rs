@@ -2,7 +2,7 @@
 //! Names follow `uid2_enricher_<noun>_<unit>[_total]`; labels are bounded (statuses, reasons, topics and
 //! partitions the stage consumes), never request data. Beside them, the standard process metrics
 //! (`process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_open_fds`), read from
-//! `/proc/self` at each scrape on Linux. Depends on prometheus-client, and on `kafka` for the build labels.
+//! `/proc/self` at each scrape on Linux. Depends on prometheus-client.
 
 use std::sync::atomic::{AtomicI64, AtomicU64};
 
@@ -219,7 +219,7 @@ impl Metrics {
             "1, labelled with the version, librdkafka's version and its builtin features",
             m.build_info.clone(),
         );
-        let (version, librdkafka, features) = crate::stage::kafka::library_parts();
+        let (version, librdkafka, features) = crate::support::build_info::library_parts();
         m.build_info
             .get_or_create(&BuildLabel {
                 version: version.to_string(),
