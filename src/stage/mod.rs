@@ -2,15 +2,15 @@
 //! pipeline, signals — and reports how it ended. It holds no logic of its own beyond the order of
 //! start-up and shutdown; the modules below do the work.
 
-pub mod headers;
+pub(crate) mod headers;
 pub mod kafka;
 pub mod keysource;
 pub mod optout_feed;
 pub mod pipeline;
-pub mod produce;
+pub(crate) mod produce;
 mod route;
 pub mod server;
-pub mod validate;
+pub(crate) mod validate;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -5,5 +5,5 @@ pub mod build_info;
 pub mod clock;
 pub mod metrics;
 pub mod secret;
-pub mod shutdown;
-pub mod telemetry;
+pub(crate) mod shutdown;
+pub(crate) mod telemetry;
