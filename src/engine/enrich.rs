@@ -698,7 +698,7 @@ fn member_json(outcome: &TokenOutcome, policy: &Policy, token_count: usize) -> S
 /// Writes `s` as a JSON string exactly as serde_json does (it escapes `"`, `\\` and control characters);
 /// strings with none of those, such as base64 ids and source domains, are copied as they are.
 fn push_json_string(out: &mut String, s: &str) {
-    if json::parts::is_plain_string(s.as_bytes()) {
+    if json::lex::is_plain_string(s.as_bytes()) {
         out.push('"');
         out.push_str(s);
         out.push('"');

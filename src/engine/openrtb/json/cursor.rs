@@ -181,6 +181,18 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// The offset right after the value starting at `pos` (nested `depth` containers deep), checking what the
+/// scanner checks in values it skips: for readers that keep offsets rather than a cursor (`formats::event`),
+/// so that every JSON input is checked and skipped the same way.
+pub(crate) fn skip_value(bytes: &[u8], pos: usize, depth: usize) -> Result<usize, JsonError> {
+    if depth >= MAX_DEPTH {
+        return Err(JsonError::TooDeep);
+    }
+    let mut cursor = Cursor { bytes, pos };
+    cursor.skip_value(depth)?;
+    Ok(cursor.pos)
+}
+
 /// A string's position: the bytes between its quotes, still escaped.
 #[derive(Clone, Copy)]
 pub(super) struct RawStr<'a> {

@@ -9,7 +9,7 @@ use super::JsonError;
 /// Whether `input` is UTF-8. Requests are nearly always ASCII, which one pass of 64-byte ORs (vectorised)
 /// confirms at a fraction of the cost of std's validation; anything else gets std's validation.
 #[inline]
-pub(super) fn is_utf8(input: &[u8]) -> bool {
+pub(crate) fn is_utf8(input: &[u8]) -> bool {
     let (blocks, rest) = input.as_chunks::<64>();
     let mut acc = [0u64; 8];
     for block in blocks {
@@ -26,7 +26,7 @@ pub(super) fn is_utf8(input: &[u8]) -> bool {
 /// domains) are short, where a byte loop, or a vectorised fold and its scalar tail, costs several
 /// instructions per byte.
 #[inline]
-pub(super) fn is_plain_string(s: &[u8]) -> bool {
+pub(crate) fn is_plain_string(s: &[u8]) -> bool {
     let (words, rest) = s.as_chunks::<8>();
     let last = match s.last_chunk::<8>() {
         Some(last) if !rest.is_empty() => *last,
@@ -62,7 +62,7 @@ fn escape_bytes(w: u64) -> u64 {
 }
 
 #[cold]
-pub(super) fn unescape(raw: &str, offset: usize) -> Result<String, JsonError> {
+pub(crate) fn unescape(raw: &str, offset: usize) -> Result<String, JsonError> {
     let bytes = raw.as_bytes();
     let mut out = String::with_capacity(raw.len());
     let mut i = 0;
@@ -118,7 +118,7 @@ fn hex4(bytes: &[u8], at: usize) -> Option<u32> {
 
 /// Position of the closing quote of a string whose content starts at `from`, and whether it has escapes.
 #[inline(always)]
-pub(super) fn string_end(bytes: &[u8], from: usize) -> Result<(usize, bool), JsonError> {
+pub(crate) fn string_end(bytes: &[u8], from: usize) -> Result<(usize, bool), JsonError> {
     let mut i = from;
     let mut escaped = false;
     loop {

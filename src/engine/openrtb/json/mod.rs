@@ -40,7 +40,8 @@
 //! This file holds the API: [`scan`], [`splice`] and [`validate_strict`], and the reading of `site` and
 //! `app` for the domain check. `user` reads the `user` object and its eids; `cursor` walks the members of
 //! objects and the elements of arrays; `lex` checks UTF-8, finds the ends of strings and resolves escapes;
-//! `skip` skips objects and arrays by bracket matching.
+//! `skip` skips objects and arrays by bracket matching. `formats::event` reads its JSON with `lex` and
+//! `cursor` too, so that every JSON input is checked and skipped the same way.
 //!
 //! Pure: no I/O, no clock, no global state (std's cached CPU feature flags aside). This file uses std,
 //! `memchr`, `smallvec` (the found tokens, inline), `thiserror`, and `serde_json` (with serde's
@@ -57,8 +58,8 @@ use std::borrow::Cow;
 use memchr::memchr;
 use smallvec::SmallVec;
 
-mod cursor;
-mod lex;
+pub(crate) mod cursor;
+pub(crate) mod lex;
 mod skip;
 mod user;
 
@@ -464,43 +465,6 @@ pub fn validate_strict(input: &[u8]) -> Result<(), JsonError> {
             offset: line_column_offset(input, e.line(), e.column()),
             reason: "invalid JSON (strict validation)",
         }),
-    }
-}
-
-/// The scanner's building blocks, for the crate's other JSON readers (`formats::event`, `tokenize`), so
-/// that every JSON input is checked and skipped the same way.
-pub(crate) mod parts {
-    use super::{Cursor, JsonError};
-
-    /// Whether `input` is UTF-8 (ASCII fast path).
-    pub(crate) fn is_utf8(input: &[u8]) -> bool {
-        super::is_utf8(input)
-    }
-
-    /// The closing quote of the string whose content starts at `from`, and whether it has escapes.
-    pub(crate) fn string_end(bytes: &[u8], from: usize) -> Result<(usize, bool), JsonError> {
-        super::lex::string_end(bytes, from)
-    }
-
-    /// Whether a JSON writer copies `s` between quotes as it is (see [`super::is_plain_string`]).
-    pub(crate) fn is_plain_string(s: &[u8]) -> bool {
-        super::is_plain_string(s)
-    }
-
-    /// `raw` (the bytes between a string's quotes, at `offset` in the input) with its escapes resolved.
-    pub(crate) fn unescape(raw: &str, offset: usize) -> Result<String, JsonError> {
-        super::lex::unescape(raw, offset)
-    }
-
-    /// The offset right after the value starting at `pos` (nested `depth` containers deep), checking what
-    /// the scanner checks in values it skips.
-    pub(crate) fn skip_value(bytes: &[u8], pos: usize, depth: usize) -> Result<usize, JsonError> {
-        if depth >= super::MAX_DEPTH {
-            return Err(JsonError::TooDeep);
-        }
-        let mut cursor = Cursor { bytes, pos };
-        cursor.skip_value(depth)?;
-        Ok(cursor.pos)
     }
 }
 
