@@ -1,3 +1,6 @@
+//! Tests of the opt-out rule, the record parsers, and the compact and live sets (checked against a hash
+//! map, through growth and concurrent inserts).
+
 use super::set::{HASHED, text_prefix};
 use super::*;
 use std::collections::HashMap;

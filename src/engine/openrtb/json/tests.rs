@@ -1,3 +1,7 @@
+//! Tests of the JSON scanner and splice: fixtures, edge cases, and generated and mutated requests checked
+//! against serde_json's reading of them; the lexer's and the skipper's fast versions checked against
+//! byte-at-a-time references.
+
 use super::lex::{quote_and_backslash_16, quote_and_backslash_16_swar};
 use super::skip::{BaselineClassifier, BlockMasks, prefix_xor, prefix_xor_shifts, skip_blocks};
 #[cfg(target_arch = "x86_64")]
