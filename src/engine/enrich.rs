@@ -6,7 +6,8 @@
 //!
 //! Pure: keys, opt-outs, the cache and `now` are arguments; no I/O, no clock. Depends on the token engine
 //! (`uid2`), the request readers/writers (`openrtb`, `formats`), the opt-out rule (`optout`), the
-//! decrypt cache, `itoa` and `smallvec` (the token outcomes, inline).
+//! decrypt cache, `itoa`, `smallvec` (the token outcomes, inline), `serde_json` (strings that need
+//! escaping) and `thiserror`.
 
 use std::borrow::Cow;
 use std::cell::OnceCell;

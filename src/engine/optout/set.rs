@@ -7,7 +7,8 @@ use std::fmt;
 use super::OptOutLookup;
 use super::records::{OptOutRecord, RAW_UID2_TEXT_LEN, RawUid2};
 
-/// Shards of the set: each grows on its own, and each has its own lock in [`LiveOptOuts`].
+/// Shards of the set: each grows on its own, and each has its own lock in
+/// [`LiveOptOuts`](super::LiveOptOuts).
 pub const SHARDS: usize = 1024;
 const SHARD_BITS: u32 = SHARDS.trailing_zeros();
 /// Tables grow when this full (in 1/1000): linear probing stays short and misses scan one tag line.
@@ -357,7 +358,8 @@ impl Shard {
     }
 }
 
-/// Raw UID2 → latest opt-out time (Unix seconds). Single-owner; see [`LiveOptOuts`] for the shared form.
+/// Raw UID2 → latest opt-out time (Unix seconds). Single-owner; see [`LiveOptOuts`](super::LiveOptOuts)
+/// for the shared form.
 #[derive(Clone)]
 pub struct OptOutSet {
     pub(super) shards: Vec<Shard>,

@@ -296,7 +296,7 @@ struct SkipState {
     escape_carry: bool,
 }
 
-/// The loop of [`Cursor::skip_container`] from the `{` or `[` at `start`: the offset after the matching
+/// The loop of [`skip_container`] from the `{` or `[` at `start`: the offset after the matching
 /// bracket, checking bracket types and depth (the value is at nesting `depth`). Inlined into each
 /// classifier's entry point, so that the classifier inlines into the loop.
 ///
