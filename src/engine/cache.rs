@@ -7,7 +7,7 @@
 //! decryption is known to give the same answer. A lookup outside that window, or with another key set,
 //! recomputes. So a cached result never outlives its token's expiry, a key refresh invalidates
 //! everything, and replays with captured times (`--now capture`, which can go backwards) stay exact.
-//! Depends on moka and the token engine.
+//! Depends on moka, foldhash (the cache's hasher) and the token engine.
 
 use std::sync::Arc;
 

@@ -6,7 +6,8 @@
 //!
 //! Pure: keys, opt-outs, the cache and `now` are arguments; no I/O, no clock. Depends on the token engine
 //! (`uid2`), the request readers/writers (`openrtb`, `formats`), the opt-out rule (`optout`), the
-//! decrypt cache, `itoa` and `smallvec` (the token outcomes, inline).
+//! decrypt cache, `itoa`, `smallvec` (the token outcomes, inline), `serde_json` (strings that need
+//! escaping) and `thiserror`.
 
 use std::borrow::Cow;
 use std::cell::OnceCell;
@@ -698,7 +699,7 @@ fn member_json(outcome: &TokenOutcome, policy: &Policy, token_count: usize) -> S
 /// Writes `s` as a JSON string exactly as serde_json does (it escapes `"`, `\\` and control characters);
 /// strings with none of those, such as base64 ids and source domains, are copied as they are.
 fn push_json_string(out: &mut String, s: &str) {
-    if json::parts::is_plain_string(s.as_bytes()) {
+    if json::lex::is_plain_string(s.as_bytes()) {
         out.push('"');
         out.push_str(s);
         out.push('"');

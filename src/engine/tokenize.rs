@@ -8,8 +8,8 @@
 //! may be a raw identifier in another spelling. Keys that cannot encrypt are a [`TokenizeError::Keys`],
 //! never a pass-through: the caller must hold the record (and stop being ready) until keys can encrypt.
 //!
-//! Pure: keys, `now` and the nonces are arguments. Depends on the token engine, `formats::event` and the
-//! `Malformed` type of `enrich`.
+//! Pure: keys, `now` and the nonces are arguments. Depends on the token engine, `formats::event`, the
+//! `Malformed` type of `enrich`, and thiserror.
 
 use std::borrow::Cow;
 use std::ops::Range;

@@ -11,14 +11,16 @@
 //! must be one UTF-8 JSON object, checked as the bid-request scanner checks it (the path's containers are
 //! parsed, everything else skipped by bracket matching).
 //!
-//! Pure; depends on the bid-request scanner's parts (`openrtb::json::parts`) and std.
+//! Pure; depends on std, thiserror, and the bid-request scanner's lexer and cursor (`openrtb::json::lex`
+//! and `openrtb::json::cursor`).
 
 use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 
-use crate::engine::openrtb::json::JsonError;
-use crate::engine::openrtb::json::parts;
+use crate::engine::openrtb::json::cursor::skip_value;
+use crate::engine::openrtb::json::lex::{is_utf8, string_end, unescape};
+use crate::engine::openrtb::json::{JsonError, MAX_DEPTH};
 
 /// A parsed RFC 6901 JSON pointer: `/a/b~1c/0` is the tokens `a`, `b/c`, `0`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -133,7 +135,7 @@ pub fn scan<'a>(
     pointers: &[JsonPointer],
     member_name: &str,
 ) -> Result<Scan<'a>, JsonError> {
-    if !parts::is_utf8(input) {
+    if !is_utf8(input) {
         return Err(JsonError::NotUtf8);
     }
     let start = first_non_ws(input, 0).ok_or(JsonError::NotAnObject)?;
@@ -143,7 +145,7 @@ pub fn scan<'a>(
     let mut found = Vec::with_capacity(pointers.len());
     let mut end = start;
     if pointers.is_empty() {
-        end = parts::skip_value(input, start, 0)?;
+        end = skip_value(input, start, 0)?;
     }
     for (index, pointer) in pointers.iter().enumerate() {
         let walker = Walker {
@@ -267,14 +269,14 @@ impl<'a> Walker<'a, '_> {
 
     /// The string starting at the quote at `pos`: its end (after the closing quote) and its text.
     fn string(&self, pos: usize) -> Result<(usize, Cow<'a, str>), JsonError> {
-        let (close, escaped) = parts::string_end(self.bytes, pos + 1)?;
+        let (close, escaped) = string_end(self.bytes, pos + 1)?;
         let raw = self
             .bytes
             .get(pos + 1..close)
             .and_then(|r| std::str::from_utf8(r).ok())
             .ok_or(Self::malformed(pos, "invalid string"))?;
         let text = if escaped {
-            Cow::Owned(parts::unescape(raw, pos + 1)?)
+            Cow::Owned(unescape(raw, pos + 1)?)
         } else {
             Cow::Borrowed(raw)
         };
@@ -301,12 +303,12 @@ impl<'a> Walker<'a, '_> {
                     }),
                 ));
             }
-            return Ok((parts::skip_value(self.bytes, pos, depth)?, None));
+            return Ok((skip_value(self.bytes, pos, depth)?, None));
         };
         match self.bytes.get(pos) {
             Some(b'{') => self.object(pos, depth, first, rest),
             Some(b'[') => self.array(pos, depth, first, rest),
-            Some(_) => Ok((parts::skip_value(self.bytes, pos, depth)?, None)),
+            Some(_) => Ok((skip_value(self.bytes, pos, depth)?, None)),
             None => Err(JsonError::Truncated),
         }
     }
@@ -318,7 +320,7 @@ impl<'a> Walker<'a, '_> {
         key: &str,
         rest: &[String],
     ) -> Result<(usize, Option<Hit<'a>>), JsonError> {
-        if depth >= crate::engine::openrtb::json::MAX_DEPTH {
+        if depth >= MAX_DEPTH {
             return Err(JsonError::TooDeep);
         }
         let mut host = Host {
@@ -348,7 +350,7 @@ impl<'a> Walker<'a, '_> {
                 hit = found;
                 end
             } else {
-                parts::skip_value(self.bytes, value_at, depth + 1)?
+                skip_value(self.bytes, value_at, depth + 1)?
             };
             if name == self.member_name {
                 host.member = Some((value_at, value_end));
@@ -379,7 +381,7 @@ impl<'a> Walker<'a, '_> {
         index: &str,
         rest: &[String],
     ) -> Result<(usize, Option<Hit<'a>>), JsonError> {
-        if depth >= crate::engine::openrtb::json::MAX_DEPTH {
+        if depth >= MAX_DEPTH {
             return Err(JsonError::TooDeep);
         }
         // RFC 6901: "0" or digits without a leading zero; anything else (including "-") matches nothing.
@@ -399,7 +401,7 @@ impl<'a> Walker<'a, '_> {
                 hit = found;
                 end
             } else {
-                parts::skip_value(self.bytes, at, depth + 1)?
+                skip_value(self.bytes, at, depth + 1)?
             };
             k += 1;
             let (sep, b) = self.next_non_ws(end)?;

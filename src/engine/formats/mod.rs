@@ -3,7 +3,7 @@
 //! events with tokens at JSON pointers ([`event`]). Each module finds the token(s) and writes the result
 //! back without touching any other byte; decrypting and rendering the result stay in `enrich`.
 //!
-//! Pure: no I/O, no clock. Depends on std and the bid-request JSON scanner's parts.
+//! Pure: no I/O, no clock.
 
 pub mod event;
 pub mod pixel;

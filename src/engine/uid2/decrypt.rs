@@ -1,6 +1,7 @@
 //! Token decryption with the Java/.NET SDKs' check order and statuses, for the bidstream and sharing
 //! clients (`../shared/spec/uid2-tokens.md` §5.2). Pure: `now` and the key set are arguments. Depends on
-//! the sibling `wire`, `cipher`, `keys`, `raw_uid` and `token_text` modules, and base64-simd.
+//! `uid2`'s `Status`, the sibling `wire`, `cipher`, `keys`, `raw_uid` and `token_text` modules, base64
+//! (the lenient decoders of `wire`) and base64-simd.
 //!
 //! Where the SDKs disagree, this follows Java/.NET, with one documented choice: the lifetime and clock-skew
 //! limits are compared in milliseconds (fractional seconds, as .NET and Python do), not after truncating to

@@ -1,7 +1,8 @@
 //! Making tokens: a generator that writes v2/v3/v4 tokens with every field chosen (for tests, benchmarks
 //! and `gen`), and the sharing sender that turns a raw UID2 into a v4 token with the caller's default
 //! keyset (`SharingClient.encrypt_raw_uid_into_token`, spec §6). Pure: nonces and `now` are arguments,
-//! so every token is reproducible. Depends on the sibling `wire`, `cipher` and `keys` modules.
+//! so every token is reproducible. Depends on the sibling `wire`, `cipher` and `keys` modules, base64 and
+//! thiserror.
 
 use super::cipher::{CBC_IV_LEN, GCM_NONCE_LEN, Secret};
 use super::keys::KeySet;

@@ -1,7 +1,7 @@
 //! The UID2 operator API's v2 envelope (spec §4): requests are `0x01 || GCM(timestamp_ms || nonce(8) ||
 //! JSON)` under the client secret, base64-encoded; responses are `GCM(timestamp_ms || nonce(8) || JSON)`
 //! with no version byte, and must echo the request's nonce. Pure: timestamp, nonces and IV are arguments.
-//! Depends on the sibling `cipher` and `wire` modules.
+//! Depends on the sibling `cipher` and `wire` modules, base64 and thiserror.
 
 use base64::Engine as _;
 

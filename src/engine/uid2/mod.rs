@@ -2,8 +2,8 @@
 //! UID2/EUID advertising tokens exactly as the official Java/.NET SDKs do.
 //!
 //! Pure: no I/O, no clock reads, no environment. `now` is always an argument in milliseconds since the
-//! Unix epoch, and keys arrive as an immutable [`KeySet`]. Depends on std and `core::arch`, aes, aes-gcm,
-//! cbc, base64, base64-simd, bytemuck, serde/serde_json and thiserror only.
+//! Unix epoch, and keys arrive as an immutable [`KeySet`]. Between them, its modules depend on std and
+//! `core::arch`, aes, aes-gcm, cbc, base64, base64-simd, bytemuck, serde/serde_json and thiserror only.
 
 pub mod cipher;
 pub mod decrypt;
