@@ -9,9 +9,9 @@ pub mod cipher;
 pub mod decrypt;
 pub mod encrypt;
 pub mod envelope;
-pub mod keys;
-pub mod raw_uid;
-pub mod token_text;
+mod keys;
+mod raw_uid;
+mod token_text;
 pub mod wire;
 
 pub use decrypt::{ClientMode, Decryption, decrypt};
