@@ -1,4 +1,7 @@
 //! Stage 2: the raw tables checked value by value and turned into [`Settings`].
+//!
+//! `base_url` is parsed with `reqwest::Url` and `[log] level` with `tracing_subscriber::EnvFilter`: the
+//! parsers that will later use them, so a value accepted here is one they accept.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -28,8 +28,7 @@
 //! stored absolute, so a later change of directory does not move them.
 //!
 //! Shell code: it reads files, the environment and the current directory; the pure core gets only the
-//! typed values. Depends on `toml`, `serde`, `reqwest::Url` (URL syntax), `tracing-subscriber` (filter
-//! syntax) and the core's `enrich`/`uid2` types.
+//! typed values.
 
 mod build;
 mod diagnostics;
