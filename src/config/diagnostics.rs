@@ -6,6 +6,7 @@ use std::ops::Range;
 use toml::de::{DeTable, DeValue};
 
 use super::KNOWN_KEYS;
+use super::keys::example_for;
 
 /// A configuration that cannot be used. `Display` is the whole message: what is wrong, where
 /// (`file:line:column`) and the fix. It never contains a secret's value.
@@ -308,42 +309,4 @@ fn type_hint(message: &str, key: Option<&str>) -> String {
         Some(ex) if !base.contains("e.g.") => format!("{base}, e.g. {ex}"),
         _ => base.to_string(),
     }
-}
-
-fn example_for(key: &str) -> Option<&'static str> {
-    Some(match key {
-        "brokers" => "brokers = \"127.0.0.1:9092\"",
-        "group_id" => "group_id = \"uid2-enricher\"",
-        "input_topics" => "input_topics = [\"bid-requests\"]",
-        "output_topic" => "output_topic = \"bid-requests-enriched\"",
-        "dlq_topic" => "dlq_topic = \"bid-requests-dlq\"",
-        "mode" => "mode = \"bidstream\"",
-        "keys_file" => "keys_file = \"config/demo-keys.json\"",
-        "base_url" => "base_url = \"https://prod.uidapi.com\"",
-        "refresh_interval_secs" => "refresh_interval_secs = 3600",
-        "refresh_jitter_secs" => "refresh_jitter_secs = 300",
-        "retry_initial_backoff_ms" => "retry_initial_backoff_ms = 1000",
-        "retry_max_backoff_ms" => "retry_max_backoff_ms = 60000",
-        "request_timeout_ms" => "request_timeout_ms = 10000",
-        "topic" => "topic = \"uid2-optouts\"",
-        "listen" => "listen = \"127.0.0.1:9898\"",
-        "format" => "format = \"openrtb\"",
-        "pixel_token_param" => "pixel_token_param = \"uid2_token\"",
-        "event_token_pointers" => "event_token_pointers = [\"/uid2_token\"]",
-        "direction" => "direction = \"enrich\"",
-        "tokenize_pointers" => "tokenize_pointers = [\"/uid2\"]",
-        "sources" => "[[pipeline.sources]] name = \"uidapi.com\" scope = \"UID2\"",
-        "member_name" => "member_name = \"uid2_enrichment\"",
-        "strict_json" => "strict_json = false",
-        "max_in_flight" => "max_in_flight = 10000",
-        "workers" => "workers = 0",
-        "cache_entries" => "cache_entries = 200000",
-        "drain_timeout_ms" => "drain_timeout_ms = 2500",
-        "shutdown_timeout_ms" => "shutdown_timeout_ms = 8000",
-        "enrich" => "enrich = true",
-        "level" => "level = \"info\"",
-        "name" => "name = \"uidapi.com\"",
-        "scope" => "scope = \"UID2\"",
-        _ => return None,
-    })
 }

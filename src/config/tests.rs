@@ -253,6 +253,28 @@ fn formats_directions_and_pointers() {
 }
 
 #[test]
+fn the_raw_structs_have_no_key_known_keys_lacks() {
+    // serde lists a struct's fields when it meets one it does not know.
+    for (table, keys) in KNOWN_KEYS {
+        let text = match *table {
+            "" => "not_a_key = 1\n".to_string(),
+            "pipeline.sources" => "[[pipeline.sources]]\nnot_a_key = 1\n".to_string(),
+            t => format!("[{t}]\nnot_a_key = 1\n"),
+        };
+        let Err(e) = toml::from_str::<RawConfig>(&text) else {
+            panic!("[{table}] accepted not_a_key");
+        };
+        let mut fields = parse_unknown_field(e.message())
+            .unwrap_or_else(|| panic!("[{table}]: {e}"))
+            .expected;
+        fields.sort();
+        let mut known = keys.to_vec();
+        known.sort_unstable();
+        assert_eq!(fields, known, "[{table}]");
+    }
+}
+
+#[test]
 fn known_keys_cover_the_raw_structs() {
     // Every key in KNOWN_KEYS must be accepted by stage 1.
     for (table, keys) in KNOWN_KEYS {
