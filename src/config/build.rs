@@ -4,6 +4,7 @@
 //! parsers that will later use them, so a value accepted here is one they accept.
 
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,7 +13,9 @@ use toml::de::DeTable;
 
 use super::diagnostics::{ConfigError, Cx, choice_hint, closest, span_of_key};
 use super::keys::{OWNED_PROPERTIES, defaults};
-use super::raw::{Field, RawConfig, RawKafka, RawLog, RawOptOut, RawPipeline, RawServer, RawUid2};
+use super::raw::{
+    Field, RawConfig, RawKafka, RawLog, RawOptOut, RawPipeline, RawServer, RawSource, RawUid2,
+};
 use super::settings::{
     KafkaProps, KafkaSettings, KeysFrom, LogSettings, OptOutSettings, PipelineSettings,
     RefreshSettings, ServerSettings, Settings, Uid2Settings,
@@ -262,8 +265,18 @@ fn build_uid2(
     };
     let table_span = raw_spanned.span();
     let raw = raw_spanned.into_inner();
+    let mode = client_mode(cx, &raw.mode)?;
+    let keys = key_source(cx, &raw, table_span, env)?;
+    let refresh = refresh_settings(cx, &raw)?;
+    Ok(Uid2Settings {
+        mode,
+        keys,
+        refresh,
+    })
+}
 
-    let mode = match &raw.mode {
+fn client_mode(cx: &Cx<'_>, mode: &Field<String>) -> Result<ClientMode, ConfigError> {
+    Ok(match mode {
         None => ClientMode::Bidstream,
         Some(m) => match m.get_ref().as_str() {
             "bidstream" => ClientMode::Bidstream,
@@ -276,9 +289,17 @@ fn build_uid2(
                 ));
             }
         },
-    };
+    })
+}
 
-    let keys = match (&raw.keys_file, &raw.base_url) {
+/// `keys_file` or `base_url`: exactly one of them.
+fn key_source(
+    cx: &Cx<'_>,
+    raw: &RawUid2,
+    table_span: Range<usize>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<KeysFrom, ConfigError> {
+    Ok(match (&raw.keys_file, &raw.base_url) {
         (Some(file), Some(url)) => {
             let (first, second) = if file.span().start < url.span().start {
                 (file, url)
@@ -312,8 +333,10 @@ fn build_uid2(
         }
         (Some(file), None) => KeysFrom::File(check_keys_file(cx, file)?),
         (None, Some(url)) => operator_keys(cx, url, env)?,
-    };
+    })
+}
 
+fn refresh_settings(cx: &Cx<'_>, raw: &RawUid2) -> Result<RefreshSettings, ConfigError> {
     let interval = raw
         .refresh_interval_secs
         .as_ref()
@@ -380,16 +403,12 @@ fn build_uid2(
         "request_timeout_ms",
         "[uid2]",
     )?;
-    Ok(Uid2Settings {
-        mode,
-        keys,
-        refresh: RefreshSettings {
-            interval: Duration::from_secs(interval),
-            jitter: Duration::from_secs(jitter),
-            retry_initial_backoff: Duration::from_millis(initial),
-            retry_max_backoff: Duration::from_millis(max),
-            request_timeout: Duration::from_millis(timeout),
-        },
+    Ok(RefreshSettings {
+        interval: Duration::from_secs(interval),
+        jitter: Duration::from_secs(jitter),
+        retry_initial_backoff: Duration::from_millis(initial),
+        retry_max_backoff: Duration::from_millis(max),
+        request_timeout: Duration::from_millis(timeout),
     })
 }
 
@@ -436,6 +455,20 @@ fn operator_keys(
     url: &Spanned<String>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<KeysFrom, ConfigError> {
+    let base_url = operator_base_url(cx, url)?;
+    let where_ = cx.location(url.span().start);
+    let api_key = api_key(cx, &where_, env)?;
+    let secret = client_secret(cx, &where_, env)?;
+    Ok(KeysFrom::Operator {
+        base_url,
+        api_key: Redacted::new(api_key),
+        secret: Redacted::new(secret),
+    })
+}
+
+/// The operator's origin without a trailing slash: https (plain http only to a loopback address, where
+/// the API key cannot be overheard), with no query or fragment.
+fn operator_base_url(cx: &Cx<'_>, url: &Spanned<String>) -> Result<String, ConfigError> {
     let given = url.get_ref().trim();
     let parsed = match reqwest::Url::parse(given) {
         Ok(u) => u,
@@ -480,10 +513,16 @@ fn operator_keys(
             "drop any query or fragment; the stage appends /v2/key/bidstream or /v2/key/sharing, e.g. base_url = \"https://prod.uidapi.com\"",
         ));
     }
-    let base_url = given.trim_end_matches('/').to_string();
-    let where_ = cx.location(url.span().start);
+    Ok(given.trim_end_matches('/').to_string())
+}
 
-    let api_key = match env(ENV_API_KEY) {
+/// `UID2_API_KEY`; `where_` is the `base_url` line that makes it required.
+fn api_key(
+    cx: &Cx<'_>,
+    where_: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    Ok(match env(ENV_API_KEY) {
         None => {
             return Err(cx.plain(
                 &format!("`base_url` is set in [uid2] at {where_}, but the environment variable {ENV_API_KEY} is not set"),
@@ -503,8 +542,16 @@ fn operator_keys(
             ));
         }
         Some(k) => k,
-    };
-    let secret = match env(ENV_SECRET_KEY) {
+    })
+}
+
+/// `UID2_SECRET_KEY`; `where_` is the `base_url` line that makes it required.
+fn client_secret(
+    cx: &Cx<'_>,
+    where_: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Secret, ConfigError> {
+    Ok(match env(ENV_SECRET_KEY) {
         None => {
             return Err(cx.plain(
                 &format!("`base_url` is set in [uid2] at {where_}, but the environment variable {ENV_SECRET_KEY} is not set"),
@@ -529,11 +576,6 @@ fn operator_keys(
                 ));
             }
         },
-    };
-    Ok(KeysFrom::Operator {
-        base_url,
-        api_key: Redacted::new(api_key),
-        secret: Redacted::new(secret),
     })
 }
 
@@ -650,6 +692,55 @@ fn build_pipeline(
     mode: ClientMode,
     input_topics: &[String],
 ) -> Result<PipelineSettings, ConfigError> {
+    let (format, topic_formats) = payload_formats(cx, &raw, input_topics)?;
+    let direction = pipeline_direction(cx, &raw.direction, mode, format, &topic_formats)?;
+    let tokenize = TokenizePolicy {
+        pointers: pointer_list(
+            cx,
+            &raw.tokenize_pointers,
+            &defaults::TOKENIZE_POINTERS,
+            "tokenize_pointers",
+        )?,
+    };
+    let policy = enrich_policy(cx, &raw, mode)?;
+    let max_in_flight = max_in_flight(cx, &raw.max_in_flight)?;
+    let workers = workers(cx, &raw.workers)?;
+    let cache_entries = raw
+        .cache_entries
+        .as_ref()
+        .map_or(defaults::CACHE_ENTRIES, |v| *v.get_ref());
+    let drain = raw
+        .drain_timeout_ms
+        .as_ref()
+        .map_or(defaults::DRAIN_TIMEOUT_MS, |v| *v.get_ref());
+    let shutdown = positive_ms(
+        cx,
+        &raw.shutdown_timeout_ms,
+        defaults::SHUTDOWN_TIMEOUT_MS,
+        "shutdown_timeout_ms",
+        "[pipeline]",
+    )?;
+    Ok(PipelineSettings {
+        format,
+        topic_formats,
+        direction,
+        tokenize,
+        policy,
+        max_in_flight: max_in_flight as usize,
+        workers,
+        cache_entries,
+        drain_timeout: Duration::from_millis(drain),
+        shutdown_timeout: Duration::from_millis(shutdown),
+        enrich: bool_or(&raw.enrich, defaults::ENRICH),
+    })
+}
+
+/// `format` and `[pipeline.formats]`, whose topics must be input topics.
+fn payload_formats(
+    cx: &Cx<'_>,
+    raw: &RawPipeline,
+    input_topics: &[String],
+) -> Result<(PayloadFormat, Vec<(String, PayloadFormat)>), ConfigError> {
     let format = match &raw.format {
         None => PayloadFormat::Json,
         Some(f) => payload_format(cx, f, "`format` in [pipeline]")?,
@@ -680,7 +771,18 @@ fn build_pipeline(
             )?,
         ));
     }
-    let direction = match &raw.direction {
+    Ok((format, topic_formats))
+}
+
+/// `direction`; tokenizing needs sharing keys and JSON inputs.
+fn pipeline_direction(
+    cx: &Cx<'_>,
+    field: &Field<String>,
+    mode: ClientMode,
+    format: PayloadFormat,
+    topic_formats: &[(String, PayloadFormat)],
+) -> Result<Direction, ConfigError> {
+    let direction = match field {
         None => Direction::Enrich,
         Some(d) => match d.get_ref().as_str() {
             "enrich" => Direction::Enrich,
@@ -700,7 +802,7 @@ fn build_pipeline(
     if direction == Direction::Tokenize {
         if mode != ClientMode::Sharing {
             return Err(cx.at_opt(
-                raw.direction.as_ref().map(Spanned::span),
+                field.as_ref().map(Spanned::span),
                 "`direction = \"tokenize\"` in [pipeline] needs sharing keys, but [uid2] mode is not \"sharing\"",
                 "set mode = \"sharing\" in [uid2]: tokens are made with the default keyset of /v2/key/sharing",
             ));
@@ -708,20 +810,17 @@ fn build_pipeline(
         let json_only = |f: PayloadFormat| matches!(f, PayloadFormat::Json | PayloadFormat::Event);
         if !json_only(format) || topic_formats.iter().any(|(_, f)| !json_only(*f)) {
             return Err(cx.at_opt(
-                raw.direction.as_ref().map(Spanned::span),
+                field.as_ref().map(Spanned::span),
                 "`direction = \"tokenize\"` in [pipeline] works on JSON inputs only, but a format is \"protobuf\" or \"pixel\"",
                 "use format \"json\" (or \"openrtb\") for the topics this stage tokenizes; raw UID2s never travel in pixels",
             ));
         }
     }
-    let tokenize = TokenizePolicy {
-        pointers: pointer_list(
-            cx,
-            &raw.tokenize_pointers,
-            &defaults::TOKENIZE_POINTERS,
-            "tokenize_pointers",
-        )?,
-    };
+    Ok(direction)
+}
+
+/// Where tokens are looked for and how the result is written.
+fn enrich_policy(cx: &Cx<'_>, raw: &RawPipeline, mode: ClientMode) -> Result<Policy, ConfigError> {
     let event_token_pointers = pointer_list(
         cx,
         &raw.event_token_pointers,
@@ -738,8 +837,34 @@ fn build_pipeline(
             "give the query parameter name as it is after URL-decoding, e.g. pixel_token_param = \"uid2_token\"",
         ));
     }
+    let sources = token_sources(cx, &raw.sources)?;
+    let member_name = string_or(&raw.member_name, defaults::MEMBER_NAME);
+    if let Some(m) = &raw.member_name {
+        let name = m.get_ref();
+        let ok = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+        if !ok {
+            return Err(cx.at(
+                m.span(),
+                &format!("`member_name` in [pipeline] is `{name}`"),
+                "use ASCII letters, digits, '_', '-' or '.' (it is written into JSON as is); the contract name is \"uid2_enrichment\"",
+            ));
+        }
+    }
+    let mut policy = Policy::new(mode, sources, member_name);
+    policy.strict_json = bool_or(&raw.strict_json, defaults::STRICT_JSON);
+    policy.pixel_token_param = pixel_token_param;
+    policy.event_token_pointers = event_token_pointers;
+    Ok(policy)
+}
 
-    let sources = match &raw.sources {
+fn token_sources(
+    cx: &Cx<'_>,
+    sources: &Field<Vec<Spanned<RawSource>>>,
+) -> Result<Vec<TokenSource>, ConfigError> {
+    Ok(match sources {
         None => defaults::SOURCES
             .iter()
             .map(|(name, scope)| TokenSource {
@@ -801,33 +926,14 @@ fn build_pipeline(
             }
             out
         }
-    };
+    })
+}
 
-    let member_name = string_or(&raw.member_name, defaults::MEMBER_NAME);
-    if let Some(m) = &raw.member_name {
-        let name = m.get_ref();
-        let ok = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
-        if !ok {
-            return Err(cx.at(
-                m.span(),
-                &format!("`member_name` in [pipeline] is `{name}`"),
-                "use ASCII letters, digits, '_', '-' or '.' (it is written into JSON as is); the contract name is \"uid2_enrichment\"",
-            ));
-        }
-    }
-    let mut policy = Policy::new(mode, sources, member_name);
-    policy.strict_json = bool_or(&raw.strict_json, defaults::STRICT_JSON);
-    policy.pixel_token_param = pixel_token_param;
-    policy.event_token_pointers = event_token_pointers;
-
-    let max_in_flight = raw
-        .max_in_flight
+fn max_in_flight(cx: &Cx<'_>, field: &Field<u64>) -> Result<u64, ConfigError> {
+    let max_in_flight = field
         .as_ref()
         .map_or(defaults::MAX_IN_FLIGHT, |v| *v.get_ref());
-    if let Some(v) = &raw.max_in_flight
+    if let Some(v) = field
         && (*v.get_ref() == 0 || *v.get_ref() > 10_000_000)
     {
         return Err(cx.at(
@@ -836,11 +942,13 @@ fn build_pipeline(
             "it bounds the records consumed but not yet acknowledged; use 1 to 10000000 (default 10000)",
         ));
     }
-    let workers = raw
-        .workers
-        .as_ref()
-        .map_or(defaults::WORKERS, |v| *v.get_ref());
-    if let Some(v) = &raw.workers
+    Ok(max_in_flight)
+}
+
+/// The thread count, with 0 resolved to the number of cores.
+fn workers(cx: &Cx<'_>, field: &Field<u64>) -> Result<usize, ConfigError> {
+    let workers = field.as_ref().map_or(defaults::WORKERS, |v| *v.get_ref());
+    if let Some(v) = field
         && *v.get_ref() > 1024
     {
         return Err(cx.at(
@@ -849,38 +957,10 @@ fn build_pipeline(
             "use 0 (one per core) or a thread count up to 1024",
         ));
     }
-    let workers = if workers == 0 {
+    Ok(if workers == 0 {
         std::thread::available_parallelism().map_or(1, usize::from)
     } else {
         workers as usize
-    };
-    let cache_entries = raw
-        .cache_entries
-        .as_ref()
-        .map_or(defaults::CACHE_ENTRIES, |v| *v.get_ref());
-    let drain = raw
-        .drain_timeout_ms
-        .as_ref()
-        .map_or(defaults::DRAIN_TIMEOUT_MS, |v| *v.get_ref());
-    let shutdown = positive_ms(
-        cx,
-        &raw.shutdown_timeout_ms,
-        defaults::SHUTDOWN_TIMEOUT_MS,
-        "shutdown_timeout_ms",
-        "[pipeline]",
-    )?;
-    Ok(PipelineSettings {
-        format,
-        topic_formats,
-        direction,
-        tokenize,
-        policy,
-        max_in_flight: max_in_flight as usize,
-        workers,
-        cache_entries,
-        drain_timeout: Duration::from_millis(drain),
-        shutdown_timeout: Duration::from_millis(shutdown),
-        enrich: bool_or(&raw.enrich, defaults::ENRICH),
     })
 }
 
