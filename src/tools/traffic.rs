@@ -1,9 +1,10 @@
-//! Synthetic bid traffic for `demo` and `gen` (the module is `traffic`: `gen` is reserved in Rust 2024): a key set in the key-endpoint JSON shape, and realistic
-//! OpenRTB requests whose tokens follow a chosen mix of cases, so every status the enricher can give shows
-//! up. Users are drawn from a skewed population, so tokens repeat as they do in real traffic. Everything
-//! is deterministic for a seed. Beside bid requests it writes the same tokens into tracking-pixel URLs
-//! and JSON events, and JSON events carrying raw UID2s for the tokenize direction. The key set works in
-//! both client modes (it has the `/v2/key/sharing` fields too).
+//! Synthetic bid traffic for `demo`, `gen` and the tests (the module is `traffic`: `gen` is reserved in
+//! Rust 2024): a key set in the key-endpoint JSON shape, and realistic OpenRTB requests whose tokens follow
+//! a chosen mix of cases, so every status the enricher can give shows up. Users are drawn from a skewed
+//! population, so tokens repeat as they do in real traffic. Everything is deterministic for a seed. Beside
+//! bid requests it writes the same tokens into tracking-pixel URLs and JSON events, and JSON events
+//! carrying raw UID2s for the tokenize direction. The key set works in both client modes (it has the
+//! `/v2/key/sharing` fields too).
 
 use std::fmt::Write as _;
 
