@@ -1,8 +1,7 @@
 //! `uid2-enricher capture`: a topic's records into a capture file (JSON Lines, `capture_file::CaptureRecord`)
 //! with the exact value bytes, key, headers, topic, partition, offset and timestamp, for `replay` later.
 //! Reads with no consumer group by default (it assigns every partition itself and commits nothing), or
-//! as a member of `--group` to continue where the last capture stopped. Depends on rdkafka, tokio and the
-//! file formats.
+//! as a member of `--group` to continue where the last capture stopped.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -10,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::stage::kafka::{self, Logged, PartitionRange, PartitionRangeError};
+use crate::stage::kafka::{self, KafkaClients, Logged, PartitionRange, PartitionRangeError};
 use crate::tools::capture_file::{CaptureRecord, Output};
 
 #[derive(Debug, clap::Args)]
@@ -72,10 +71,23 @@ pub struct CaptureSummary {
     pub seconds: f64,
 }
 
+#[derive(Clone, Copy)]
 enum Start {
     Beginning,
     End,
     Time(i64),
+}
+
+impl Start {
+    fn parse(from: &str) -> anyhow::Result<Start> {
+        Ok(match from {
+            "beginning" | "earliest" => Start::Beginning,
+            "end" | "latest" => Start::End,
+            other => Start::Time(crate::support::clock::parse_time(other).with_context(|| {
+                format!("--from {other:?}: expected beginning, end, or a time")
+            })?),
+        })
+    }
 }
 
 /// Runs `capture`.
@@ -84,14 +96,36 @@ enum Start {
 /// Unreadable configuration, unknown topic, broker errors, or the output cannot be written.
 pub async fn run(args: &CaptureArgs) -> anyhow::Result<CaptureSummary> {
     let kafka = args.cluster.clients()?;
-    let start = match args.from.as_str() {
-        "beginning" | "earliest" => Start::Beginning,
-        "end" | "latest" => Start::End,
-        other => Start::Time(
-            crate::support::clock::parse_time(other)
-                .with_context(|| format!("--from {other:?}: expected beginning, end, or a time"))?,
-        ),
+    let start = Start::parse(&args.from)?;
+    let consumer = consumer(args, &kafka, start)?;
+    let timeout = Duration::from_secs(10);
+    let ranges = partition_ranges(&consumer, args, &kafka, timeout)?;
+    let mut ends = ends_at_start(&ranges, start);
+    start_reading(&consumer, args, start, &ranges, &mut ends, timeout)?;
+    let mut output = Output::create(&args.output)?;
+    let progress = if args.quiet || crate::tools::capture_file::is_stdio(&args.output) {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new_spinner()
     };
+    let started = Instant::now();
+    let mut summary = capture_records(&consumer, args, &mut output, &progress, ends).await?;
+    progress.finish_and_clear();
+    let name = output.path().display().to_string();
+    output.finish()?;
+    if args.group.is_some() {
+        let _ = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
+    }
+    summary.seconds = started.elapsed().as_secs_f64();
+    print_summary(&summary, &args.topic, &name);
+    Ok(summary)
+}
+
+fn consumer(
+    args: &CaptureArgs,
+    kafka: &KafkaClients,
+    start: Start,
+) -> anyhow::Result<StreamConsumer<Logged>> {
     let config = match &args.group {
         Some(group) => kafka.group_reader(
             group,
@@ -103,12 +137,19 @@ pub async fn run(args: &CaptureArgs) -> anyhow::Result<CaptureSummary> {
         // Never joined (assign only) nor committed.
         None => kafka.reader(&format!("uid2-enricher-capture-{}", std::process::id())),
     };
-    let consumer: StreamConsumer<Logged> = config
+    config
         .create_with_context(Logged("capture"))
         .map_err(crate::stage::kafka::creation_error)
-        .with_context(|| format!("creating a consumer for {}", kafka.brokers()))?;
-    let timeout = Duration::from_secs(10);
-    let ranges = kafka::partition_ranges(&consumer, &args.topic, timeout).map_err(|e| match e {
+        .with_context(|| format!("creating a consumer for {}", kafka.brokers()))
+}
+
+fn partition_ranges(
+    consumer: &StreamConsumer<Logged>,
+    args: &CaptureArgs,
+    kafka: &KafkaClients,
+    timeout: Duration,
+) -> anyhow::Result<Vec<PartitionRange>> {
+    kafka::partition_ranges(consumer, &args.topic, timeout).map_err(|e| match e {
         PartitionRangeError::Metadata(source) => anyhow::Error::new(source)
             .context(format!("reading the metadata of topic {}", args.topic)),
         PartitionRangeError::Watermarks { partition, error } => anyhow::Error::new(error).context(
@@ -119,15 +160,17 @@ pub async fn run(args: &CaptureArgs) -> anyhow::Result<CaptureSummary> {
             args.topic,
             kafka.brokers()
         ),
-    })?;
-    let partitions: Vec<i32> = ranges.iter().map(|r| r.partition).collect();
-    // Where each partition ends now: --until-caught-up stops there.
-    let mut ends: HashMap<i32, i64> = HashMap::new();
+    })
+}
+
+/// Where each partition with something to read ends now: --until-caught-up stops there.
+fn ends_at_start(ranges: &[PartitionRange], start: Start) -> HashMap<i32, i64> {
+    let mut ends = HashMap::new();
     for &PartitionRange {
         partition: p,
         low,
         high,
-    } in &ranges
+    } in ranges
     {
         let begin_at = match start {
             Start::End => high,
@@ -137,52 +180,65 @@ pub async fn run(args: &CaptureArgs) -> anyhow::Result<CaptureSummary> {
             ends.insert(p, high);
         }
     }
+    ends
+}
+
+/// Subscribes as the group, or assigns every partition at --from; a partition with nothing at or after
+/// --from TIME leaves `ends`, as there is nothing to wait for there.
+fn start_reading(
+    consumer: &StreamConsumer<Logged>,
+    args: &CaptureArgs,
+    start: Start,
+    ranges: &[PartitionRange],
+    ends: &mut HashMap<i32, i64>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     if args.group.is_some() {
         if matches!(start, Start::Time(_)) {
             bail!(
                 "--from TIME cannot be combined with --group (the group's committed offsets decide)"
             );
         }
-        consumer
+        return consumer
             .subscribe(&[&args.topic])
-            .with_context(|| format!("subscribing to {}", args.topic))?;
-    } else {
-        let mut assignment = TopicPartitionList::new();
-        for &p in &partitions {
-            let offset = match start {
-                Start::Beginning => Offset::Beginning,
-                Start::End => Offset::End,
-                Start::Time(ms) => Offset::Offset(ms),
+            .with_context(|| format!("subscribing to {}", args.topic));
+    }
+    let mut assignment = TopicPartitionList::new();
+    for range in ranges {
+        let offset = match start {
+            Start::Beginning => Offset::Beginning,
+            Start::End => Offset::End,
+            Start::Time(ms) => Offset::Offset(ms),
+        };
+        assignment.add_partition_offset(&args.topic, range.partition, offset)?;
+    }
+    if matches!(start, Start::Time(_)) {
+        assignment = consumer
+            .offsets_for_times(assignment, timeout)
+            .context("finding the offsets of --from")?;
+        for element in assignment.elements() {
+            let nothing_new = match element.offset() {
+                Offset::Offset(o) => ends.get(&element.partition()).is_none_or(|end| o >= *end),
+                _ => true,
             };
-            assignment.add_partition_offset(&args.topic, p, offset)?;
-        }
-        if matches!(start, Start::Time(_)) {
-            assignment = consumer
-                .offsets_for_times(assignment, timeout)
-                .context("finding the offsets of --from")?;
-            // A partition with nothing at or after the time starts at its end: nothing to wait for there.
-            for element in assignment.elements() {
-                let nothing_new = match element.offset() {
-                    Offset::Offset(o) => ends.get(&element.partition()).is_none_or(|end| o >= *end),
-                    _ => true,
-                };
-                if nothing_new {
-                    ends.remove(&element.partition());
-                }
+            if nothing_new {
+                ends.remove(&element.partition());
             }
         }
-        consumer
-            .assign(&assignment)
-            .context("assigning the partitions")?;
     }
+    consumer
+        .assign(&assignment)
+        .context("assigning the partitions")
+}
 
-    let mut output = Output::create(&args.output)?;
-    let progress = if args.quiet || crate::tools::capture_file::is_stdio(&args.output) {
-        indicatif::ProgressBar::hidden()
-    } else {
-        indicatif::ProgressBar::new_spinner()
-    };
-    let started = Instant::now();
+/// Writes records to `output` until --max, --duration, --until-caught-up, --idle or Ctrl-C says stop.
+async fn capture_records(
+    consumer: &StreamConsumer<Logged>,
+    args: &CaptureArgs,
+    output: &mut Output,
+    progress: &indicatif::ProgressBar,
+    mut ends: HashMap<i32, i64>,
+) -> anyhow::Result<CaptureSummary> {
     let deadline = args
         .duration
         .map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s.max(0.0)));
@@ -212,23 +268,8 @@ pub async fn run(args: &CaptureArgs) -> anyhow::Result<CaptureSummary> {
                 continue;
             }
         };
-        let mut record = CaptureRecord {
-            ts: message.timestamp().to_millis(),
-            topic: Some(message.topic().to_string()),
-            partition: Some(message.partition()),
-            offset: Some(message.offset()),
-            ..CaptureRecord::default()
-        };
-        record.set_key(message.key());
-        // A tombstone (no value) is written with an empty value.
-        record.set_value(message.payload().unwrap_or_default());
-        if let Some(headers) = message.headers() {
-            for h in headers.iter() {
-                record.push_header(h.key, h.value);
-            }
-        }
         line.clear();
-        record.write_line(&mut line);
+        capture_record(&message).write_line(&mut line);
         output.write_lines(&line, 1)?;
         summary.records += 1;
         summary.bytes += message.payload_len() as u64;
@@ -243,27 +284,42 @@ pub async fn run(args: &CaptureArgs) -> anyhow::Result<CaptureSummary> {
             progress.tick();
         }
     }
-    progress.finish_and_clear();
-    let name = output.path().display().to_string();
-    output.finish()?;
-    if args.group.is_some() {
-        let _ = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
+    Ok(summary)
+}
+
+fn capture_record(message: &BorrowedMessage<'_>) -> CaptureRecord {
+    let mut record = CaptureRecord {
+        ts: message.timestamp().to_millis(),
+        topic: Some(message.topic().to_string()),
+        partition: Some(message.partition()),
+        offset: Some(message.offset()),
+        ..CaptureRecord::default()
+    };
+    record.set_key(message.key());
+    // A tombstone (no value) is written with an empty value.
+    record.set_value(message.payload().unwrap_or_default());
+    if let Some(headers) = message.headers() {
+        for h in headers.iter() {
+            record.push_header(h.key, h.value);
+        }
     }
-    summary.seconds = started.elapsed().as_secs_f64();
+    record
+}
+
+fn print_summary(summary: &CaptureSummary, topic: &str, output_name: &str) {
     let parts: Vec<String> = summary
         .by_partition
         .iter()
         .map(|(p, n)| format!("{p}:{n}"))
         .collect();
     eprintln!(
-        "capture: {} records ({} value bytes) from {} in {:.2} s → {name}; by partition {}",
+        "capture: {} records ({} value bytes) from {} in {:.2} s → {output_name}; by partition {}",
         summary.records,
         summary.bytes,
-        args.topic,
+        topic,
         summary.seconds,
         parts.join(" ")
     );
-    Ok(summary)
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

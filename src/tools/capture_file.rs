@@ -8,7 +8,7 @@
 //! ```
 //!
 //! `value_b64` replaces `value` when the payload is not UTF-8 (protobuf), `key_b64` replaces `key` likewise.
-//! Depends on serde, flate2, zstd and the filesystem; no Kafka.
+//! Depends on serde, base64, flate2, zstd and the filesystem; no Kafka.
 
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};

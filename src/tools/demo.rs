@@ -3,7 +3,7 @@
 //! key set and ~100,000 realistic requests with a mix of token cases, runs the same pipeline code as `run`
 //! against them, and prints a summary: counts by status (checked against what was generated),
 //! records/s, the latency the stage adds (p50/p99), dead letters, and the output and dead-letter topics'
-//! record counts. Depends on the pipeline, the generator and rdkafka's mocking module.
+//! record counts.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -83,34 +83,10 @@ pub struct DemoOptions {
 
 /// Runs the demo and prints the summary to stdout.
 pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
-    let (bootstrap_tx, bootstrap_rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-    let cluster_thread = std::thread::Builder::new()
-        .name("mock-cluster".into())
-        .spawn(move || {
-            let result = (|| -> anyhow::Result<MockCluster<'static, _>> {
-                let cluster = MockCluster::new(3).context("starting librdkafka's mock cluster")?;
-                cluster.create_topic(INPUT, PARTITIONS, 1)?;
-                cluster.create_topic(OUTPUT, PARTITIONS, 1)?;
-                cluster.create_topic(DLQ, 4, 1)?;
-                Ok(cluster)
-            })();
-            match result {
-                Ok(cluster) => {
-                    let _ = bootstrap_tx.send(Ok(cluster.bootstrap_servers()));
-                    let _ = stop_rx.recv();
-                    drop(cluster);
-                }
-                Err(e) => {
-                    let _ = bootstrap_tx.send(Err(e));
-                }
-            }
-        })?;
-    let brokers = bootstrap_rx
-        .recv()
-        .context("the mock cluster thread ended")??;
+    let cluster = MockClusterThread::start()?;
     println!(
-        "mock cluster: 3 brokers at {brokers}; topics {INPUT} ({PARTITIONS} partitions), {OUTPUT} ({PARTITIONS}), {DLQ} (4)"
+        "mock cluster: 3 brokers at {}; topics {INPUT} ({PARTITIONS} partitions), {OUTPUT} ({PARTITIONS}), {DLQ} (4)",
+        cluster.brokers
     );
 
     let now_ms = crate::support::clock::wall_clock_ms();
@@ -122,11 +98,89 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         options.size,
     );
     let keys = Arc::new(generator.key_set());
-    let mut expected: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let kafka = KafkaClients::from_brokers(&cluster.brokers)
+        .with_consumer([("session.timeout.ms", "6000")]);
+    let counters = Arc::new(RunCounters::with_latencies());
+    let shutdown = CancellationToken::new();
+    let deps = StageDeps {
+        keys: Arc::new(Some(keys)),
+        optouts: Arc::new(NoOptOuts),
+        metrics: Arc::new(Metrics::new()),
+        counters: counters.clone(),
+    };
+    let stage = tokio::spawn(pipeline::run(stage_config(&kafka), deps, shutdown.clone()));
 
-    let kafka =
-        KafkaClients::from_brokers(&brokers).with_consumer([("session.timeout.ms", "6000")]);
-    let config = StageConfig {
+    let fed = feed(&kafka, &mut generator, options.count).await?;
+    wait_until_accounted_for(&counters, options.count, &stage, &shutdown).await?;
+    let elapsed = fed.started.elapsed();
+    shutdown.cancel();
+    stage.await.context("the stage task panicked")??;
+
+    let (out_count, dlq_count) = count_topics(&kafka).await?;
+    cluster.stop();
+
+    let outcome = Outcome {
+        expected: fed.expected,
+        elapsed,
+        produced_in: fed.produced_in,
+        input_bytes: fed.input_bytes,
+        out_count,
+        dlq_count,
+    };
+    print_summary(&options, &counters, &outcome)
+}
+
+/// librdkafka's mock cluster, on a thread of its own because its handle is neither `Send` nor `Sync`.
+struct MockClusterThread {
+    brokers: String,
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl MockClusterThread {
+    fn start() -> anyhow::Result<MockClusterThread> {
+        let (bootstrap_tx, bootstrap_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("mock-cluster".into())
+            .spawn(move || {
+                let result = (|| -> anyhow::Result<MockCluster<'static, _>> {
+                    let cluster =
+                        MockCluster::new(3).context("starting librdkafka's mock cluster")?;
+                    cluster.create_topic(INPUT, PARTITIONS, 1)?;
+                    cluster.create_topic(OUTPUT, PARTITIONS, 1)?;
+                    cluster.create_topic(DLQ, 4, 1)?;
+                    Ok(cluster)
+                })();
+                match result {
+                    Ok(cluster) => {
+                        let _ = bootstrap_tx.send(Ok(cluster.bootstrap_servers()));
+                        let _ = stop_rx.recv();
+                        drop(cluster);
+                    }
+                    Err(e) => {
+                        let _ = bootstrap_tx.send(Err(e));
+                    }
+                }
+            })?;
+        let brokers = bootstrap_rx
+            .recv()
+            .context("the mock cluster thread ended")??;
+        Ok(MockClusterThread {
+            brokers,
+            stop: stop_tx,
+            thread,
+        })
+    }
+
+    fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
+}
+
+fn stage_config(kafka: &KafkaClients) -> StageConfig {
+    StageConfig {
         kafka: kafka.clone(),
         group_id: "uid2-enricher-demo".into(),
         input_topics: vec![INPUT.into()],
@@ -143,28 +197,29 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         drain_timeout: Duration::from_millis(2500),
         shutdown_timeout: Duration::from_secs(8),
         output_partitioning: OutputPartitioning::Key,
-    };
-    let counters = Arc::new(RunCounters::with_latencies());
-    let metrics = Arc::new(Metrics::new());
-    let shutdown = CancellationToken::new();
-    let deps = StageDeps {
-        keys: Arc::new(Some(keys.clone())),
-        optouts: Arc::new(NoOptOuts),
-        metrics: metrics.clone(),
-        counters: counters.clone(),
-    };
-    let stage = tokio::spawn(pipeline::run(config, deps, shutdown.clone()));
+    }
+}
 
-    // Feed the input while the stage runs, as a live stream would.
+/// The input as produced: the statuses its cases should get, its size, and its timing.
+struct Fed {
+    expected: BTreeMap<&'static str, u64>,
+    input_bytes: u64,
+    started: Instant,
+    produced_in: Duration,
+}
+
+/// Produces the input while the stage runs, as a live stream would.
+async fn feed(kafka: &KafkaClients, generator: &mut Generator, count: u64) -> anyhow::Result<Fed> {
     let producer: FutureProducer<Logged> = kafka
         .producer()?
         .create_with_context(Logged("demo input producer"))
         .map_err(crate::stage::kafka::creation_error)
         .context("creating the demo's input producer")?;
     let started = Instant::now();
-    let mut deliveries = Vec::with_capacity(options.count as usize);
+    let mut expected: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut deliveries = Vec::with_capacity(count as usize);
     let mut input_bytes = 0u64;
-    for _ in 0..options.count {
+    for _ in 0..count {
         let request = generator.next_request();
         *expected
             .entry(request.case.expected_status().unwrap_or("dead_letter"))
@@ -187,77 +242,102 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let produced_in = started.elapsed();
     // Every client must be gone before the cluster stops, or librdkafka logs a burst of refused connects.
     drop(producer);
+    Ok(Fed {
+        expected,
+        input_bytes,
+        started,
+        produced_in,
+    })
+}
 
-    // Wait until every input is accounted for downstream.
+/// Waits until every input is accounted for downstream, or the stage ends.
+async fn wait_until_accounted_for<T>(
+    counters: &RunCounters,
+    count: u64,
+    stage: &tokio::task::JoinHandle<T>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let done = counters.produced.load(Ordering::Relaxed)
             + counters.dead_lettered.load(Ordering::Relaxed);
-        if done >= options.count {
-            break;
+        if done >= count {
+            return Ok(());
         }
         if Instant::now() > deadline {
             shutdown.cancel();
-            bail!(
-                "only {done} of {} records came out within 120 s",
-                options.count
-            );
+            bail!("only {done} of {count} records came out within 120 s");
         }
         if stage.is_finished() {
-            break;
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let elapsed = started.elapsed();
-    shutdown.cancel();
-    stage.await.context("the stage task panicked")??;
-
-    let (out_count, dlq_count) = tokio::task::spawn_blocking({
-        let kafka = kafka.clone();
-        move || -> anyhow::Result<(i64, i64)> {
-            let consumer: BaseConsumer<Logged> = kafka
-                .reader("uid2-enricher-demo-count")
-                .create_with_context(Logged("demo counter"))
-                .map_err(crate::stage::kafka::creation_error)?;
-            let count = |topic: &str, partitions: i32| -> anyhow::Result<i64> {
-                let mut total = 0;
-                for p in 0..partitions {
-                    let (low, high) =
-                        consumer.fetch_watermarks(topic, p, Duration::from_secs(5))?;
-                    total += high - low;
-                }
-                Ok(total)
-            };
-            Ok((count(OUTPUT, PARTITIONS)?, count(DLQ, 4)?))
-        }
-    })
-    .await??;
-    let _ = stop_tx.send(());
-    let _ = cluster_thread.join();
-
-    print_summary(
-        &options,
-        &counters,
-        &expected,
-        elapsed,
-        produced_in,
-        input_bytes,
-        out_count,
-        dlq_count,
-    )
 }
 
-#[allow(clippy::too_many_arguments)]
-fn print_summary(
-    options: &DemoOptions,
-    counters: &RunCounters,
-    expected: &BTreeMap<&'static str, u64>,
+/// Records in the output and dead-letter topics, from their watermarks.
+async fn count_topics(kafka: &KafkaClients) -> anyhow::Result<(i64, i64)> {
+    let kafka = kafka.clone();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<(i64, i64)> {
+        let consumer: BaseConsumer<Logged> = kafka
+            .reader("uid2-enricher-demo-count")
+            .create_with_context(Logged("demo counter"))
+            .map_err(crate::stage::kafka::creation_error)?;
+        let count = |topic: &str, partitions: i32| -> anyhow::Result<i64> {
+            let mut total = 0;
+            for p in 0..partitions {
+                let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(5))?;
+                total += high - low;
+            }
+            Ok(total)
+        };
+        Ok((count(OUTPUT, PARTITIONS)?, count(DLQ, 4)?))
+    })
+    .await?
+}
+
+/// What a demo run measured.
+struct Outcome {
+    expected: BTreeMap<&'static str, u64>,
     elapsed: Duration,
     produced_in: Duration,
     input_bytes: u64,
     out_count: i64,
     dlq_count: i64,
+}
+
+fn print_summary(
+    options: &DemoOptions,
+    counters: &RunCounters,
+    outcome: &Outcome,
 ) -> anyhow::Result<()> {
+    print_throughput(options, counters, outcome);
+    let dead = counters.dead_lettered.load(Ordering::Relaxed);
+    let mismatches = print_statuses(counters, &outcome.expected);
+    let want_dead = outcome.expected.get("dead_letter").copied().unwrap_or(0);
+    println!(
+        "  {:<34} {:>9} {:>9}",
+        "(dead-letter topic)", dead, want_dead
+    );
+    println!();
+    let (out_count, dlq_count) = (outcome.out_count, outcome.dlq_count);
+    println!("  topics: {OUTPUT} holds {out_count} records, {DLQ} holds {dlq_count}");
+    let accounted = u64::try_from(out_count + dlq_count).unwrap_or(0);
+    if accounted != options.count || mismatches > 0 || dead != want_dead {
+        bail!(
+            "demo check failed: {accounted} of {} inputs accounted for downstream, {mismatches} status counts differ",
+            options.count
+        );
+    }
+    println!(
+        "  every input accounted for: {} output + {} dead-lettered = {} ✓",
+        out_count, dlq_count, options.count
+    );
+    Ok(())
+}
+
+/// Sizes, times, throughput, latency and the stage's own counts.
+fn print_throughput(options: &DemoOptions, counters: &RunCounters, outcome: &Outcome) {
     let consumed = counters.consumed.load(Ordering::Relaxed);
     let produced = counters.produced.load(Ordering::Relaxed);
     let dead = counters.dead_lettered.load(Ordering::Relaxed);
@@ -273,6 +353,7 @@ fn print_summary(
             .copied()
             .unwrap_or(0)
     };
+    let input_bytes = outcome.input_bytes;
     println!();
     println!(
         "uid2-enricher demo: {} requests (seed {}, ~{} B each, {:.1} MB)",
@@ -283,12 +364,12 @@ fn print_summary(
     );
     println!(
         "  input produced in {:.2} s; all records out in {:.2} s",
-        produced_in.as_secs_f64(),
-        elapsed.as_secs_f64()
+        outcome.produced_in.as_secs_f64(),
+        outcome.elapsed.as_secs_f64()
     );
     println!(
         "  throughput: {:.0} records/s through consume → enrich → produce → ack",
-        options.count as f64 / elapsed.as_secs_f64()
+        options.count as f64 / outcome.elapsed.as_secs_f64()
     );
     println!(
         "  latency added by the stage (consume → output acknowledged): p50 {:.2} ms, p99 {:.2} ms",
@@ -296,6 +377,10 @@ fn print_summary(
         f64::from(pct(0.99)) / 1e3
     );
     println!("  consumed {consumed}, enriched and produced {produced}, dead-lettered {dead}");
+}
+
+/// The table of statuses against what was generated; returns how many differ.
+fn print_statuses(counters: &RunCounters, expected: &BTreeMap<&'static str, u64>) -> u64 {
     println!();
     println!("  {:<34} {:>9} {:>9}", "uid2-status", "records", "expected");
     let mut mismatches = 0;
@@ -309,23 +394,5 @@ fn print_summary(
         mismatches += u64::from(got != want);
         println!("  {name:<34} {got:>9} {want:>9}{mark}");
     }
-    let want_dead = expected.get("dead_letter").copied().unwrap_or(0);
-    println!(
-        "  {:<34} {:>9} {:>9}",
-        "(dead-letter topic)", dead, want_dead
-    );
-    println!();
-    println!("  topics: {OUTPUT} holds {out_count} records, {DLQ} holds {dlq_count}");
-    let accounted = u64::try_from(out_count + dlq_count).unwrap_or(0);
-    if accounted != options.count || mismatches > 0 || dead != want_dead {
-        bail!(
-            "demo check failed: {accounted} of {} inputs accounted for downstream, {mismatches} status counts differ",
-            options.count
-        );
-    }
-    println!(
-        "  every input accounted for: {} output + {} dead-lettered = {} ✓",
-        out_count, dlq_count, options.count
-    );
-    Ok(())
+    mismatches
 }

@@ -1,10 +1,10 @@
-//! Synthetic bid traffic for `demo` and `gen` (the module is `traffic`: `gen` is reserved in Rust 2024): a key set in the key-endpoint JSON shape, and realistic
-//! OpenRTB requests whose tokens follow a chosen mix of cases, so every status the enricher can give shows
-//! up. Users are drawn from a skewed population, so tokens repeat as they do in real traffic. Everything
-//! is deterministic for a seed. Beside bid requests it writes the same tokens into tracking-pixel URLs
-//! and JSON events, and JSON events carrying raw UID2s for the tokenize direction. The key set works in
-//! both client modes (it has the `/v2/key/sharing` fields too). Depends on the token engine, the pixel
-//! encoder and fastrand.
+//! Synthetic bid traffic for `demo`, `gen` and the tests (the module is `traffic`: `gen` is reserved in
+//! Rust 2024): a key set in the key-endpoint JSON shape, and realistic OpenRTB requests whose tokens follow
+//! a chosen mix of cases, so every status the enricher can give shows up. Users are drawn from a skewed
+//! population, so tokens repeat as they do in real traffic. Everything is deterministic for a seed. Beside
+//! bid requests it writes the same tokens into tracking-pixel URLs and JSON events, and JSON events
+//! carrying raw UID2s for the tokenize direction. The key set works in both client modes (it has the
+//! `/v2/key/sharing` fields too).
 
 use std::fmt::Write as _;
 
@@ -356,9 +356,16 @@ impl Generator {
         } else {
             "example.com"
         };
-        let bytes = self
-            .request_json(&id, user, token.as_deref(), source, placement, app, domain)
-            .into_bytes();
+        let shape = RequestShape {
+            id: &id,
+            user,
+            token: token.as_deref(),
+            source,
+            placement,
+            app,
+            domain,
+        };
+        let bytes = self.request_json(&shape).into_bytes();
         GenRequest { case, id, bytes }
     }
 
@@ -451,19 +458,37 @@ impl Generator {
         (GenRequest { case, id, bytes }, raw)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn request_json(
-        &mut self,
-        id: &str,
-        user: u32,
-        token: Option<&str>,
-        source: &str,
-        placement: Placement,
-        app: bool,
-        domain: &str,
-    ) -> String {
+    fn request_json(&mut self, shape: &RequestShape<'_>) -> String {
         let mut s = String::with_capacity(self.target_size + 512);
-        let _ = write!(s, r#"{{"id":"{id}","imp":["#);
+        let _ = write!(s, r#"{{"id":"{}","imp":["#, shape.id);
+        self.write_imps(&mut s);
+        s.push_str("],");
+        if shape.app {
+            write_app(&mut s, shape.domain);
+        } else {
+            let _ = write!(
+                s,
+                r#""site":{{"id":"site-9","domain":"www.{domain}","page":"https://www.{domain}/news/{}.html","ref":"https://www.google.com/","publisher":{{"id":"pub-{PUBLISHER_SITE_ID}","name":"Example"}},"cat":["IAB12"]}},"#,
+                self.rng.u32(..),
+                domain = shape.domain
+            );
+        }
+        let _ = write!(
+            s,
+            r#""device":{{"ua":"Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.6778.135 Mobile Safari/537.36","sua":{{"browsers":[{{"brand":"Chromium","version":["131","0","6778","135"]}},{{"brand":"Google Chrome","version":["131","0","6778","135"]}}],"platform":{{"brand":"Android","version":["14"]}},"mobile":1,"source":2}},"ip":"203.0.113.{}","geo":{{"lat":40.71,"lon":-74.0,"country":"USA","region":"NY","type":2}},"language":"en","devicetype":4,"os":"Android","osv":"14"}},"#,
+            self.rng.u8(1..255)
+        );
+        self.write_user(&mut s, shape);
+        let _ = write!(
+            s,
+            r#""source":{{"tid":"{:016x}","schain":{{"ver":"1.0","complete":1,"nodes":[{{"asi":"ssp.example","sid":"{PUBLISHER_SITE_ID}","hp":1}}]}}}},"regs":{{"gpp":"DBABMA~CPXxRfAPXxRfAAfKABENB-CgAAAAAAAAAAYgAAAAAAAA","gpp_sid":[7],"ext":{{"us_privacy":"1YNN"}}}},"at":1,"tmax":250,"cur":["USD"],"bcat":["IAB25","IAB26"]}}"#,
+            self.rng.u64(..)
+        );
+        s
+    }
+
+    /// One impression per 1,500 bytes of the target size, a quarter of them video.
+    fn write_imps(&mut self, s: &mut String) {
         let imps = 1 + self.target_size / 1500;
         for i in 0..imps {
             if i > 0 {
@@ -488,31 +513,17 @@ impl Generator {
                 );
             }
         }
-        s.push_str("],");
-        if app {
-            let bundle = if domain == "example.com" {
-                "com.example.news"
-            } else {
-                "com.other.game"
-            };
-            let _ = write!(
-                s,
-                r#""app":{{"id":"app-77","name":"Example News","bundle":"{bundle}","storeurl":"https://play.google.com/store/apps/details?id={bundle}","publisher":{{"id":"pub-{PUBLISHER_SITE_ID}"}}}},"#
-            );
-        } else {
-            let _ = write!(
-                s,
-                r#""site":{{"id":"site-9","domain":"www.{domain}","page":"https://www.{domain}/news/{}.html","ref":"https://www.google.com/","publisher":{{"id":"pub-{PUBLISHER_SITE_ID}","name":"Example"}},"cat":["IAB12"]}},"#,
-                self.rng.u32(..)
-            );
-        }
-        let _ = write!(
-            s,
-            r#""device":{{"ua":"Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.6778.135 Mobile Safari/537.36","sua":{{"browsers":[{{"brand":"Chromium","version":["131","0","6778","135"]}},{{"brand":"Google Chrome","version":["131","0","6778","135"]}}],"platform":{{"brand":"Android","version":["14"]}},"mobile":1,"source":2}},"ip":"203.0.113.{}","geo":{{"lat":40.71,"lon":-74.0,"country":"USA","region":"NY","type":2}},"language":"en","devicetype":4,"os":"Android","osv":"14"}},"#,
-            self.rng.u8(1..255)
-        );
-        let uid2_eid =
-            token.map(|t| format!(r#"{{"source":"{source}","uids":[{{"id":"{t}","atype":3}}]}}"#));
+    }
+
+    /// `user`, with the token in the eids `placement` says, other ids, and data segments up to the target
+    /// size.
+    fn write_user(&mut self, s: &mut String, shape: &RequestShape<'_>) {
+        let uid2_eid = shape.token.map(|t| {
+            format!(
+                r#"{{"source":"{}","uids":[{{"id":"{t}","atype":3}}]}}"#,
+                shape.source
+            )
+        });
         let mut other_eids = String::new();
         let extra = 1 + self.target_size / 900;
         for n in 0..extra {
@@ -520,16 +531,16 @@ impl Generator {
                 other_eids,
                 r#",{{"source":"id{n}.example","uids":[{{"id":"{:016x}{:016x}","atype":1,"ext":{{"stype":"ppuid"}}}}]}}"#,
                 self.rng.u64(..),
-                u64::from(user)
+                u64::from(shape.user)
             );
         }
-        let eids26 = match (&uid2_eid, placement) {
+        let eids26 = match (&uid2_eid, shape.placement) {
             (Some(e), Placement::Eids26 | Placement::Both) => {
                 format!(r#","eids":[{e}{other_eids}]"#)
             }
             _ => format!(r#","eids":[{}]"#, other_eids.trim_start_matches(',')),
         };
-        let ext = match (&uid2_eid, placement) {
+        let ext = match (&uid2_eid, shape.placement) {
             (Some(e), Placement::ExtEids25 | Placement::Both) => format!(
                 r#","ext":{{"consent":"CPXxRfAPXxRfAAfKABENB-CgAAAAAAAAAAYgAAAAAAAA","eids":[{e}]}}"#
             ),
@@ -549,14 +560,39 @@ impl Generator {
             }
             data.push_str("]}]");
         }
-        let _ = write!(s, r#""user":{{"id":"u-{user}"{eids26}{data}{ext}}},"#);
         let _ = write!(
             s,
-            r#""source":{{"tid":"{:016x}","schain":{{"ver":"1.0","complete":1,"nodes":[{{"asi":"ssp.example","sid":"{PUBLISHER_SITE_ID}","hp":1}}]}}}},"regs":{{"gpp":"DBABMA~CPXxRfAPXxRfAAfKABENB-CgAAAAAAAAAAYgAAAAAAAA","gpp_sid":[7],"ext":{{"us_privacy":"1YNN"}}}},"at":1,"tmax":250,"cur":["USD"],"bcat":["IAB25","IAB26"]}}"#,
-            self.rng.u64(..)
+            r#""user":{{"id":"u-{}"{eids26}{data}{ext}}},"#,
+            shape.user
         );
-        s
     }
+}
+
+/// An app request's `app`, whose bundle passes the domain check exactly when `domain` does.
+fn write_app(s: &mut String, domain: &str) {
+    let bundle = if domain == "example.com" {
+        "com.example.news"
+    } else {
+        "com.other.game"
+    };
+    let _ = write!(
+        s,
+        r#""app":{{"id":"app-77","name":"Example News","bundle":"{bundle}","storeurl":"https://play.google.com/store/apps/details?id={bundle}","publisher":{{"id":"pub-{PUBLISHER_SITE_ID}"}}}},"#
+    );
+}
+
+/// What a bid request is built around, drawn before its body is written.
+struct RequestShape<'a> {
+    id: &'a str,
+    user: u32,
+    token: Option<&'a str>,
+    /// The token's eid `source`.
+    source: &'a str,
+    placement: Placement,
+    /// An app request rather than a site request.
+    app: bool,
+    /// The site's registrable domain, or the one its app bundle stands for.
+    domain: &'a str,
 }
 
 #[cfg(test)]
