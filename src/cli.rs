@@ -21,11 +21,11 @@ use crate::tools::verify::VerifyArgs;
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Decrypt one token and print the result as a JSON object.
     ///
     /// Exit status: 0 when the token decrypts with status `success`, 1 for any other status, 2 when the

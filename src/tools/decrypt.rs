@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 
 use crate::engine::uid2::{Decryption, Status, decrypt};
+use crate::stage::keysource::load_keys_file;
 use crate::support::clock::{parse_time, wall_clock_ms};
-use crate::tools::{ModeArg, load_keys};
+use crate::tools::ModeArg;
 
 #[derive(Debug, clap::Args)]
 pub struct DecryptArgs {
@@ -36,7 +37,7 @@ pub struct DecryptArgs {
 
 /// Prints the decryption and exits 0 on `success`, 1 on any other status.
 pub fn command(args: &DecryptArgs) -> anyhow::Result<ExitCode> {
-    let keys = load_keys(&args.keys)?;
+    let keys = load_keys_file(&args.keys)?;
     let now_ms = match &args.now {
         Some(text) => parse_time(text)?,
         None => wall_clock_ms(),

@@ -1,19 +1,16 @@
 //! The offline and test commands: `replay`, `capture`, `verify`, `demo`, `gen` and `decrypt`, each owning
 //! its command-line arguments, and the capture-file format they share.
 
-use std::path::Path;
-
-use anyhow::Context as _;
 use clap::ValueEnum;
 
-use crate::engine::uid2::{ClientMode, KeySet};
+use crate::engine::uid2::ClientMode;
 
-pub mod capture;
+pub(crate) mod capture;
 pub mod capture_file;
-pub mod decrypt;
-pub mod demo;
-pub mod generate;
-pub mod replay;
+pub(crate) mod decrypt;
+pub(crate) mod demo;
+pub(crate) mod generate;
+pub(crate) mod replay;
 pub mod traffic;
 pub mod verify;
 
@@ -33,22 +30,4 @@ impl From<ModeArg> for ClientMode {
             ModeArg::Sharing => ClientMode::Sharing,
         }
     }
-}
-
-/// Reads and parses a keys file, naming the file and the fix in the error.
-pub fn load_keys(path: &Path) -> anyhow::Result<KeySet> {
-    let text = std::fs::read(path).with_context(|| {
-        format!(
-            "reading keys file {}: give the decrypted response of /v2/key/bidstream or \
-             /v2/key/sharing (`uid2-enricher gen --keys-out FILE` writes a test key set)",
-            path.display()
-        )
-    })?;
-    KeySet::parse_json(&text).with_context(|| {
-        format!(
-            "parsing keys file {}: it must hold what a key endpoint returns once decrypted, \
-             {{\"body\":{{\"keys\":[…],…}},\"status\":\"success\"}} or just the body",
-            path.display()
-        )
-    })
 }

@@ -40,7 +40,7 @@ impl Job {
     pub(super) fn from_args(args: &ReplayArgs, now: Now) -> anyhow::Result<Job> {
         let settings = load_settings(args)?;
         let keys_path = keys_path(args, settings.as_ref())?;
-        let keys = crate::tools::load_keys(&keys_path)?;
+        let keys = crate::stage::keysource::load_keys_file(&keys_path)?;
         let (policy, tokenize) = policies(args, settings.as_ref())?;
         let format = PayloadFormat::from(args.format);
         let direction = direction(args, &keys, &keys_path, now)?;
