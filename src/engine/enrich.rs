@@ -23,6 +23,9 @@ use crate::engine::optout::{self, OptOutLookup};
 use crate::engine::uid2::decrypt::decrypt_with_name;
 use crate::engine::uid2::{ClientMode, Decryption, IdentityScope, KeySet, Status};
 
+/// The `uid2-status` of a request that carries no token.
+pub const NO_TOKEN: &str = "no_token";
+
 /// How the payload is encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum PayloadFormat {
@@ -249,9 +252,9 @@ impl Enriched<'_> {
             .map(|t| t.decryption.status)
     }
 
-    /// The `uid2-status` header value: the status, or `no_token`.
+    /// The `uid2-status` header value: the status, or [`NO_TOKEN`].
     pub fn status_header(&self) -> &'static str {
-        self.status().map_or("no_token", Status::as_str)
+        self.status().map_or(NO_TOKEN, Status::as_str)
     }
 }
 

@@ -34,7 +34,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::cache::DecryptCache;
-use crate::engine::enrich::{PayloadFormat, Policy};
+use crate::engine::enrich::{NO_TOKEN, PayloadFormat, Policy};
 use crate::engine::optout::OptOutLookup;
 use crate::engine::tokenize::{Direction, TokenizePolicy, TokenizeStatus};
 use crate::engine::uid2::{KeySet, Status};
@@ -119,9 +119,6 @@ pub const STATUS_NAMES: [&str; STATUS_COUNT] = {
 };
 
 const STATUS_COUNT: usize = Status::ALL.len() + 3;
-
-/// The status of a request that carries no token.
-const NO_TOKEN: &str = "no_token";
 
 /// Counters of one run, for the summary of `demo` and for tests.
 #[derive(Debug, Default)]

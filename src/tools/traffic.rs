@@ -104,7 +104,7 @@ impl Case {
             Case::Tampered => Status::InvalidPayload.as_str(),
             Case::Euid => Status::InvalidIdentityScope.as_str(),
             Case::CstgOtherDomain => Status::DomainOrAppNameCheckFailed.as_str(),
-            Case::NoToken => "no_token",
+            Case::NoToken => crate::engine::enrich::NO_TOKEN,
             Case::Malformed => return None,
         })
     }

@@ -295,6 +295,23 @@ pub fn scan<'a>(input: &'a [u8], sources: &[&str]) -> Result<ProtoScan<'a>, Prot
     Ok(out)
 }
 
+/// The payload of the first length-delimited occurrence of top-level field `number` (OpenRTB's
+/// `BidRequest.id` is field 1), once the whole message has walked cleanly to its end; `None` when the
+/// field is absent. `verify` matches records by it.
+///
+/// # Errors
+/// The message is not valid protobuf wire format.
+pub fn first_len_field(input: &[u8], number: u32) -> Result<Option<&[u8]>, ProtoError> {
+    let mut cursor = Cursor::new(input, 0..input.len());
+    let mut found = None;
+    while let Some(field) = cursor.next_field(0)? {
+        if found.is_none() && field.number == number && field.wire_type == WIRE_LEN {
+            found = input.get(field.payload);
+        }
+    }
+    Ok(found)
+}
+
 /// Returns `input` with every field-9002 record found by `scan` removed from its `user` record (a `user`
 /// record left empty by that, such as a fragment appended by an earlier run, is dropped whole), followed by
 /// `tag(6, LEN) len User{ 9002: enrichment }`. Every other byte is copied verbatim, so when the request

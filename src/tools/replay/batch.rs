@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use super::job::{Job, enrich_context, transform};
 use super::{Now, Summary, classify};
-use crate::engine::enrich::{self, Malformed};
+use crate::engine::enrich::{self, Malformed, NO_TOKEN};
 use crate::engine::tokenize::Direction;
 use crate::stage::headers;
 use crate::stage::pipeline::STATUS_NAMES;
@@ -108,7 +108,7 @@ pub(super) fn process_batch(job: &Job, batch: &Batch) -> Done {
             }
         }
     }
-    for (name, count) in STATUS_NAMES.iter().chain(["no_token"].iter()).zip(counts) {
+    for (name, count) in STATUS_NAMES.iter().chain([NO_TOKEN].iter()).zip(counts) {
         if count > 0 {
             done.summary.statuses.insert((*name).to_string(), count);
         }

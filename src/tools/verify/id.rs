@@ -1,6 +1,8 @@
 //! The request id `verify` matches records by, read from a record's payload, key or coordinates (the rules
 //! and their order are in the `verify` module's docs). Pure: no I/O.
 
+use crate::engine::openrtb::proto;
+
 /// The request id of a record (see the `verify` module docs for the order of the rules).
 pub fn record_id(
     payload: Option<&[u8]>,
@@ -35,51 +37,11 @@ fn json_id(payload: &[u8], pointer: &str) -> Option<String> {
     }
 }
 
-/// Field 1 of a protobuf message when it is the first field, length-delimited and UTF-8 (OpenRTB's
-/// `BidRequest.id`), with the rest of the message walking cleanly to its end. The engine's wire walker
-/// (`engine::openrtb::proto`) exposes only what enrichment needs (tokens, site and app names), hence this
-/// small one.
+/// Field 1 of a protobuf message (OpenRTB's `BidRequest.id`) when it is length-delimited and UTF-8,
+/// with the whole message valid wire format.
 fn protobuf_id(payload: &[u8]) -> Option<String> {
-    let mut at = 0usize;
-    let mut id = None;
-    while at < payload.len() {
-        let tag = varint(payload, &mut at)?;
-        let (field, wire) = (tag >> 3, tag & 7);
-        if field == 0 {
-            return None;
-        }
-        match wire {
-            0 => {
-                varint(payload, &mut at)?;
-            }
-            1 => at = at.checked_add(8)?,
-            2 => {
-                let len = usize::try_from(varint(payload, &mut at)?).ok()?;
-                let end = at.checked_add(len)?;
-                let bytes = payload.get(at..end)?;
-                if field == 1 && id.is_none() {
-                    id = Some(std::str::from_utf8(bytes).ok()?.to_string());
-                }
-                at = end;
-            }
-            5 => at = at.checked_add(4)?,
-            _ => return None,
-        }
-    }
-    (at == payload.len()).then_some(id)?
-}
-
-fn varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let b = *bytes.get(*at)?;
-        *at += 1;
-        value |= u64::from(b & 0x7f) << shift;
-        if b & 0x80 == 0 {
-            return Some(value);
-        }
-    }
-    None
+    let bytes = proto::first_len_field(payload, 1).ok()??;
+    std::str::from_utf8(bytes).ok().map(str::to_string)
 }
 
 #[cfg(test)]

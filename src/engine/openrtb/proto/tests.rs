@@ -674,3 +674,22 @@ proptest::proptest! {
         proptest::prop_assert_eq!(fast.pos, general.pos);
     }
 }
+
+#[test]
+fn first_len_field_takes_the_first_occurrence_of_a_valid_message() {
+    let message = cat(&[
+        &varint(7, 2),
+        &len(1, b"first"),
+        &len(3, b"site"),
+        &len(1, b"second"),
+    ]);
+    assert_eq!(first_len_field(&message, 1), Ok(Some(&b"first"[..])));
+    assert_eq!(first_len_field(&message, 3), Ok(Some(&b"site"[..])));
+    assert_eq!(first_len_field(&message, 5), Ok(None));
+    // Field 7 is there, but as a varint.
+    assert_eq!(first_len_field(&message, 7), Ok(None));
+    // A message that does not walk to its end has no id, even when field 1 came first.
+    let truncated = &message[..message.len() - 2];
+    assert_eq!(first_len_field(truncated, 1), Err(ProtoError::Truncated));
+    assert!(first_len_field(b"\xff\xfe\x00garbage", 1).is_err());
+}
