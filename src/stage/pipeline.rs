@@ -128,17 +128,35 @@ pub struct RunCounters {
     pub dead_lettered: AtomicU64,
     /// Output records by `uid2-status`, indexed like [`STATUS_NAMES`].
     pub statuses: [AtomicU64; STATUS_COUNT],
-    /// When set, the consume-to-acknowledge time of every record in microseconds (demo and tests only).
-    pub latencies_us: Option<Mutex<Vec<u32>>>,
+    /// When set, every record's time inside the stage (demo and tests only).
+    pub latencies: Option<Mutex<LatencySamples>>,
+}
+
+/// Every record's time inside the stage, in microseconds, in the order the events happened.
+#[derive(Debug, Default)]
+pub struct LatencySamples {
+    /// Consumed → output handed to the producer: the stage's own work, and any wait for room in the
+    /// producer's queue.
+    pub handed_us: Vec<u32>,
+    /// Consumed → output acknowledged by the brokers.
+    pub acked_us: Vec<u32>,
 }
 
 impl RunCounters {
     /// Counters that also keep every record's latency.
     pub fn with_latencies() -> RunCounters {
         RunCounters {
-            latencies_us: Some(Mutex::new(Vec::new())),
+            latencies: Some(Mutex::new(LatencySamples::default())),
             ..RunCounters::default()
         }
+    }
+
+    /// The latencies kept so far, leaving none: a caller measuring phases takes them at each phase's end.
+    pub fn take_latencies(&self) -> LatencySamples {
+        self.latencies
+            .as_ref()
+            .map(|l| std::mem::take(&mut *l.lock().unwrap_or_else(|e| e.into_inner())))
+            .unwrap_or_default()
     }
 
     /// Output records with this status so far.
@@ -657,6 +675,7 @@ async fn process(
     let routed =
         route::route(&shared.config, &message, &outcome).ok_or(StageError::HeldRecordProduced)?;
     let sent = produce::send(shared, &message, &routed).await?;
+    produce::count_handoff(shared, received);
     let status_index = match &outcome {
         Outcome::Output { status, .. } if !sent.too_large => {
             STATUS_NAMES.iter().position(|s| s == status)

@@ -271,8 +271,30 @@ fn count_delivered(shared: &Shared, accounting: &Accounting) {
     }
     let latency = accounting.received.elapsed();
     shared.metrics.stage_seconds.observe(latency.as_secs_f64());
-    if let Some(samples) = &shared.counters.latencies_us {
+    if let Some(samples) = &shared.counters.latencies {
         let us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
-        samples.lock().unwrap_or_else(|e| e.into_inner()).push(us);
+        samples
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .acked_us
+            .push(us);
+    }
+}
+
+/// Counts the time from consuming a record to handing its output to the producer: what the stage itself
+/// costs a record, without the brokers' part.
+pub(crate) fn count_handoff(shared: &Shared, received: Instant) {
+    let latency = received.elapsed();
+    shared
+        .metrics
+        .handoff_seconds
+        .observe(latency.as_secs_f64());
+    if let Some(samples) = &shared.counters.latencies {
+        let us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
+        samples
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .handed_us
+            .push(us);
     }
 }

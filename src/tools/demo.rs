@@ -1,9 +1,10 @@
 //! `uid2-enricher demo`: the whole stage in one process with nothing to install. It starts librdkafka's
 //! in-process mock cluster (on a thread of its own: the handle is neither `Send` nor `Sync`), generates a
 //! key set and ~100,000 realistic requests with a mix of token cases, runs the same pipeline code as `run`
-//! against them, and prints a summary: counts by status (checked against what was generated),
-//! records/s, the latency the stage adds (p50/p99), dead letters, and the output and dead-letter topics'
-//! record counts.
+//! against them, and prints a summary: counts by status (checked against what was generated), how fast
+//! the stage drains that backlog, dead letters, and the output and dead-letter topics' record counts. A
+//! second, paced phase then feeds requests at a steady rate and reports each record's time inside the
+//! stage: a backlog's latency is its queueing, not what the stage adds.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,14 +14,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::enrich::{PayloadFormat, Policy};
 use crate::engine::optout::NoOptOuts;
 use crate::stage::kafka::{KafkaClients, Logged};
 use crate::stage::pipeline::{
-    self, OutputPartitioning, RunCounters, STATUS_NAMES, StageConfig, StageDeps,
+    self, LatencySamples, OutputPartitioning, RunCounters, STATUS_NAMES, StageConfig, StageDeps,
 };
 use crate::stage::produce::{Backpressure, send_with_backpressure};
 use crate::support::metrics::Metrics;
@@ -48,6 +49,12 @@ pub struct DemoArgs {
     /// expired, unknown-site-key, tampered, euid, cstg-match, cstg-mismatch, none, malformed.
     #[arg(long)]
     pub mix: Option<String>,
+    /// Records per second of the paced phase, which measures the time the stage adds to each record.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub rate: u64,
+    /// How long the paced phase lasts; 0 skips it.
+    #[arg(long, default_value_t = 3, value_name = "SECONDS")]
+    pub paced_seconds: u64,
     /// Log level while the demo runs (tracing EnvFilter syntax).
     #[arg(long, default_value = "warn")]
     pub log: String,
@@ -68,6 +75,8 @@ impl DemoArgs {
             seed: self.seed,
             size: self.size,
             mix,
+            rate: self.rate,
+            paced: self.rate * self.paced_seconds,
         })
     }
 }
@@ -75,10 +84,15 @@ impl DemoArgs {
 /// What `demo` was asked for.
 #[derive(Clone, Debug)]
 pub struct DemoOptions {
+    /// Requests of the backlog phase.
     pub count: u64,
     pub seed: u64,
     pub size: usize,
     pub mix: Mix,
+    /// Records per second of the paced phase.
+    pub rate: u64,
+    /// Requests of the paced phase (0: none).
+    pub paced: u64,
 }
 
 /// Runs the demo and prints the summary to stdout.
@@ -110,9 +124,19 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     };
     let stage = tokio::spawn(pipeline::run(stage_config(&kafka), deps, shutdown.clone()));
 
-    let fed = feed(&kafka, &mut generator, options.count).await?;
+    let mut feeder = Feeder::new(&kafka)?;
+    let fed = feeder.backlog(&mut generator, options.count).await?;
     wait_until_accounted_for(&counters, options.count, &stage, &shutdown).await?;
     let elapsed = fed.started.elapsed();
+    // The backlog's latencies are its queueing; only the paced phase's say what the stage adds.
+    counters.take_latencies();
+    feeder
+        .paced(&mut generator, options.paced, options.rate)
+        .await?;
+    let total = options.count + options.paced;
+    wait_until_accounted_for(&counters, total, &stage, &shutdown).await?;
+    let paced_latencies = counters.take_latencies();
+    let (expected, input_bytes) = feeder.finish().await?;
     shutdown.cancel();
     stage.await.context("the stage task panicked")??;
 
@@ -120,12 +144,13 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     cluster.stop();
 
     let outcome = Outcome {
-        expected: fed.expected,
+        expected,
         elapsed,
         produced_in: fed.produced_in,
-        input_bytes: fed.input_bytes,
+        input_bytes,
         out_count,
         dlq_count,
+        paced: paced_latencies,
     };
     print_summary(&options, &counters, &outcome)
 }
@@ -200,54 +225,99 @@ fn stage_config(kafka: &KafkaClients) -> StageConfig {
     }
 }
 
-/// The input as produced: the statuses its cases should get, its size, and its timing.
+/// The backlog phase's timing.
 struct Fed {
-    expected: BTreeMap<&'static str, u64>,
-    input_bytes: u64,
     started: Instant,
     produced_in: Duration,
 }
 
-/// Produces the input while the stage runs, as a live stream would.
-async fn feed(kafka: &KafkaClients, generator: &mut Generator, count: u64) -> anyhow::Result<Fed> {
-    let producer: FutureProducer<Logged> = kafka
-        .producer()?
-        .create_with_context(Logged("demo input producer"))
-        .map_err(crate::stage::kafka::creation_error)
-        .context("creating the demo's input producer")?;
-    let started = Instant::now();
-    let mut expected: BTreeMap<&'static str, u64> = BTreeMap::new();
-    let mut deliveries = Vec::with_capacity(count as usize);
-    let mut input_bytes = 0u64;
-    for _ in 0..count {
+/// The demo's input producer, and what it produced: the statuses its cases should get, and its size.
+struct Feeder {
+    producer: FutureProducer<Logged>,
+    expected: BTreeMap<&'static str, u64>,
+    input_bytes: u64,
+    deliveries: Vec<DeliveryFuture>,
+}
+
+impl Feeder {
+    fn new(kafka: &KafkaClients) -> anyhow::Result<Feeder> {
+        let producer = kafka
+            .producer()?
+            .create_with_context(Logged("demo input producer"))
+            .map_err(crate::stage::kafka::creation_error)
+            .context("creating the demo's input producer")?;
+        Ok(Feeder {
+            producer,
+            expected: BTreeMap::new(),
+            input_bytes: 0,
+            deliveries: Vec::new(),
+        })
+    }
+
+    /// Produces `count` requests as fast as the producer takes them, while the stage runs, and waits
+    /// for the brokers to acknowledge them.
+    async fn backlog(&mut self, generator: &mut Generator, count: u64) -> anyhow::Result<Fed> {
+        let started = Instant::now();
+        for _ in 0..count {
+            self.send(generator).await?;
+        }
+        self.acknowledged().await?;
+        Ok(Fed {
+            started,
+            produced_in: started.elapsed(),
+        })
+    }
+
+    /// Produces `count` requests at `rate` per second, each at its due time.
+    async fn paced(
+        &mut self,
+        generator: &mut Generator,
+        count: u64,
+        rate: u64,
+    ) -> anyhow::Result<()> {
+        let started = tokio::time::Instant::now();
+        let interval = Duration::from_secs(1) / u32::try_from(rate.max(1)).unwrap_or(u32::MAX);
+        for i in 0..count {
+            tokio::time::sleep_until(started + interval * u32::try_from(i).unwrap_or(u32::MAX))
+                .await;
+            self.send(generator).await?;
+        }
+        self.acknowledged().await
+    }
+
+    async fn send(&mut self, generator: &mut Generator) -> anyhow::Result<()> {
         let request = generator.next_request();
-        *expected
+        *self
+            .expected
             .entry(request.case.expected_status().unwrap_or("dead_letter"))
             .or_default() += 1;
-        input_bytes += request.bytes.len() as u64;
+        self.input_bytes += request.bytes.len() as u64;
         let record = FutureRecord::to(INPUT)
             .key(request.id.as_bytes())
             .payload(request.bytes.as_slice());
         let wait = Backpressure::patient(Duration::from_millis(1));
-        match send_with_backpressure(&producer, record, wait, || {}).await {
-            Ok(d) => deliveries.push(d),
+        match send_with_backpressure(&self.producer, record, wait, || {}).await {
+            Ok(d) => self.deliveries.push(d),
             Err(e) => bail!("producing the demo input failed: {e}"),
         }
+        Ok(())
     }
-    for d in deliveries {
-        if !matches!(d.await, Ok(Ok(_))) {
-            bail!("producing the demo input failed");
+
+    async fn acknowledged(&mut self) -> anyhow::Result<()> {
+        for d in self.deliveries.drain(..) {
+            if !matches!(d.await, Ok(Ok(_))) {
+                bail!("producing the demo input failed");
+            }
         }
+        Ok(())
     }
-    let produced_in = started.elapsed();
-    // Every client must be gone before the cluster stops, or librdkafka logs a burst of refused connects.
-    drop(producer);
-    Ok(Fed {
-        expected,
-        input_bytes,
-        started,
-        produced_in,
-    })
+
+    /// What was produced. The producer goes with it: every client must be gone before the cluster
+    /// stops, or librdkafka logs a burst of refused connects.
+    async fn finish(mut self) -> anyhow::Result<(BTreeMap<&'static str, u64>, u64)> {
+        self.acknowledged().await?;
+        Ok((self.expected, self.input_bytes))
+    }
 }
 
 /// Waits until every input is accounted for downstream, or the stage ends.
@@ -304,6 +374,8 @@ struct Outcome {
     input_bytes: u64,
     out_count: i64,
     dlq_count: i64,
+    /// Each record's time inside the stage during the paced phase.
+    paced: LatencySamples,
 }
 
 fn print_summary(
@@ -323,60 +395,72 @@ fn print_summary(
     let (out_count, dlq_count) = (outcome.out_count, outcome.dlq_count);
     println!("  topics: {OUTPUT} holds {out_count} records, {DLQ} holds {dlq_count}");
     let accounted = u64::try_from(out_count + dlq_count).unwrap_or(0);
-    if accounted != options.count || mismatches > 0 || dead != want_dead {
+    let total = options.count + options.paced;
+    if accounted != total || mismatches > 0 || dead != want_dead {
         bail!(
-            "demo check failed: {accounted} of {} inputs accounted for downstream, {mismatches} status counts differ",
-            options.count
+            "demo check failed: {accounted} of {total} inputs accounted for downstream, {mismatches} status counts differ"
         );
     }
     println!(
-        "  every input accounted for: {} output + {} dead-lettered = {} ✓",
-        out_count, dlq_count, options.count
+        "  every input accounted for: {out_count} output + {dlq_count} dead-lettered = {total} ✓"
     );
     Ok(())
 }
 
-/// Sizes, times, throughput, latency and the stage's own counts.
+/// Sizes, the backlog's throughput, the paced phase's latencies and the stage's own counts.
 fn print_throughput(options: &DemoOptions, counters: &RunCounters, outcome: &Outcome) {
     let consumed = counters.consumed.load(Ordering::Relaxed);
     let produced = counters.produced.load(Ordering::Relaxed);
     let dead = counters.dead_lettered.load(Ordering::Relaxed);
-    let mut latencies = counters
-        .latencies_us
-        .as_ref()
-        .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()).clone())
-        .unwrap_or_default();
-    latencies.sort_unstable();
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
-    };
+    let total = options.count + options.paced;
     let input_bytes = outcome.input_bytes;
     println!();
     println!(
-        "uid2-enricher demo: {} requests (seed {}, ~{} B each, {:.1} MB)",
-        options.count,
+        "uid2-enricher demo: {total} requests (seed {}, ~{} B each, {:.1} MB)",
         options.seed,
-        input_bytes / options.count.max(1),
+        input_bytes / total.max(1),
         input_bytes as f64 / 1e6
     );
     println!(
-        "  input produced in {:.2} s; all records out in {:.2} s",
+        "  backlog: {} requests produced in {:.2} s while the stage ran, all out in {:.2} s: {:.0} records/s through consume → enrich → produce → ack",
+        options.count,
         outcome.produced_in.as_secs_f64(),
-        outcome.elapsed.as_secs_f64()
-    );
-    println!(
-        "  throughput: {:.0} records/s through consume → enrich → produce → ack",
+        outcome.elapsed.as_secs_f64(),
         options.count as f64 / outcome.elapsed.as_secs_f64()
     );
-    println!(
-        "  latency added by the stage (consume → output acknowledged): p50 {:.2} ms, p99 {:.2} ms",
-        f64::from(pct(0.50)) / 1e3,
-        f64::from(pct(0.99)) / 1e3
-    );
+    if options.paced > 0 {
+        println!(
+            "  paced: {} requests at {} records/s; time inside the stage per record:",
+            options.paced, options.rate
+        );
+        print_percentiles(
+            "consumed → handed to the producer",
+            &outcome.paced.handed_us,
+        );
+        print_percentiles(
+            "consumed → acknowledged by the brokers",
+            &outcome.paced.acked_us,
+        );
+    }
     println!("  consumed {consumed}, enriched and produced {produced}, dead-lettered {dead}");
+}
+
+/// One line of percentiles, in milliseconds.
+fn print_percentiles(what: &str, samples_us: &[u32]) {
+    let mut sorted = samples_us.to_vec();
+    sorted.sort_unstable();
+    let at = |p: f64| {
+        let rank = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len().max(1));
+        f64::from(sorted.get(rank - 1).copied().unwrap_or(0)) / 1e3
+    };
+    println!(
+        "    {what:<40} p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms",
+        at(0.50),
+        at(0.90),
+        at(0.99),
+        at(0.999),
+        at(1.0)
+    );
 }
 
 /// The table of statuses against what was generated; returns how many differ.
