@@ -31,8 +31,9 @@ const INPUT: &str = "bid-requests";
 const OUTPUT: &str = "bid-requests-enriched";
 const DLQ: &str = "bid-requests-dlq";
 // The mock cluster keeps ~5 MiB per partition and silently drops older data: enough partitions keep
-// 100,000 requests of ~1.5 KB (and their enriched copies) whole.
-const PARTITIONS: i32 = 48;
+// 100,000 requests of ~2 KB and the paced phase's (and their enriched copies) whole, with room to spare
+// for uneven partitions.
+const PARTITIONS: i32 = 64;
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
