@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::histogram::Histogram;
 use rdkafka::ClientContext;
 use rdkafka::Message;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -18,7 +19,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::stage::headers;
 use crate::stage::kafka;
-use crate::stage::pipeline::{DeliveryFailure, Shared, StageError};
+use crate::stage::pipeline::{DeliveryFailure, LatencySamples, Shared, StageError};
 use crate::stage::route::Routed;
 use crate::support::metrics::ReasonLabel;
 
@@ -269,32 +270,36 @@ fn count_delivered(shared: &Shared, accounting: &Accounting) {
             shared.counters.statuses[i].fetch_add(1, Ordering::Relaxed);
         }
     }
-    let latency = accounting.received.elapsed();
-    shared.metrics.stage_seconds.observe(latency.as_secs_f64());
-    if let Some(samples) = &shared.counters.latencies {
-        let us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
-        samples
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .acked_us
-            .push(us);
-    }
+    observe_latency(
+        shared,
+        accounting.received,
+        &shared.metrics.stage_seconds,
+        |samples| &mut samples.acked_us,
+    );
 }
 
 /// Counts the time from consuming a record to handing its output to the producer: what the stage itself
 /// costs a record, without the brokers' part.
 pub(crate) fn count_handoff(shared: &Shared, received: Instant) {
+    observe_latency(
+        shared,
+        received,
+        &shared.metrics.handoff_seconds,
+        |samples| &mut samples.handed_us,
+    );
+}
+
+/// The time since `received` into `histogram`, and into the run's samples when it keeps them.
+fn observe_latency(
+    shared: &Shared,
+    received: Instant,
+    histogram: &Histogram,
+    samples: impl FnOnce(&mut LatencySamples) -> &mut Vec<u32>,
+) {
     let latency = received.elapsed();
-    shared
-        .metrics
-        .handoff_seconds
-        .observe(latency.as_secs_f64());
-    if let Some(samples) = &shared.counters.latencies {
+    histogram.observe(latency.as_secs_f64());
+    if let Some(kept) = &shared.counters.latencies {
         let us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
-        samples
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .handed_us
-            .push(us);
+        samples(&mut kept.lock().unwrap_or_else(|e| e.into_inner())).push(us);
     }
 }
