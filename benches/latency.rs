@@ -25,22 +25,25 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod support;
+
 use anyhow::{Context as _, bail};
 use hdrhistogram::Histogram;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use uid2_enricher::enrich::{PayloadFormat, Policy};
-use uid2_enricher::optout::{LiveOptOuts, NoOptOuts, OptOutLookup, OptOutSet, RawUid2};
+use uid2_enricher::optout::{LiveOptOuts, NoOptOuts, OptOutLookup, OptOutSet};
 use uid2_enricher::stage::kafka::{self, KafkaClients, Logged};
 use uid2_enricher::stage::pipeline::{
     self, OutputPartitioning, RunCounters, StageConfig, StageDeps,
 };
+use uid2_enricher::stage::produce::{Backpressure, send_with_backpressure};
 use uid2_enricher::support::metrics::Metrics;
 use uid2_enricher::tools::traffic::{Case, Generator, Mix};
 use uid2_enricher::tools::verify::{VerifyOptions, verify};
@@ -477,11 +480,7 @@ fn optout_set(count: u64) -> OptOutSet {
     let secs = u32::try_from(wall_clock_us() / 1_000_000 - 86_400).unwrap_or(0);
     let mut set = OptOutSet::new();
     for _ in 0..count {
-        let mut bytes = [0u8; 32];
-        rng.fill(&mut bytes);
-        if let Some(raw) = RawUid2::from_bytes(&bytes) {
-            set.insert(&raw, secs);
-        }
+        set.insert(&support::random_raw(&mut rng), secs);
     }
     set
 }
@@ -551,23 +550,16 @@ impl Input {
             key: SENT_HEADER,
             value: Some(sent.as_bytes()),
         });
-        let mut record = FutureRecord::to(&self.topic)
+        let record = FutureRecord::to(&self.topic)
             .key(request.id.as_bytes())
             .payload(request.bytes.as_slice())
             .headers(headers);
-        loop {
-            match self.producer.send_result(record) {
-                Ok(delivery) => {
-                    self.deliveries.push(delivery);
-                    return Ok(());
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                Err((e, _)) => bail!("producing the input: {e}"),
-            }
-        }
+        let wait = Backpressure::patient(Duration::from_millis(1));
+        let delivery = send_with_backpressure(&self.producer, record, wait, || {})
+            .await
+            .context("producing the input")?;
+        self.deliveries.push(delivery);
+        Ok(())
     }
 
     async fn acknowledged(&mut self) -> anyhow::Result<()> {

@@ -51,12 +51,6 @@ const QUERIES: usize = 1 << 20;
 /// 2026-01-01T00:00:00Z in seconds.
 const T: u32 = 1_767_225_600;
 
-fn random_raw(rng: &mut fastrand::Rng) -> RawUid2 {
-    let mut b = [0u8; 32];
-    rng.fill(&mut b);
-    RawUid2::from_bytes(&b).expect("32 bytes")
-}
-
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -77,14 +71,14 @@ fn lookups(c: &mut Criterion) {
     let mut set = OptOutSet::new();
     let mut hits = Vec::with_capacity(QUERIES);
     for i in 0..ENTRIES {
-        let raw = random_raw(&mut rng);
+        let raw = support::random_raw(&mut rng);
         set.insert(&raw, T - (i as u32 % 86_400));
         if i % (ENTRIES / QUERIES) == 0 && hits.len() < QUERIES {
             hits.push(raw.to_base64());
         }
     }
     let misses: Vec<String> = (0..QUERIES)
-        .map(|_| random_raw(&mut rng).to_base64())
+        .map(|_| support::random_raw(&mut rng).to_base64())
         .collect();
     println!(
         "optout bench: {} entries inserted in {:.1} s, {:.1} heap bytes per entry, peak RSS {:.0} MiB",
@@ -202,7 +196,7 @@ fn user_tokens(rng: &mut fastrand::Rng) -> (Vec<u8>, usize) {
     let mut flat = Vec::new();
     let mut len = 0;
     for _ in 0..USERS {
-        let raw = random_raw(rng).to_base64();
+        let raw = support::random_raw(rng).to_base64();
         let token = encrypt::generate(&TokenSpec {
             version: TokenVersion::V4,
             raw_uid2: &raw,
@@ -316,7 +310,7 @@ impl<'a> ColdUsers<'a> {
             .expect("the token is in the request");
         let mut small = OptOutSet::new();
         for _ in 0..10_000 {
-            small.insert(&random_raw(&mut rng), T);
+            small.insert(&support::random_raw(&mut rng), T);
         }
         ColdUsers {
             live,
@@ -377,7 +371,7 @@ fn cold_users_interleaved(rounds: usize) {
     let mut rng = fastrand::Rng::with_seed(42);
     let mut set = OptOutSet::new();
     for i in 0..ENTRIES {
-        set.insert(&random_raw(&mut rng), T - (i as u32 % 86_400));
+        set.insert(&support::random_raw(&mut rng), T - (i as u32 % 86_400));
     }
     let live = LiveOptOuts::from(set);
     let bench = ColdUsers::new(&live);
@@ -484,7 +478,7 @@ fn gen_file(path: &str, count: usize) {
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
     writeln!(out, "raw_uid2,unix_seconds").expect("write");
     for i in 0..count {
-        let raw = random_raw(&mut rng);
+        let raw = support::random_raw(&mut rng);
         writeln!(out, "{},{}", raw.to_base64(), T - (i as u32 % 86_400)).expect("write");
     }
     out.flush().expect("flush");
@@ -527,7 +521,7 @@ fn produce(brokers: String, topic: String, count: usize) {
     let mut rng = fastrand::Rng::with_seed(2);
     let started = Instant::now();
     for i in 0..count {
-        let key = random_raw(&mut rng).to_base64();
+        let key = support::random_raw(&mut rng).to_base64();
         let value = (T - (i as u32 % 86_400)).to_string();
         let mut record = BaseRecord::to(&topic).key(&key).payload(&value);
         loop {

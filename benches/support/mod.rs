@@ -1,4 +1,4 @@
-//! Fixtures shared by the criterion benches (`benches/decrypt.rs`, `benches/enrich.rs`): the cross-SDK
+//! Fixtures shared by the benches (`decrypt`, `enrich`, `optout`, `latency`): the cross-SDK
 //! key material of `../shared/spec/uid2-tokens.md` §7 (master 164, site 165, site 9000), tokens made with
 //! the crate's own generator, and realistic OpenRTB 2.6 bid requests (JSON and protobuf) of a chosen size
 //! carrying exactly one UID2 v4 token.
@@ -10,6 +10,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use uid2_enricher::openrtb::proto::pb;
+use uid2_enricher::optout::RawUid2;
 use uid2_enricher::uid2::cipher::Secret;
 use uid2_enricher::uid2::encrypt::{self, TokenSpec};
 use uid2_enricher::uid2::{IdentityScope, IdentityType, KeySet, TokenVersion};
@@ -399,4 +400,11 @@ pub fn proto_request_near(target: usize, token: &str) -> Vec<u8> {
         }
     }
     best
+}
+
+/// A random raw UID2 (the opt-out benches fill their sets with these).
+pub fn random_raw(rng: &mut fastrand::Rng) -> RawUid2 {
+    let mut b = [0u8; 32];
+    rng.fill(&mut b);
+    RawUid2::from_bytes(&b).expect("32 bytes")
 }

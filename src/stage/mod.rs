@@ -7,7 +7,7 @@ pub mod kafka;
 pub mod keysource;
 pub mod optout_feed;
 pub mod pipeline;
-pub(crate) mod produce;
+pub mod produce;
 mod route;
 pub mod server;
 pub(crate) mod validate;
