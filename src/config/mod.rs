@@ -38,6 +38,7 @@ mod raw;
 mod settings;
 #[cfg(test)]
 mod tests;
+mod uid2;
 
 use std::path::Path;
 
