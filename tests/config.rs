@@ -85,13 +85,13 @@ fn shipped_enricher_toml_parses_with_the_documented_values() {
     assert_eq!(s.kafka.consumer.get("auto.offset.reset"), Some("earliest"));
     assert_eq!(s.kafka.producer.get("linger.ms"), Some("5"));
     assert_eq!(s.uid2.mode, ClientMode::Bidstream);
-    match &s.uid2.keys {
+    match &s.uid2.sources[0].from {
         KeysFrom::Operator { base_url, .. } => assert_eq!(base_url, "https://prod.uidapi.com"),
         other => panic!("expected the UID2 operator, got {other:?}"),
     }
     // The development config is the one with the demo keys.
     let dev = config::load_with_env(Path::new("config/dev.toml"), &no_env).unwrap();
-    match &dev.uid2.keys {
+    match &dev.uid2.sources[0].from {
         KeysFrom::File(path) => {
             assert!(path.is_absolute(), "{}", path.display());
             assert!(path.ends_with("config/demo-keys.json"));
@@ -197,6 +197,10 @@ fn shipped_enricher_toml_documents_every_key() {
                 assert!(text.contains("[[pipeline.sources]]"));
                 continue;
             }
+            if *table == "uid2" && *key == "key_sources" {
+                assert!(text.contains("[[uid2.key_sources]]"));
+                continue;
+            }
             let set = text.lines().any(|l| {
                 l.trim_start_matches(['#', ' '])
                     .starts_with(&format!("{key} ="))
@@ -215,7 +219,9 @@ fn shipped_dev_toml_parses() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(s.kafka.brokers, "127.0.0.1:9092");
     assert_eq!(s.server.listen, "127.0.0.1:9898".parse().unwrap());
-    assert!(matches!(&s.uid2.keys, KeysFrom::File(p) if p.ends_with("config/demo-keys.json")));
+    assert!(
+        matches!(&s.uid2.sources[0].from, KeysFrom::File(p) if p.ends_with("config/demo-keys.json"))
+    );
 }
 
 #[test]
@@ -607,7 +613,7 @@ fn operator_credentials_come_from_the_environment() {
         ("UID2_OPTOUT_TOKEN", "optout-bearer-token-value"),
     ]);
     let s = config::parse_with_env(text, "x.toml", &env).unwrap();
-    match &s.uid2.keys {
+    match &s.uid2.sources[0].from {
         KeysFrom::Operator {
             base_url,
             api_key,
@@ -635,7 +641,12 @@ fn operator_credentials_come_from_the_environment() {
     for secret in [API_KEY, SECRET_B64, "optout-bearer-token-value"] {
         assert!(!debug.contains(secret), "secret leaked in {debug}");
     }
-    assert!(s.uid2.keys.describe().contains("https://prod.uidapi.com"));
+    assert!(
+        s.uid2.sources[0]
+            .from
+            .describe()
+            .contains("https://prod.uidapi.com")
+    );
 }
 
 #[test]
@@ -658,7 +669,7 @@ fn operator_url_must_be_https_or_loopback() {
         let s =
             config::parse_with_env(&format!("[uid2]\nbase_url = \"{local}\"\n"), "x.toml", &env)
                 .unwrap_or_else(|e| panic!("{local}: {e}"));
-        assert!(matches!(s.uid2.keys, KeysFrom::Operator { .. }));
+        assert!(matches!(s.uid2.sources[0].from, KeysFrom::Operator { .. }));
     }
 }
 
@@ -846,4 +857,184 @@ fn other_choices_parse() {
     assert_eq!(s.log.format, LogFormat::Json);
     assert_eq!(s.server.listen, "[::1]:9000".parse().unwrap());
     assert_eq!(s.kafka.input_topics, ["a", "b"]);
+}
+
+#[test]
+fn key_sources_one_per_operator_with_their_own_credential_variables() {
+    let text = "[uid2]\n\
+        [[uid2.key_sources]]\nscope = \"UID2\"\nbase_url = \"https://prod.uidapi.com\"\n\
+        [[uid2.key_sources]]\nscope = \"EUID\"\nbase_url = \"https://prod.euid.eu\"\n\
+        [[uid2.key_sources]]\n";
+    let two = &text[..text.len() - "[[uid2.key_sources]]\n".len()];
+    let env = env_of(&[
+        ("UID2_API_KEY", API_KEY),
+        ("UID2_SECRET_KEY", SECRET_B64),
+        ("EUID_API_KEY", "EUID-C-L-1-key"),
+        ("EUID_SECRET_KEY", SECRET_B64),
+    ]);
+    let s = config::parse_with_env(two, "x.toml", &env).unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<(&str, Option<IdentityScope>)> = s
+        .uid2
+        .sources
+        .iter()
+        .map(|k| (k.name.as_str(), k.scope))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("uid2", Some(IdentityScope::Uid2)),
+            ("euid", Some(IdentityScope::Euid))
+        ]
+    );
+    match &s.uid2.sources[1].from {
+        KeysFrom::Operator {
+            base_url, api_key, ..
+        } => {
+            assert_eq!(base_url, "https://prod.euid.eu");
+            assert_eq!(api_key.expose(), "EUID-C-L-1-key");
+        }
+        other => panic!("expected the EUID operator, got {other:?}"),
+    }
+    // The EUID source's credentials by default in EUID_API_KEY / EUID_SECRET_KEY, named in the error.
+    let e = fails_with_env(
+        two,
+        &env_of(&[("UID2_API_KEY", API_KEY), ("UID2_SECRET_KEY", SECRET_B64)]),
+    );
+    let message = e.to_string();
+    assert!(
+        message.contains("[[uid2.key_sources]] `euid`")
+            && message.contains("EUID_API_KEY is not set")
+            && message.contains("EUID portal"),
+        "{message}"
+    );
+    // Named variables instead of the defaults.
+    let named = two.replace(
+        "base_url = \"https://prod.euid.eu\"\n",
+        "base_url = \"https://prod.euid.eu\"\napi_key_env = \"EU_KEY\"\nsecret_key_env = \"EU_SECRET\"\n",
+    );
+    let s = config::parse_with_env(
+        &named,
+        "x.toml",
+        &env_of(&[
+            ("UID2_API_KEY", API_KEY),
+            ("UID2_SECRET_KEY", SECRET_B64),
+            ("EU_KEY", "eu-key"),
+            ("EU_SECRET", SECRET_B64),
+        ]),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        matches!(&s.uid2.sources[1].from, KeysFrom::Operator { api_key, .. } if api_key.expose() == "eu-key")
+    );
+    // A value where a variable name belongs, and a credential written in the file.
+    let e = fails_with_env(&named.replace("\"EU_KEY\"", "\"eu key=abc\""), &env);
+    assert_error(&e, 8, 15, &["not an environment variable name"]);
+    let e = fails_with_env(
+        &two.replace(
+            "scope = \"EUID\"\n",
+            "scope = \"EUID\"\napi_key = \"EUID-C-L-1-key\"\n",
+        ),
+        &env,
+    );
+    assert!(
+        e.to_string().contains("looks like a secret") && !e.to_string().contains("C-L-1-key"),
+        "{e}"
+    );
+}
+
+#[test]
+fn key_sources_are_checked_entry_by_entry() {
+    let env = env_of(&[
+        ("UID2_API_KEY", API_KEY),
+        ("UID2_SECRET_KEY", SECRET_B64),
+        ("EUID_API_KEY", API_KEY),
+        ("EUID_SECRET_KEY", SECRET_B64),
+    ]);
+    let file = "keys_file = \"config/demo-keys.json\"\n";
+    // Two sources for one scope.
+    let e = fails_with_env(
+        &format!(
+            "[uid2]\n[[uid2.key_sources]]\nscope = \"UID2\"\n{file}[[uid2.key_sources]]\nscope = \"UID2\"\nname = \"b\"\n{file}"
+        ),
+        &env,
+    );
+    assert_error(&e, 6, 9, &["two [[uid2.key_sources]] entries serve UID2"]);
+    // Both forms at once.
+    let e = fails_with_env(
+        &format!("[uid2]\n{file}[[uid2.key_sources]]\nscope = \"UID2\"\n{file}"),
+        &env,
+    );
+    assert_error(&e, 2, 13, &["lists [[uid2.key_sources]] too", "one form"]);
+    // A scope that is not one.
+    let e = fails_with_env(
+        &format!("[uid2]\n[[uid2.key_sources]]\nscope = \"EUDI\"\n{file}"),
+        &env,
+    );
+    assert_error(&e, 3, 9, &["did you mean \"EUID\"?"]);
+    // Neither keys_file nor base_url; both; credentials for a file.
+    let e = fails_with_env("[uid2]\n[[uid2.key_sources]]\nscope = \"EUID\"\n", &env);
+    assert!(
+        e.to_string().contains("has no `keys_file` or `base_url`")
+            && e.to_string().contains("https://prod.euid.eu"),
+        "{e}"
+    );
+    let e = fails_with_env(
+        &format!(
+            "[uid2]\n[[uid2.key_sources]]\nscope = \"EUID\"\n{file}base_url = \"https://prod.euid.eu\"\n"
+        ),
+        &env,
+    );
+    assert!(e.to_string().contains("sets both"), "{e}");
+    let e = fails_with_env(
+        &format!(
+            "[uid2]\n[[uid2.key_sources]]\nscope = \"EUID\"\n{file}api_key_env = \"EUID_API_KEY\"\n"
+        ),
+        &env,
+    );
+    assert_error(&e, 5, 15, &["needs no credentials"]);
+    // A missing keys file names the entry.
+    let e = fails_with_env(
+        "[uid2]\n[[uid2.key_sources]]\nscope = \"EUID\"\nkeys_file = \"no/such/euid.json\"\n",
+        &env,
+    );
+    assert!(
+        e.to_string()
+            .contains("`keys_file` in [[uid2.key_sources]] `euid`"),
+        "{e}"
+    );
+    // The tokenize direction encrypts with one key set.
+    let e = fails_with_env(
+        &format!(
+            "[uid2]\nmode = \"sharing\"\n[[uid2.key_sources]]\nscope = \"UID2\"\n{file}[[uid2.key_sources]]\nscope = \"EUID\"\n{file}[pipeline]\ndirection = \"tokenize\"\nformat = \"json\"\n"
+        ),
+        &env,
+    );
+    assert!(
+        e.to_string().contains("makes tokens with one key set"),
+        "{e}"
+    );
+    // The single form keeps its name and answers every scope.
+    let s = ok(UID2);
+    assert_eq!(s.uid2.sources.len(), 1);
+    assert_eq!(
+        (s.uid2.sources[0].name.as_str(), s.uid2.sources[0].scope),
+        ("uid2", None)
+    );
+}
+
+#[test]
+fn commands_without_operator_credentials_take_any_source_variables() {
+    let dir = std::env::temp_dir().join(format!("uid2-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("two.toml");
+    std::fs::write(
+        &path,
+        "[uid2]\n[[uid2.key_sources]]\nscope = \"UID2\"\nbase_url = \"https://prod.uidapi.com\"\n\
+         [[uid2.key_sources]]\nscope = \"EUID\"\nbase_url = \"https://prod.euid.eu\"\napi_key_env = \"UNSET_EUID_KEY_FOR_TEST\"\n",
+    )
+    .unwrap();
+    let s = config::load_without_operator_credentials(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.uid2.sources.len(), 2);
+    assert!(config::load_with_env(&path, &no_env).is_err());
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -66,10 +66,7 @@ fn run(
     cache: Option<&DecryptCache>,
 ) -> (Vec<u8>, String, Option<String>) {
     let ctx = Context {
-        keys: Keys {
-            uid2: Some(uid2),
-            euid: Some(euid),
-        },
+        keys: Keys::per_scope(Some(Some(uid2)), Some(Some(euid))),
         optouts: &NoOptOuts,
         cache,
         now_ms: NOW,
@@ -218,10 +215,7 @@ fn selection_prefers_the_first_success_and_counts_every_occurrence() {
         e = expired.build()
     );
     let ctx = Context {
-        keys: Keys {
-            uid2: Some(&uid2),
-            euid: Some(&euid),
-        },
+        keys: Keys::per_scope(Some(Some(&uid2)), Some(Some(&euid))),
         optouts: &NoOptOuts,
         cache: None,
         now_ms: NOW,
@@ -370,4 +364,76 @@ fn malformed_payloads_are_reported_not_enriched() {
         "{}",
         err.reason
     );
+}
+
+/// A key source per scope: each token is decrypted with its scope's set only.
+#[test]
+fn a_key_source_per_scope_decrypts_each_token_with_its_own_set() {
+    use uid2_enricher::tools::traffic::{Case, Generator, Mix};
+    let now = 1_780_000_000_000;
+    let mix = Mix(vec![(Case::ValidV4, 1), (Case::EuidValid, 1)]);
+    let mut generator = Generator::new(5, mix, now, 50, 900);
+    let (uid2, euid) = (generator.key_set(), generator.euid_key_set());
+    let status_of = |keys: Keys<'_>, payload: &[u8], format: PayloadFormat| {
+        let ctx = Context {
+            keys,
+            optouts: &NoOptOuts,
+            cache: None,
+            now_ms: now,
+        };
+        enrich(payload, format, &ctx, &Policy::default())
+            .unwrap()
+            .status_header()
+    };
+    let both = || Keys::per_scope(Some(Some(&uid2)), Some(Some(&euid)));
+    let (mut seen_uid2, mut seen_euid) = (0, 0);
+    for _ in 0..200 {
+        let request = generator.next_request();
+        let want_uid2_only = match request.case {
+            Case::ValidV4 => {
+                seen_uid2 += 1;
+                "success"
+            }
+            _ => {
+                seen_euid += 1;
+                "invalid_identity_scope"
+            }
+        };
+        let json = PayloadFormat::Json;
+        assert_eq!(status_of(both(), &request.bytes, json), "success");
+        // No EUID source: EUID tokens are refused as of another scope, without a decryption attempt.
+        let uid2_only = Keys::per_scope(Some(Some(&uid2)), None);
+        assert_eq!(status_of(uid2_only, &request.bytes, json), want_uid2_only);
+        // An EUID source not loaded yet: the SDK's status before its first refresh.
+        let euid_pending = Keys::per_scope(Some(Some(&uid2)), Some(None));
+        let want = if request.case == Case::ValidV4 {
+            "success"
+        } else {
+            "not_initialized"
+        };
+        assert_eq!(status_of(euid_pending, &request.bytes, json), want);
+        // One source for every scope, as one SDK client: the EUID token meets the UID2 set.
+        let single = Keys::single(Some(&uid2));
+        assert_eq!(status_of(single, &request.bytes, json), want_uid2_only);
+    }
+    assert!(seen_uid2 > 50 && seen_euid > 50);
+    // Pixels carry no eid source: the scope the token declares picks the set and the reported source.
+    for _ in 0..50 {
+        let hit = generator.next_pixel();
+        let ctx = Context {
+            keys: both(),
+            optouts: &NoOptOuts,
+            cache: None,
+            now_ms: now,
+        };
+        let out = enrich(&hit.bytes, PayloadFormat::Pixel, &ctx, &Policy::default()).unwrap();
+        assert_eq!(out.status_header(), "success", "{:?}", hit.case);
+        let source = &Policy::default().sources[out.tokens[0].source_index];
+        let want = if hit.case == Case::EuidValid {
+            IdentityScope::Euid
+        } else {
+            IdentityScope::Uid2
+        };
+        assert_eq!(source.scope, want, "{:?}", hit.case);
+    }
 }

@@ -219,3 +219,164 @@ listen = "127.0.0.1:{port}"
     shutdown.cancel();
     stage.await.unwrap().expect("the stage stops cleanly");
 }
+
+const EUID_CLIENT_SECRET_B64: &str = "3bWq1j0JzpQw0w9N0Hc2V2Yx1ZkYbJ2m0iQ0pT8pVxg=";
+const EUID_API_KEY: &str = "EUID-C-L-998-faultsEuidApiKeyThatMustNotLeak=";
+
+/// Two operators, UID2 and EUID, each with its own credentials: a stream mixing their tokens decrypts
+/// whole; the EUID operator down at start keeps the stage not ready; the EUID operator failing mid-run
+/// leaves EUID tokens on its last good keys and the UID2 source untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uid2_and_euid_operators_each_with_their_own_credentials() {
+    let cluster = MockCluster::new(1).unwrap();
+    for (topic, partitions) in [
+        ("keys-in", 2),
+        ("keys-out", 2),
+        ("keys-dlq", 1),
+        ("uid2-optouts", 1),
+    ] {
+        cluster.create_topic(topic, partitions, 1).unwrap();
+    }
+    let brokers = cluster.bootstrap_servers();
+    // Half UID2 v4 tokens under uidapi.com, half EUID tokens (EUID keys) under euid.eu.
+    let mix = Mix(vec![(Case::ValidV4, 1), (Case::EuidValid, 1)]);
+    let mut generator = Generator::new(47, mix, wall_clock_ms(), 20, 800);
+    let (uid2_operator, uid2_url) = operator::start(
+        CLIENT_SECRET_B64,
+        API_KEY,
+        generator.keys_json().to_string(),
+        true,
+    )
+    .await;
+    let (euid_operator, euid_url) = operator::start(
+        EUID_CLIENT_SECRET_B64,
+        EUID_API_KEY,
+        generator.euid_keys_json().to_string(),
+        false,
+    )
+    .await;
+    let port = free_port();
+    let settings = uid2_enricher::config::parse_with_env(
+        &format!(
+            r#"[kafka]
+brokers = "{brokers}"
+group_id = "g-two-operators"
+input_topics = ["keys-in"]
+output_topic = "keys-out"
+dlq_topic = "keys-dlq"
+[kafka.consumer]
+"session.timeout.ms" = 6000
+[uid2]
+refresh_interval_secs = 1
+refresh_jitter_secs = 0
+retry_initial_backoff_ms = 100
+retry_max_backoff_ms = 400
+request_timeout_ms = 1000
+[[uid2.key_sources]]
+scope = "UID2"
+base_url = "{uid2_url}"
+[[uid2.key_sources]]
+name = "euid-eu"
+scope = "EUID"
+base_url = "{euid_url}"
+api_key_env = "EUID_OPERATOR_API_KEY"
+[server]
+listen = "127.0.0.1:{port}"
+"#
+        ),
+        "two_operators.toml",
+        &|name| match name {
+            "UID2_API_KEY" => Some(API_KEY.to_string()),
+            "UID2_SECRET_KEY" => Some(CLIENT_SECRET_B64.to_string()),
+            "EUID_OPERATOR_API_KEY" => Some(EUID_API_KEY.to_string()),
+            "EUID_SECRET_KEY" => Some(EUID_CLIENT_SECRET_B64.to_string()),
+            _ => None,
+        },
+    )
+    .expect("the test configuration is valid");
+    let shutdown = CancellationToken::new();
+    let stage = tokio::spawn(uid2_enricher::stage::run(settings, shutdown.clone()));
+
+    // 1. The EUID operator down at start: UID2 keys load, yet the stage is not ready and consumes nothing.
+    produce(&brokers, &mut generator, 60).await;
+    wait_until("the UID2 keys", Duration::from_secs(10), async || {
+        uid2_operator.served.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (code, body) = get(port, "/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("from key source euid-eu"), "{body}");
+    assert_eq!(metric(port, "uid2_enricher_records_in_total").await, 0);
+    assert!(euid_operator.refused.load(Ordering::Relaxed) >= 3);
+
+    // 2. The EUID operator up: ready, and every record of the mixed stream comes out `success`.
+    euid_operator.set_up(true);
+    wait_until("ready", Duration::from_secs(5), async || {
+        get(port, "/readyz").await.0 == 200
+    })
+    .await;
+    wait_out(port, 60).await;
+    let success = "uid2_enricher_requests_total{status=\"success\"}";
+    assert_eq!(metric(port, success).await, 60);
+    let metrics = get(port, "/metrics").await.1;
+    for label in ["key_source=\"uid2\"", "key_source=\"euid-eu\""] {
+        assert!(
+            metrics.lines().any(|l| l
+                .starts_with("uid2_enricher_key_set_latest_expiry_timestamp_seconds{")
+                && l.contains(label)),
+            "no expiry gauge for {label}"
+        );
+    }
+
+    // 3. The EUID operator fails mid-run: EUID tokens keep decrypting on its last good keys, the UID2
+    // source keeps refreshing, and the failures are counted against the EUID source alone.
+    euid_operator.set_up(false);
+    let (uid2_served, euid_refused) = (
+        uid2_operator.served.load(Ordering::Relaxed),
+        euid_operator.refused.load(Ordering::Relaxed),
+    );
+    wait_until(
+        "failed EUID refreshes",
+        Duration::from_secs(10),
+        async || euid_operator.refused.load(Ordering::Relaxed) > euid_refused + 2,
+    )
+    .await;
+    produce(&brokers, &mut generator, 60).await;
+    wait_out(port, 120).await;
+    assert_eq!(
+        metric(port, success).await,
+        120,
+        "last good EUID keys in use"
+    );
+    assert!(uid2_operator.served.load(Ordering::Relaxed) > uid2_served);
+    assert_eq!(get(port, "/readyz").await.0, 200);
+    // The failure counter is exported every 5 s.
+    wait_until(
+        "the EUID failures in /metrics",
+        Duration::from_secs(12),
+        async || {
+            metric(
+                port,
+                "uid2_enricher_key_refresh_failures_total{key_source=\"euid-eu\"}",
+            )
+            .await
+                > 0
+        },
+    )
+    .await;
+    assert_eq!(
+        metric(
+            port,
+            "uid2_enricher_key_refresh_failures_total{key_source=\"uid2\"}"
+        )
+        .await,
+        0
+    );
+    println!(
+        "RESULT two operators: EUID down at start → 503 ({} EUID refreshes refused); up → 60/60 success (UID2 and EUID tokens); EUID down mid-run → 60/60 success on its last good keys, UID2 refreshing on",
+        euid_refused
+    );
+    shutdown.cancel();
+    stage.await.unwrap().expect("the stage stops cleanly");
+}

@@ -145,6 +145,107 @@ fn sdk_made_tokens_decrypt_in_rust_to_the_same_fields() {
     );
 }
 
+/// UID2 tokens the SDK made with the UID2 key set and EUID tokens it made with the EUID key set (same key
+/// ids, other secrets), paired in one bid request each: with a key source per scope both decrypt to the
+/// SDK's raw IDs; with the UID2 set alone the EUID token does not.
+#[test]
+#[ignore = "needs the Python SDK venv; run by scripts/test.sh"]
+fn sdk_made_uid2_and_euid_tokens_in_one_request_decrypt_with_their_own_key_sets() {
+    use uid2_enricher::enrich::{Context, Keys, PayloadFormat, Policy, enrich};
+    use uid2_enricher::optout::NoOptOuts;
+    let out = scratch("sdk-made-mixed.json");
+    let (ok, log) = run_script("scripts/interop/sdk_make_tokens.py", &[&out]);
+    assert!(ok, "sdk_make_tokens.py failed:\n{log}");
+    let doc: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let parse = |name: &str| KeySet::parse_json(doc[name].as_str().unwrap().as_bytes()).unwrap();
+    let (uid2, euid) = (parse("keys"), parse("euid_keys"));
+    assert_eq!(euid.identity_scope, IdentityScope::Euid);
+    // Java/.NET semantics where Python deviates, as in the test above.
+    let want = |case: &Value| -> Value {
+        case.get("java_expected_result")
+            .unwrap_or(&case["expected"])
+            .clone()
+    };
+    let successes = |keys_ref: &str| -> Vec<Value> {
+        doc["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| {
+                c["keys_ref"] == keys_ref
+                    && mode_of(c) == ClientMode::Bidstream
+                    && want(c)["status"] == "success"
+                    && want(c)["cstg"] == false
+            })
+            .cloned()
+            .collect()
+    };
+    let (uid2_cases, euid_cases) = (successes("keys"), successes("euid_keys"));
+    let mut pairs = 0;
+    // One instant per request, at which both tokens are unexpired by the SDK's own answer: the later of
+    // the two cases' times, before either token's expiry.
+    let instant = |u: &Value, e: &Value| {
+        let now = u["now_ms"].as_i64()?.max(e["now_ms"].as_i64()?);
+        (want(u)["expires"].as_i64()? > now && want(e)["expires"].as_i64()? > now).then_some(now)
+    };
+    for (i, u) in uid2_cases.iter().enumerate() {
+        let rotated = euid_cases.iter().cycle().skip(i % euid_cases.len().max(1));
+        let Some((e, now)) = rotated
+            .take(euid_cases.len())
+            .find_map(|e| Some((e, instant(u, e)?)))
+        else {
+            continue;
+        };
+        let (wu, we) = (want(u), want(e));
+        let request = json!({"id": format!("pair-{pairs}"), "user": {"eids": [
+            {"source": "uidapi.com", "uids": [{"id": u["token"]}]},
+            {"source": "euid.eu", "uids": [{"id": e["token"]}]},
+        ]}})
+        .to_string();
+        let run = |keys: Keys<'_>| {
+            let ctx = Context {
+                keys,
+                optouts: &NoOptOuts,
+                cache: None,
+                now_ms: now,
+            };
+            let out = enrich(
+                request.as_bytes(),
+                PayloadFormat::Json,
+                &ctx,
+                &Policy::default(),
+            )
+            .unwrap();
+            out.tokens
+                .iter()
+                .map(|t| {
+                    let raw = t.decryption.raw_uid2.as_deref().map(str::to_string);
+                    (t.decryption.status.as_str(), raw)
+                })
+                .collect::<Vec<_>>()
+        };
+        let got = run(Keys::per_scope(Some(Some(&uid2)), Some(Some(&euid))));
+        assert_eq!(
+            got,
+            [
+                ("success", wu["raw_uid2"].as_str().map(str::to_string)),
+                ("success", we["raw_uid2"].as_str().map(str::to_string)),
+            ],
+            "{} + {}",
+            u["name"],
+            e["name"]
+        );
+        let uid2_alone = run(Keys::single(Some(&uid2)));
+        assert_eq!(uid2_alone[0].0, "success");
+        assert_ne!(uid2_alone[1].0, "success", "{}", e["name"]);
+        pairs += 1;
+    }
+    println!(
+        "sdk → rust, UID2 + EUID in one request: {pairs} pairs, every token decrypted to the SDK's raw ID with its own key set"
+    );
+    assert!(pairs >= 300, "only {pairs} pairs");
+}
+
 /// A small deterministic generator (xorshift64*): the cases must be the same on every run.
 struct Rng(u64);
 impl Rng {

@@ -730,3 +730,113 @@ fn replay_with_keys_does_not_need_the_operator_credentials_of_its_config() {
     assert_eq!(refused.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("base_url"), "{stderr}");
 }
+
+/// `gen --euid-keys-out` makes a stream that needs both operators' keys; `replay` and `decrypt` take
+/// `--keys` once per operator, each file serving the scope its body declares.
+#[test]
+fn a_uid2_and_euid_stream_needs_both_key_sets() {
+    let dir = scratch("uid2-and-euid");
+    let (requests, uid2_keys, euid_keys) = (
+        dir.join("requests.jsonl"),
+        dir.join("uid2-keys.json"),
+        dir.join("euid-keys.json"),
+    );
+    let now = "2026-01-01T00:00:00Z";
+    let generated = bin(&[
+        "gen",
+        "--count",
+        "300",
+        "--output",
+        path(&requests),
+        "--keys-out",
+        path(&uid2_keys),
+        "--euid-keys-out",
+        path(&euid_keys),
+        "--mix",
+        "v4=1,v3=1,euid-valid=1",
+        "--now",
+        now,
+    ]);
+    assert!(
+        generated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
+    let euid_doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&euid_keys).unwrap()).unwrap();
+    assert_eq!(euid_doc["body"]["identity_scope"], "EUID");
+    let statuses = |keys: &[&Path], name: &str| {
+        let out = dir.join(name);
+        let mut args = vec!["replay", "--input", path(&requests), "--output", path(&out)];
+        for k in keys {
+            args.extend(["--keys", path(k)]);
+        }
+        args.extend(["--now", now]);
+        let replay = bin(&args);
+        assert!(
+            replay.status.success(),
+            "{}",
+            String::from_utf8_lossy(&replay.stderr)
+        );
+        let mut counts = std::collections::BTreeMap::<String, usize>::new();
+        for line in lines(&out) {
+            *counts.entry(member_status(&line)).or_default() += 1;
+        }
+        counts
+    };
+    let both = statuses(&[&uid2_keys, &euid_keys], "both.jsonl");
+    assert_eq!(both.get("success"), Some(&300), "{both:?}");
+    let uid2_only = statuses(&[&uid2_keys], "uid2-only.jsonl");
+    let euid_only = statuses(&[&euid_keys], "euid-only.jsonl");
+    let refused = uid2_only["invalid_identity_scope"];
+    assert!(refused > 50, "{uid2_only:?}");
+    assert_eq!(uid2_only["success"] + refused, 300, "{uid2_only:?}");
+    assert_eq!(euid_only["success"], refused, "{euid_only:?}");
+
+    // Two files of one scope are refused, naming both.
+    let twice = bin(&[
+        "replay",
+        "--input",
+        path(&requests),
+        "--output",
+        path(&dir.join("x.jsonl")),
+        "--keys",
+        path(&uid2_keys),
+        "--keys",
+        path(&uid2_keys),
+    ]);
+    let stderr = String::from_utf8_lossy(&twice.stderr);
+    assert!(
+        !twice.status.success() && stderr.contains("both hold UID2 keys"),
+        "{stderr}"
+    );
+
+    // decrypt: an EUID token with both files decrypts; with the UID2 file alone it is of another scope.
+    let line = std::fs::read_to_string(&requests).unwrap();
+    let euid_token = line
+        .lines()
+        .find(|l| l.contains("euid.eu"))
+        .and_then(|l| {
+            let request: serde_json::Value = serde_json::from_str(l).ok()?;
+            let eids = request["user"]["eids"]
+                .as_array()
+                .or(request["user"]["ext"]["eids"].as_array())?
+                .clone();
+            Some(eids[0]["uids"][0]["id"].as_str()?.to_string())
+        })
+        .expect("an EUID token in the stream");
+    let decrypt = |keys: &[&Path]| {
+        let mut args = vec!["decrypt"];
+        for k in keys {
+            args.extend(["--keys", path(k)]);
+        }
+        args.extend(["--now", now, &euid_token]);
+        let out = bin(&args);
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+        doc["status"].as_str().unwrap().to_string()
+    };
+    assert_eq!(decrypt(&[&uid2_keys, &euid_keys]), "success");
+    assert_eq!(decrypt(&[&euid_keys]), "success");
+    assert_eq!(decrypt(&[&uid2_keys]), "invalid_identity_scope");
+}

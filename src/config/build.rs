@@ -30,9 +30,10 @@ pub(super) fn build(
     doc: &DeTable<'_>,
     raw: RawConfig,
     env: &dyn Fn(&str) -> Option<String>,
+    credentials: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Settings, ConfigError> {
     let kafka = build_kafka(cx, doc, raw.kafka.unwrap_or_default())?;
-    let uid2 = super::uid2::build_uid2(cx, raw.uid2, env)?;
+    let uid2 = super::uid2::build_uid2(cx, raw.uid2, credentials)?;
     let optout = build_optout(cx, raw.optout.unwrap_or_default(), &kafka, env)?;
     let server = build_server(cx, raw.server.unwrap_or_default())?;
     let pipeline = build_pipeline(
@@ -41,6 +42,15 @@ pub(super) fn build(
         uid2.mode,
         &kafka.input_topics,
     )?;
+    if pipeline.direction == Direction::Tokenize && uid2.sources.len() > 1 {
+        return Err(cx.plain(
+            &format!(
+                "[pipeline] direction = \"tokenize\" makes tokens with one key set, but [[uid2.key_sources]] lists {}",
+                uid2.sources.len()
+            ),
+            "a sharing sender encrypts with its own operator's sharing keys: keep the one key source whose tokens you send",
+        ));
+    }
     let log = build_log(cx, raw.log.unwrap_or_default())?;
     Ok(Settings {
         origin: cx.origin.to_string(),

@@ -134,6 +134,20 @@ const TABLES: &[TableSpec] = &[
                 .defaults_to(Int(defaults::RETRY_INITIAL_BACKOFF_MS)),
             KeySpec::new("retry_max_backoff_ms").defaults_to(Int(defaults::RETRY_MAX_BACKOFF_MS)),
             KeySpec::new("request_timeout_ms").defaults_to(Int(defaults::REQUEST_TIMEOUT_MS)),
+            KeySpec::new("key_sources").example(
+                "[[uid2.key_sources]] scope = \"EUID\" base_url = \"https://prod.euid.eu\"",
+            ),
+        ],
+    },
+    TableSpec {
+        name: "uid2.key_sources",
+        keys: &[
+            KeySpec::new("name").example("name = \"euid\""),
+            KeySpec::new("scope").example("scope = \"EUID\""),
+            KeySpec::new("keys_file").example("keys_file = \"/etc/uid2-enricher/euid-keys.json\""),
+            KeySpec::new("base_url").example("base_url = \"https://prod.euid.eu\""),
+            KeySpec::new("api_key_env").example("api_key_env = \"EUID_API_KEY\""),
+            KeySpec::new("secret_key_env").example("secret_key_env = \"EUID_SECRET_KEY\""),
         ],
     },
     TableSpec {
@@ -200,9 +214,9 @@ macro_rules! known_keys {
 
 /// Every table and its keys, for "did you mean" and "belongs in [x]" hints; the top level ("") lists the
 /// tables. The pass-through tables `kafka.client`, `kafka.consumer` and `kafka.producer` accept any key.
-pub const KNOWN_KEYS: &[(&str, &[&str])] = known_keys!(0 1 2 3 4 5 6);
+pub const KNOWN_KEYS: &[(&str, &[&str])] = known_keys!(0 1 2 3 4 5 6 7);
 
-const _: () = assert!(TABLES.len() == 7, "list every table in known_keys!");
+const _: () = assert!(TABLES.len() == 8, "list every table in known_keys!");
 
 const TOP_LEVEL: [&str; top_level_count()] = top_level_names();
 

@@ -51,8 +51,8 @@ pub use diagnostics::{ConfigError, closest, edit_distance};
 pub use env::{EnvError, expand_env};
 pub use keys::{ENV_API_KEY, ENV_OPTOUT_TOKEN, ENV_SECRET_KEY, KNOWN_KEYS, defaults};
 pub use settings::{
-    KafkaProps, KafkaSettings, KeysFrom, LogSettings, OptOutSettings, PipelineSettings,
-    RefreshSettings, ServerSettings, Settings, Uid2Settings, is_secret_property,
+    KafkaProps, KafkaSettings, KeySourceSettings, KeysFrom, LogSettings, OptOutSettings,
+    PipelineSettings, RefreshSettings, ServerSettings, Settings, Uid2Settings, is_secret_property,
 };
 
 use build::build;
@@ -74,8 +74,13 @@ pub fn load_with_env(
     path: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Settings, ConfigError> {
+    let text = read_config(path)?;
+    parse_with_env(&text, &path.display().to_string(), env)
+}
+
+fn read_config(path: &Path) -> Result<String, ConfigError> {
     let origin = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    std::fs::read_to_string(path).map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::NotFound {
             "check the --config path; config/enricher.toml documents every option"
         } else {
@@ -86,24 +91,22 @@ pub fn load_with_env(
             origin: origin.clone(),
             position: None,
         }
-    })?;
-    parse_with_env(&text, &origin, env)
+    })
 }
 
-/// [`load`] for a command that takes everything from the file but the operator's credentials: `replay`
+/// [`load`] for a command that takes everything from the file but the operators' credentials: `replay`
 /// given `--keys`, or writing into a topic (no decryption at all). The file is validated whole, `[uid2]`
-/// included, but [`ENV_API_KEY`] and [`ENV_SECRET_KEY`] need not be set, so a production config can be
-/// used on a machine without the production secrets. When they are not set and `[uid2]` names an
-/// operator, the `KeysFrom::Operator` returned carries placeholder credentials: the caller must not
-/// fetch keys with it (replay never does).
+/// included, but the key sources' credential variables ([`ENV_API_KEY`], [`ENV_SECRET_KEY`] or those a
+/// `[[uid2.key_sources]]` entry names) need not be set, so a production config can be used on a machine
+/// without the production secrets. When one is not set, the `KeysFrom::Operator` returned carries a
+/// placeholder: the caller must not fetch keys with it (replay never does).
 pub fn load_without_operator_credentials(path: &Path) -> Result<Settings, ConfigError> {
-    const PLACEHOLDER_SECRET: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
-    load_with_env(path, &|name| {
-        std::env::var(name).ok().or_else(|| match name {
-            ENV_API_KEY => Some("unused".to_string()),
-            ENV_SECRET_KEY => Some(PLACEHOLDER_SECRET.to_string()),
-            _ => None,
-        })
+    // Valid as both: standard base64 of 32 bytes (a client secret) and a printable API key.
+    const PLACEHOLDER: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    let env = |name: &str| std::env::var(name).ok();
+    let text = read_config(path)?;
+    parse_checked(&text, &path.display().to_string(), &env, &|name| {
+        env(name).or_else(|| Some(PLACEHOLDER.to_string()))
     })
 }
 
@@ -119,6 +122,17 @@ pub fn parse_with_env(
     origin: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Settings, ConfigError> {
+    parse_checked(text, origin, env, env)
+}
+
+/// [`parse_with_env`] with the key sources' credentials looked up in `credentials` (`env` expands the
+/// file's `${NAME}` references and gives the other secrets).
+fn parse_checked(
+    text: &str,
+    origin: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    credentials: &dyn Fn(&str) -> Option<String>,
+) -> Result<Settings, ConfigError> {
     let cx = Cx { text, origin };
     // Syntax first, with spans for every key and value.
     let mut doc = DeTable::parse(text).map_err(|e| cx.syntax_error(&e))?;
@@ -127,5 +141,5 @@ pub fn parse_with_env(
     interpolate_table(&cx, doc.get_mut(), &mut Vec::new(), env)?;
     let raw = RawConfig::deserialize(toml::de::Deserializer::from(doc.clone()))
         .map_err(|e| cx.serde_error(doc.get_ref(), &e))?;
-    build(&cx, doc.get_ref(), raw, env)
+    build(&cx, doc.get_ref(), raw, env, credentials)
 }

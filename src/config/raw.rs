@@ -42,6 +42,19 @@ pub(super) struct RawUid2 {
     pub(super) retry_initial_backoff_ms: Field<u64>,
     pub(super) retry_max_backoff_ms: Field<u64>,
     pub(super) request_timeout_ms: Field<u64>,
+    pub(super) key_sources: Field<Vec<Spanned<RawKeySource>>>,
+}
+
+/// One `[[uid2.key_sources]]` entry.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawKeySource {
+    pub(super) name: Field<String>,
+    pub(super) scope: Spanned<String>,
+    pub(super) keys_file: Field<String>,
+    pub(super) base_url: Field<String>,
+    pub(super) api_key_env: Field<String>,
+    pub(super) secret_key_env: Field<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -9,8 +9,8 @@ use super::defaults;
 use super::{LogFormat, Redacted};
 use crate::engine::enrich::{PayloadFormat, Policy};
 use crate::engine::tokenize::{Direction, TokenizePolicy};
-use crate::engine::uid2::ClientMode;
 use crate::engine::uid2::cipher::Secret;
+use crate::engine::uid2::{ClientMode, IdentityScope};
 
 /// Where the UID2 keys come from.
 // Built once at start-up; the prepared cipher schedules in `Secret` make the operator variant large.
@@ -163,8 +163,21 @@ pub struct KafkaSettings {
 #[derive(Clone, Debug)]
 pub struct Uid2Settings {
     pub mode: ClientMode,
-    pub keys: KeysFrom,
+    /// The single `[uid2]` source, or one per `[[uid2.key_sources]]` entry (at most one per scope).
+    pub sources: Vec<KeySourceSettings>,
     pub refresh: RefreshSettings,
+}
+
+/// One key source: where a key set comes from and which identity scope it serves.
+#[derive(Clone, Debug)]
+pub struct KeySourceSettings {
+    /// For logs, `/readyz` and the `key_source` label of the key metrics: `uid2` for the single `[uid2]`
+    /// source, else the entry's `name` (default: its scope in lower case).
+    pub name: String,
+    /// The scope it serves; `None` for the single `[uid2]` source, whose set answers tokens of every
+    /// scope (as one SDK client does).
+    pub scope: Option<IdentityScope>,
+    pub from: KeysFrom,
 }
 
 /// `[optout]`.

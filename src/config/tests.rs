@@ -258,7 +258,7 @@ fn the_raw_structs_have_no_key_known_keys_lacks() {
     for (table, keys) in KNOWN_KEYS {
         let text = match *table {
             "" => "not_a_key = 1\n".to_string(),
-            "pipeline.sources" => "[[pipeline.sources]]\nnot_a_key = 1\n".to_string(),
+            "pipeline.sources" | "uid2.key_sources" => format!("[[{table}]]\nnot_a_key = 1\n"),
             t => format!("[{t}]\nnot_a_key = 1\n"),
         };
         let Err(e) = toml::from_str::<RawConfig>(&text) else {
@@ -278,15 +278,17 @@ fn the_raw_structs_have_no_key_known_keys_lacks() {
 fn known_keys_cover_the_raw_structs() {
     // Every key in KNOWN_KEYS must be accepted by stage 1.
     for (table, keys) in KNOWN_KEYS {
-        if table.is_empty() || *table == "pipeline.sources" {
+        if table.is_empty() || *table == "pipeline.sources" || *table == "uid2.key_sources" {
             continue;
         }
         for key in *keys {
             let value = match *key {
                 "client" | "consumer" | "producer" | "formats" => "{}".to_string(),
-                "input_topics" | "sources" | "event_token_pointers" | "tokenize_pointers" => {
-                    "[]".to_string()
-                }
+                "input_topics"
+                | "sources"
+                | "key_sources"
+                | "event_token_pointers"
+                | "tokenize_pointers" => "[]".to_string(),
                 "strict_json" | "enrich" => "true".to_string(),
                 k if k.ends_with("_ms")
                     || k.ends_with("_secs")

@@ -117,11 +117,16 @@ impl Policy {
         }
     }
 
-    /// The source reported for tokens that carry no eid source (pixels, events): the first configured
-    /// source of the scope of the key set in force, else the first source.
-    fn source_for(&self, keys: &Keys<'_>) -> usize {
-        let scope = match (keys.uid2, keys.euid) {
-            (None, Some(_)) => IdentityScope::Euid,
+    /// The source reported for tokens that carry no eid source (pixels, events): with a key source per
+    /// scope, the first configured source of the scope a v3/v4 token declares; otherwise the first of the
+    /// scope of the key set in force; else the first source.
+    fn source_for(&self, keys: &Keys<'_>, token: &str) -> usize {
+        let declared = keys
+            .served
+            .and_then(|_| crate::engine::uid2::wire::declared_scope(token));
+        let scope = match (declared, keys.uid2, keys.euid) {
+            (Some(scope), _, _) => scope,
+            (None, None, Some(_)) => IdentityScope::Euid,
             _ => IdentityScope::Uid2,
         };
         self.sources
@@ -171,34 +176,88 @@ impl Default for Policy {
     }
 }
 
-/// The key sets in force. A DSP usually holds one (UID2 or EUID); a token whose scope has no key set of
-/// its own is tried with the other, which yields what a single-scope SDK client would answer
-/// (`invalid_identity_scope` for v3/v4 tokens).
+/// The key sets in force, by identity scope.
+///
+/// With one key source ([`Keys::single`]) a token of either scope is tried with that one set, which yields
+/// what a single SDK client would answer (`invalid_identity_scope` for a v3/v4 token of the other scope).
+/// With a source per scope ([`Keys::per_scope`]) a token is decrypted only with its scope's set: before
+/// that source's first load it gets `not_initialized`, and a scope no source serves gets
+/// `invalid_identity_scope` without a decryption attempt.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Keys<'a> {
     pub uid2: Option<&'a KeySet>,
     pub euid: Option<&'a KeySet>,
+    /// `None`: one source for every scope. `Some([uid2, euid])`: whether each scope has a source.
+    served: Option<[bool; 2]>,
+}
+
+/// The key set a token of one scope is decrypted with, or why there is none.
+#[derive(Clone, Copy, Debug)]
+pub enum KeysFor<'a> {
+    /// The set to decrypt with; `None` before its source's first load (the SDK's `not_initialized`).
+    Set(Option<&'a KeySet>),
+    /// No key source serves the scope.
+    NoSource,
 }
 
 impl<'a> Keys<'a> {
-    /// Files one key set under the scope it declares.
+    /// Files one key set under the scope it declares; it answers for both scopes.
     pub fn single(keys: Option<&'a KeySet>) -> Keys<'a> {
         match keys {
             Some(k) if k.identity_scope == IdentityScope::Euid => Keys {
                 uid2: None,
                 euid: Some(k),
+                served: None,
             },
             other => Keys {
                 uid2: other,
                 euid: None,
+                served: None,
             },
         }
     }
 
+    /// A source per scope: `None` for a scope no source serves, `Some(None)` for a source not yet loaded.
+    pub fn per_scope(
+        uid2: Option<Option<&'a KeySet>>,
+        euid: Option<Option<&'a KeySet>>,
+    ) -> Keys<'a> {
+        Keys {
+            uid2: uid2.flatten(),
+            euid: euid.flatten(),
+            served: Some([uid2.is_some(), euid.is_some()]),
+        }
+    }
+
+    /// Key sets each filed under the scope it declares: one set answers every scope (as
+    /// [`Keys::single`]); several give a source per scope, the first of each scope in force.
+    pub fn of_sets(sets: &'a [KeySet]) -> Keys<'a> {
+        match sets {
+            [] => Keys::default(),
+            [one] => Keys::single(Some(one)),
+            many => {
+                let of = |scope| many.iter().find(|k| k.identity_scope == scope).map(Some);
+                Keys::per_scope(of(IdentityScope::Uid2), of(IdentityScope::Euid))
+            }
+        }
+    }
+
+    /// The set for a token of `scope`.
+    pub fn lookup(&self, scope: IdentityScope) -> KeysFor<'a> {
+        match (self.served, scope) {
+            (None, IdentityScope::Uid2) => KeysFor::Set(self.uid2.or(self.euid)),
+            (None, IdentityScope::Euid) => KeysFor::Set(self.euid.or(self.uid2)),
+            (Some([true, _]), IdentityScope::Uid2) => KeysFor::Set(self.uid2),
+            (Some([_, true]), IdentityScope::Euid) => KeysFor::Set(self.euid),
+            (Some(_), _) => KeysFor::NoSource,
+        }
+    }
+
+    /// The set for a token of `scope`, `None` when there is none (see [`Keys::lookup`]).
     pub fn for_scope(&self, scope: IdentityScope) -> Option<&'a KeySet> {
-        match scope {
-            IdentityScope::Uid2 => self.uid2.or(self.euid),
-            IdentityScope::Euid => self.euid.or(self.uid2),
+        match self.lookup(scope) {
+            KeysFor::Set(set) => set,
+            KeysFor::NoSource => None,
         }
     }
 }
@@ -371,7 +430,7 @@ fn enrich_pixel<'a>(
     let Some(token) = found.token.as_deref() else {
         return Ok(unchanged(payload));
     };
-    let source = policy.source_for(&ctx.keys);
+    let source = policy.source_for(&ctx.keys, token);
     let found_tokens = std::iter::repeat_n((token, source), found.token_count.max(1));
     let mut enriched = decide(found_tokens, &|| None, ctx, policy).settle(ctx, policy);
     let (raw, status) = match enriched.selected.and_then(|i| enriched.tokens.get(i)) {
@@ -400,8 +459,10 @@ fn enrich_event<'a>(
     if scan.found.is_empty() {
         return Ok(unchanged(payload));
     }
-    let source = policy.source_for(&ctx.keys);
-    let found = scan.found.iter().map(|f| (f.text.as_ref(), source));
+    let found = scan.found.iter().map(|f| {
+        let text = f.text.as_ref();
+        (text, policy.source_for(&ctx.keys, text))
+    });
     let mut buffer = Vec::new();
     let mut enriched = decide(found, &|| None, ctx, policy).carry_member(
         ctx,
@@ -588,10 +649,14 @@ fn decide<'t, 'n>(
             .sources
             .get(source_index)
             .map_or(IdentityScope::Uid2, |s| s.scope);
-        let keys = ctx.keys.for_scope(scope);
-        let decryption = match ctx.cache {
-            Some(cache) => cache.decrypt_with_name(token, keys, policy.mode, name, ctx.now_ms),
-            None => decrypt_with_name(token, keys, policy.mode, name, ctx.now_ms),
+        let decryption = match (ctx.keys.lookup(scope), ctx.cache) {
+            (KeysFor::NoSource, _) => Decryption::error(Status::InvalidIdentityScope),
+            (KeysFor::Set(keys), Some(cache)) => {
+                cache.decrypt_with_name(token, keys, policy.mode, name, ctx.now_ms)
+            }
+            (KeysFor::Set(keys), None) => {
+                decrypt_with_name(token, keys, policy.mode, name, ctx.now_ms)
+            }
         };
         if decryption.status == Status::Success
             && let Some(raw) = decryption.raw_uid2.as_deref()

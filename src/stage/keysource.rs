@@ -1,5 +1,7 @@
-//! The key source: loads the UID2 key set from a keys file or the UID2 operator, keeps it fresh, and
-//! publishes each new set to the pipeline as an `Arc<KeySet>` through a [`tokio::sync::watch`] channel.
+//! The key sources: each loads a key set from a keys file or an operator (UID2 or EUID), keeps it fresh,
+//! and publishes each new set to the pipeline as an `Arc<KeySet>` through a [`tokio::sync::watch`]
+//! channel. A [`KeyRing`] holds every configured source (one per identity scope, or the single `[uid2]`
+//! source) and answers the pipeline with the sets in force by scope.
 //!
 //! - **File** (`[uid2] keys_file`): read at start and re-read every refresh interval, so another process
 //!   can rewrite it (write a temporary file and rename it over the old one).
@@ -31,9 +33,11 @@ use anyhow::Context as _;
 use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 
+use crate::config::{KeySourceSettings, Uid2Settings};
 pub use crate::config::{KeysFrom, RefreshSettings};
 use crate::engine::uid2::envelope::{self, EnvelopeError};
-use crate::engine::uid2::{ClientMode, KeySet, KeysError};
+use crate::engine::uid2::{ClientMode, IdentityScope, KeySet, KeysError};
+use crate::stage::pipeline::{KeyProvider, KeySnapshot};
 use crate::support::clock::{fill_random, wall_clock_ms};
 
 /// Sent as `X-UID2-Client-Version` (the operator uses it for metrics only).
@@ -224,9 +228,135 @@ impl KeyHandle {
     }
 }
 
+/// Every configured key source, each with its own refresh task, backoff and last good set. Cheap to
+/// clone; the tasks stop with the last clone (or on [`KeyRing::stop`]).
+#[derive(Clone, Debug)]
+pub struct KeyRing {
+    members: Arc<[RingMember]>,
+}
+
+#[derive(Clone, Debug)]
+struct RingMember {
+    name: String,
+    /// `None` for the single `[uid2]` source, whose set answers tokens of every scope.
+    scope: Option<IdentityScope>,
+    handle: KeyHandle,
+}
+
+impl KeyRing {
+    /// Starts a refresh task per source of `settings` on the current tokio runtime.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn spawn(settings: &Uid2Settings) -> KeyRing {
+        let members = settings
+            .sources
+            .iter()
+            .map(|source: &KeySourceSettings| RingMember {
+                name: source.name.clone(),
+                scope: source.scope,
+                handle: KeySource::spawn_for(
+                    source.scope,
+                    source.from.clone(),
+                    settings.refresh.clone(),
+                    settings.mode,
+                ),
+            })
+            .collect();
+        KeyRing { members }
+    }
+
+    /// One source: `handle`, answering tokens of every scope (as the single `[uid2]` source does).
+    pub fn single(name: &str, handle: KeyHandle) -> KeyRing {
+        KeyRing {
+            members: Arc::new([RingMember {
+                name: name.to_string(),
+                scope: None,
+                handle,
+            }]),
+        }
+    }
+
+    /// The first source: the one whose set encrypts in the tokenize direction.
+    pub fn primary(&self) -> Option<&KeyHandle> {
+        self.members.first().map(|m| &m.handle)
+    }
+
+    /// Every source has loaded a key set at least once.
+    pub fn is_ready(&self) -> bool {
+        self.members.iter().all(|m| m.handle.is_ready())
+    }
+
+    /// Waits until every source has loaded a key set.
+    pub async fn wait_ready(&self) {
+        for member in self.members.iter() {
+            member.handle.wait_ready().await;
+        }
+    }
+
+    /// Each source's name and health, in configuration order.
+    pub fn statuses(&self) -> Vec<(&str, KeyStatus)> {
+        self.members
+            .iter()
+            .map(|m| (m.name.as_str(), m.handle.status()))
+            .collect()
+    }
+
+    /// `name (keys file …)` for each source, for logs.
+    pub fn describe(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{} ({})", m.name, m.handle.status().source))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Starts a refresh of every source now.
+    pub fn refresh_now(&self) {
+        for member in self.members.iter() {
+            member.handle.refresh_now();
+        }
+    }
+
+    /// Stops every refresh task; the last key sets stay available.
+    pub fn stop(&self) {
+        for member in self.members.iter() {
+            member.handle.stop();
+        }
+    }
+}
+
+impl KeyProvider for KeyRing {
+    fn current(&self) -> Option<Arc<KeySet>> {
+        self.primary().and_then(KeyHandle::current)
+    }
+
+    fn snapshot(&self) -> KeySnapshot {
+        if self.members.iter().all(|m| m.scope.is_none()) {
+            return KeySnapshot::single(self.current());
+        }
+        let of = |scope| {
+            self.members
+                .iter()
+                .find(|m| m.scope == Some(scope))
+                .map(|m| m.handle.current())
+        };
+        KeySnapshot::per_scope(of(IdentityScope::Uid2), of(IdentityScope::Euid))
+    }
+
+    fn by_source(&self) -> Vec<(String, Option<Arc<KeySet>>)> {
+        self.members
+            .iter()
+            .map(|m| (m.name.clone(), m.handle.current()))
+            .collect()
+    }
+}
+
 /// The refresh task: fetches, publishes and schedules. Start it with [`KeySource::spawn`].
 pub struct KeySource {
     fetcher: Fetcher,
+    /// The scope this source serves: a set of another scope is refused. `None` takes any.
+    scope: Option<IdentityScope>,
     settings: RefreshSettings,
     shared: Arc<Shared>,
     /// The bytes the set in use was parsed from, to skip republishing an unchanged set.
@@ -241,6 +371,20 @@ impl KeySource {
     /// # Panics
     /// Outside a tokio runtime.
     pub fn spawn(from: KeysFrom, settings: RefreshSettings, identity: ClientMode) -> KeyHandle {
+        KeySource::spawn_for(None, from, settings, identity)
+    }
+
+    /// [`KeySource::spawn`] for a source that serves one identity scope: a key set that declares another
+    /// scope is a failed refresh (the set in use, if any, stays).
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn spawn_for(
+        scope: Option<IdentityScope>,
+        from: KeysFrom,
+        settings: RefreshSettings,
+        identity: ClientMode,
+    ) -> KeyHandle {
         let source = from.describe();
         let (tx, _) = watch::channel(None);
         let shared = Arc::new(Shared {
@@ -254,6 +398,7 @@ impl KeySource {
         let fetcher = Fetcher::new(from, identity, settings.request_timeout);
         let task = KeySource {
             fetcher,
+            scope,
             settings,
             shared: shared.clone(),
             last_json: None,
@@ -300,6 +445,16 @@ impl KeySource {
             let origin = self.fetcher.from.describe();
             let keys = KeySet::parse_json(&json)
                 .map_err(|error| FetchError::Keys { origin, error }.to_string())?;
+            if let Some(expected) = self.scope
+                && keys.identity_scope != expected
+            {
+                return Err(format!(
+                    "{} returned a key set whose identity_scope is {}, but this key source serves {}; check the source's scope and its base_url or keys_file",
+                    self.fetcher.from.describe(),
+                    keys.identity_scope.as_str(),
+                    expected.as_str()
+                ));
+            }
             if !keys.is_valid(now) {
                 if current.as_ref().is_some_and(|c| c.is_valid(now)) {
                     return Err(format!(
@@ -620,6 +775,28 @@ pub fn load_keys_file(path: &Path) -> anyhow::Result<KeySet> {
             path.display()
         )
     })
+}
+
+/// Reads several keys files (`--keys` given more than once): each set serves the identity scope its body
+/// declares (`identity_scope`, UID2 when absent), and no two may declare the same scope.
+pub fn load_keys_files(paths: &[PathBuf]) -> anyhow::Result<Vec<KeySet>> {
+    let mut sets: Vec<(KeySet, &Path)> = Vec::with_capacity(paths.len());
+    for path in paths {
+        let set = load_keys_file(path)?;
+        if let Some((_, first)) = sets
+            .iter()
+            .find(|(k, _)| k.identity_scope == set.identity_scope)
+        {
+            anyhow::bail!(
+                "keys files {} and {} both hold {} keys: give one keys file per identity scope (a file's scope is its body's identity_scope field, UID2 when absent)",
+                first.display(),
+                path.display(),
+                set.identity_scope.as_str()
+            );
+        }
+        sets.push((set, path));
+    }
+    Ok(sets.into_iter().map(|(k, _)| k).collect())
 }
 
 /// Installs rustls' ring provider as the process default, once; an Err means one is installed already.

@@ -23,9 +23,9 @@ use crate::config::Settings;
 use crate::engine::optout::LiveOptOuts;
 use crate::engine::tokenize::{self, Direction};
 use crate::engine::uid2::KeySet;
-use crate::support::metrics::Metrics;
+use crate::support::metrics::{KeySourceLabel, Metrics};
 use kafka::KafkaClients;
-use keysource::{KeyHandle, KeySource};
+use keysource::{KeyHandle, KeyRing};
 use optout_feed::{FeedConfig, Publisher};
 use pipeline::{KeyProvider, OutputPartitioning, RunCounters, StageConfig, StageDeps};
 use server::{OptOutEndpoint, OptOutPublisher, ServerState};
@@ -80,11 +80,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .map_err(|e| anyhow::anyhow!("{e} (check [kafka.client], [kafka.{}])", e.table()))?;
     let metrics = Arc::new(Metrics::new());
     let mut optouts = OptOuts::start(&settings, &metrics)?;
-    let keys = KeySource::spawn(
-        settings.uid2.keys.clone(),
-        settings.uid2.refresh.clone(),
-        settings.uid2.mode,
-    );
+    let keys = KeyRing::spawn(&settings.uid2);
     let readiness = Readiness::default();
     let state = ServerState {
         metrics: metrics.clone(),
@@ -112,7 +108,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         server_stop.clone(),
     ));
 
-    tracing::info!(source = %keys.status().source, topic = %optouts.feed.topic, "Waiting for the first key set and the opt-out set before consuming.");
+    tracing::info!(sources = %keys.describe(), topic = %optouts.feed.topic, "Waiting for the first key set of every key source and the opt-out set before consuming.");
     let result = tokio::select! {
         () = shutdown.cancelled() => Ok(()),
         server_result = server => match server_result {
@@ -153,7 +149,7 @@ struct Readiness {
 /// current around it.
 async fn consume(
     settings: &Settings,
-    keys: &KeyHandle,
+    keys: &KeyRing,
     deps: StageDeps,
     readiness: &Readiness,
     shutdown: &CancellationToken,
@@ -250,9 +246,9 @@ impl OptOuts {
     }
 }
 
-/// Waits for the first key set and, in the tokenize direction, for keys that can encrypt (an active master
-/// key and default-keyset key): until then nothing is consumed and `/readyz` answers 503.
-async fn wait_until_usable(keys: &KeyHandle, direction: Direction) {
+/// Waits for the first key set of every source and, in the tokenize direction, for keys that can encrypt
+/// (an active master key and default-keyset key): until then nothing is consumed and `/readyz` answers 503.
+async fn wait_until_usable(keys: &KeyRing, direction: Direction) {
     keys.wait_ready().await;
     if direction != Direction::Tokenize {
         return;
@@ -275,7 +271,7 @@ async fn wait_until_usable(keys: &KeyHandle, direction: Direction) {
 }
 
 /// Tokenize direction: `/readyz` follows whether the keys can encrypt right now.
-async fn watch_encryption(keys: KeyHandle, ready: Arc<AtomicBool>, stop: CancellationToken) {
+async fn watch_encryption(keys: KeyRing, ready: Arc<AtomicBool>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
@@ -293,25 +289,37 @@ async fn watch_encryption(keys: KeyHandle, ready: Arc<AtomicBool>, stop: Cancell
     }
 }
 
-/// Keeps the key-set gauges current for `/metrics`.
-async fn update_key_metrics(keys: KeyHandle, metrics: Arc<Metrics>, stop: CancellationToken) {
-    let mut failures_seen = 0;
+/// Keeps the key-set gauges of every source current for `/metrics`.
+async fn update_key_metrics(keys: KeyRing, metrics: Arc<Metrics>, stop: CancellationToken) {
+    let mut failures_seen: std::collections::HashMap<String, u64> = Default::default();
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let status = keys.status();
-        if let Some(age) = status.age {
-            metrics.key_set_age_seconds.set(age.as_secs_f64());
+        for (name, status) in keys.statuses() {
+            let label = KeySourceLabel {
+                key_source: name.to_string(),
+            };
+            if let Some(age) = status.age {
+                metrics
+                    .key_set_age_seconds
+                    .get_or_create(&label)
+                    .set(age.as_secs_f64());
+            }
+            if let Some(latest) = status.latest_expiry_ms {
+                metrics
+                    .key_set_latest_expiry_seconds
+                    .get_or_create(&label)
+                    .set(latest / 1000);
+            }
+            let seen = failures_seen.entry(label.key_source.clone()).or_default();
+            metrics
+                .key_refresh_failures
+                .get_or_create(&label)
+                .inc_by(status.failures.saturating_sub(*seen));
+            *seen = status.failures;
         }
-        if let Some(latest) = status.latest_expiry_ms {
-            metrics.key_set_latest_expiry_seconds.set(latest / 1000);
-        }
-        metrics
-            .key_refresh_failures
-            .inc_by(status.failures.saturating_sub(failures_seen));
-        failures_seen = status.failures;
     }
 }

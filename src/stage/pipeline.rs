@@ -45,9 +45,69 @@ use crate::stage::produce::{self, Accounting, PendingDelivery};
 use crate::stage::route::{self, Outcome};
 use crate::support::metrics::Metrics;
 
-/// Where the stage gets the key set in force (a refreshed operator key set, a file, or a fixed set).
+/// Where the stage gets the key sets in force (refreshed operator key sets, files, or a fixed set).
 pub trait KeyProvider: Send + Sync {
+    /// The key set of the first source: the one a single source holds, and the one that encrypts in
+    /// the tokenize direction.
     fn current(&self) -> Option<Arc<KeySet>>;
+
+    /// Every scope's key set, for decrypting one record.
+    fn snapshot(&self) -> KeySnapshot {
+        KeySnapshot::single(self.current())
+    }
+
+    /// Each source's name and key set in use (`None` before its first load), for `/metrics` and
+    /// `/readyz`.
+    fn by_source(&self) -> Vec<(String, Option<Arc<KeySet>>)> {
+        vec![(DEFAULT_KEY_SOURCE.to_string(), self.current())]
+    }
+}
+
+/// The name of the single `[uid2]` key source (and of a fixed key set) in logs, `/readyz` and metrics.
+pub const DEFAULT_KEY_SOURCE: &str = "uid2";
+
+/// The key sets in force at one moment, held while one record is enriched.
+#[derive(Clone, Debug, Default)]
+pub struct KeySnapshot {
+    uid2: Option<Arc<KeySet>>,
+    euid: Option<Arc<KeySet>>,
+    /// `None`: one source, whose set (in `uid2`) answers every scope; else whether each scope has one.
+    served: Option<[bool; 2]>,
+}
+
+impl KeySnapshot {
+    /// One source's set, which answers tokens of every scope.
+    pub fn single(keys: Option<Arc<KeySet>>) -> KeySnapshot {
+        KeySnapshot {
+            uid2: keys,
+            euid: None,
+            served: None,
+        }
+    }
+
+    /// A source per scope: `None` where no source serves the scope, `Some(None)` before its first load.
+    pub fn per_scope(
+        uid2: Option<Option<Arc<KeySet>>>,
+        euid: Option<Option<Arc<KeySet>>>,
+    ) -> KeySnapshot {
+        KeySnapshot {
+            served: Some([uid2.is_some(), euid.is_some()]),
+            uid2: uid2.flatten(),
+            euid: euid.flatten(),
+        }
+    }
+
+    /// The engine's view of these sets.
+    pub fn keys(&self) -> crate::engine::enrich::Keys<'_> {
+        use crate::engine::enrich::Keys;
+        match self.served {
+            None => Keys::single(self.uid2.as_deref()),
+            Some([uid2, euid]) => Keys::per_scope(
+                uid2.then_some(self.uid2.as_deref()),
+                euid.then_some(self.euid.as_deref()),
+            ),
+        }
+    }
 }
 
 impl KeyProvider for Option<Arc<KeySet>> {

@@ -167,9 +167,9 @@ fn enrich_record<'m>(
     let Some(payload) = message.payload() else {
         return dead_letter(shared, "no_payload");
     };
-    let keys = shared.keys.current();
+    let keys = shared.keys.snapshot();
     let ctx = enrich::Context {
-        keys: enrich::Keys::single(keys.as_deref()),
+        keys: keys.keys(),
         optouts: shared.optouts.as_ref(),
         cache: shared.cache.as_ref(),
         now_ms: wall_clock_ms(),

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::optout::{self, LiveOptOuts, OptOutRecord, OptOutTimeError};
 use crate::stage::pipeline::KeyProvider;
-use crate::support::metrics::{Metrics, OutcomeLabel};
+use crate::support::metrics::{KeySourceLabel, Metrics, OutcomeLabel};
 use crate::support::secret::Redacted;
 
 /// Writes opt-outs where every instance reads them (the opt-out topic) and resolves once they are
@@ -103,13 +103,14 @@ pub async fn serve(
 }
 
 async fn metrics(State(state): State<ServerState>) -> impl IntoResponse {
-    if let Some(keys) = state.keys.current()
-        && let Some(latest) = keys.latest_expiry_ms()
-    {
-        state
-            .metrics
-            .key_set_latest_expiry_seconds
-            .set(latest / 1000);
+    for (name, keys) in state.keys.by_source() {
+        if let Some(latest) = keys.and_then(|k| k.latest_expiry_ms()) {
+            state
+                .metrics
+                .key_set_latest_expiry_seconds
+                .get_or_create(&KeySourceLabel { key_source: name })
+                .set(latest / 1000);
+        }
     }
     state
         .metrics
@@ -143,10 +144,21 @@ async fn readyz(State(state): State<ServerState>) -> impl IntoResponse {
             "not ready: the stage stopped on a fatal error\n".to_string(),
         );
     }
-    if state.keys.current().is_none() {
+    let by_source = state.keys.by_source();
+    let waiting: Vec<&str> = by_source
+        .iter()
+        .filter(|(_, keys)| keys.is_none())
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if !waiting.is_empty() {
+        let which = if by_source.len() > 1 {
+            format!(" from key source {}", waiting.join(", "))
+        } else {
+            String::new()
+        };
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: no key set loaded yet\n".to_string(),
+            format!("not ready: no key set loaded yet{which}\n"),
         );
     }
     if !state.optouts.caught_up.load(Ordering::Relaxed) {

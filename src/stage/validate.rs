@@ -32,14 +32,32 @@ pub fn command(args: &RunArgs) -> ExitCode {
     ExitCode::from(1)
 }
 
-/// What a parsed configuration still needs to run: a readable key set when it comes from a file, and
+/// What a parsed configuration still needs to run: a readable key set of the right scope for every source
+/// that is a file, and
 /// every Kafka client librdkafka will make from it.
 fn validate_settings(settings: &crate::config::Settings) -> Vec<String> {
     let mut problems = Vec::new();
-    if let crate::config::KeysFrom::File(path) = &settings.uid2.keys
-        && let Err(e) = crate::stage::keysource::load_keys_file(path)
-    {
-        problems.push(format!("{e:#}"));
+    for source in &settings.uid2.sources {
+        let crate::config::KeysFrom::File(path) = &source.from else {
+            continue;
+        };
+        match crate::stage::keysource::load_keys_file(path) {
+            Err(e) => problems.push(format!("{e:#}")),
+            Ok(keys) => {
+                if let Some(scope) = source.scope
+                    && keys.identity_scope != scope
+                {
+                    problems.push(format!(
+                        "key source `{}` serves {}, but its keys file {} holds {} keys (its identity_scope); point it at the {} operator's keys",
+                        source.name,
+                        scope.as_str(),
+                        path.display(),
+                        keys.identity_scope.as_str(),
+                        scope.as_str()
+                    ));
+                }
+            }
+        }
     }
     let clients = crate::stage::kafka::KafkaClients::new(&settings.kafka);
     problems.extend(

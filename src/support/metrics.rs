@@ -18,6 +18,12 @@ pub struct StatusLabel {
     pub status: &'static str,
 }
 
+/// A key source by its configured name (`uid2`, `euid`, …).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeySourceLabel {
+    pub key_source: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
@@ -65,9 +71,9 @@ pub struct Metrics {
     pub handoff_seconds: Histogram,
     pub in_flight: Gauge,
     pub consumer_lag: Family<PartitionLabel, Gauge>,
-    pub key_set_age_seconds: Gauge<f64, AtomicU64>,
-    pub key_set_latest_expiry_seconds: Gauge<i64, AtomicI64>,
-    pub key_refresh_failures: Counter,
+    pub key_set_age_seconds: Family<KeySourceLabel, Gauge<f64, AtomicU64>>,
+    pub key_set_latest_expiry_seconds: Family<KeySourceLabel, Gauge<i64, AtomicI64>>,
+    pub key_refresh_failures: Family<KeySourceLabel, Counter>,
     pub produce_retries: Counter,
     pub rebalances: Family<ReasonLabel, Counter>,
     /// Raw UID2s in the opt-out set.
@@ -110,9 +116,9 @@ impl Metrics {
             handoff_seconds: Histogram::new(LATENCY_BUCKETS),
             in_flight: Gauge::default(),
             consumer_lag: Family::default(),
-            key_set_age_seconds: Gauge::default(),
-            key_set_latest_expiry_seconds: Gauge::default(),
-            key_refresh_failures: Counter::default(),
+            key_set_age_seconds: Family::default(),
+            key_set_latest_expiry_seconds: Family::default(),
+            key_refresh_failures: Family::default(),
             produce_retries: Counter::default(),
             rebalances: Family::default(),
             optout_set_size: Gauge::default(),
@@ -183,17 +189,17 @@ impl Metrics {
         );
         registry.register(
             "key_set_age_seconds",
-            "Seconds since the key set in use was loaded",
+            "Seconds since each key source last confirmed its key set in use",
             m.key_set_age_seconds.clone(),
         );
         registry.register(
             "key_set_latest_expiry_timestamp_seconds",
-            "When the last key of the key set in use expires (Unix seconds); tokens get keys_not_synced after it",
+            "When the last key of each key source's set in use expires (Unix seconds); its tokens get keys_not_synced after it",
             m.key_set_latest_expiry_seconds.clone(),
         );
         registry.register(
             "key_refresh_failures",
-            "Failed key refreshes",
+            "Failed key refreshes, by key source",
             m.key_refresh_failures.clone(),
         );
         registry.register(

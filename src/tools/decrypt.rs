@@ -5,17 +5,20 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 
-use crate::engine::uid2::{Decryption, Status, decrypt};
-use crate::stage::keysource::load_keys_file;
+use crate::engine::enrich::{Keys, KeysFor};
+use crate::engine::uid2::{Decryption, IdentityScope, Status, decrypt, wire};
+use crate::stage::keysource::load_keys_files;
 use crate::support::clock::{parse_time, wall_clock_ms};
 use crate::tools::ModeArg;
 
 #[derive(Debug, clap::Args)]
 pub struct DecryptArgs {
     /// Key-endpoint JSON: the decrypted response of /v2/key/bidstream, /v2/key/sharing or /v2/key/latest,
-    /// either whole ({"body":…,"status":"success"}) or just the body.
-    #[arg(long, value_name = "KEYS.json")]
-    pub keys: PathBuf,
+    /// either whole ({"body":…,"status":"success"}) or just the body. Give it once per operator (UID2
+    /// and EUID): a v3/v4 token is decrypted with the set of the scope it declares, a v2 token with the
+    /// UID2 set.
+    #[arg(long, value_name = "KEYS.json", required = true)]
+    pub keys: Vec<PathBuf>,
     #[arg(long, value_enum, default_value_t = ModeArg::Bidstream)]
     pub mode: ModeArg,
     /// Registrable domain or app name of the request, for client-side-generated tokens (bidstream mode).
@@ -37,7 +40,8 @@ pub struct DecryptArgs {
 
 /// Prints the decryption and exits 0 on `success`, 1 on any other status.
 pub fn command(args: &DecryptArgs) -> anyhow::Result<ExitCode> {
-    let keys = load_keys_file(&args.keys)?;
+    let key_sets = load_keys_files(&args.keys)?;
+    let keys = Keys::of_sets(&key_sets);
     let now_ms = match &args.now {
         Some(text) => parse_time(text)?,
         None => wall_clock_ms(),
@@ -51,13 +55,18 @@ pub fn command(args: &DecryptArgs) -> anyhow::Result<ExitCode> {
     let site_name = args.site.as_deref().and_then(|site| {
         crate::engine::openrtb::domain::domain_or_app_name(Some(site), None, None)
     });
-    let result = decrypt(
-        token.trim(),
-        Some(&keys),
-        args.mode.into(),
-        site_name.as_deref().or(args.domain.as_deref()),
-        now_ms,
-    );
+    let token = token.trim();
+    let scope = wire::declared_scope(token).unwrap_or(IdentityScope::Uid2);
+    let result = match keys.lookup(scope) {
+        KeysFor::Set(set) => decrypt(
+            token,
+            set,
+            args.mode.into(),
+            site_name.as_deref().or(args.domain.as_deref()),
+            now_ms,
+        ),
+        KeysFor::NoSource => Decryption::error(Status::InvalidIdentityScope),
+    };
     println!("{}", decryption_json(&result));
     Ok(if result.status == Status::Success {
         ExitCode::SUCCESS

@@ -18,6 +18,11 @@ pub struct GenArgs {
     /// Where to write the key set, in the key-endpoint JSON shape (`{"body":…,"status":"success"}`).
     #[arg(long, value_name = "KEYS.json")]
     pub keys_out: PathBuf,
+    /// Also write the EUID operator's key set (`"identity_scope":"EUID"`), which decrypts the `euid-valid`
+    /// tokens: `--mix v4=1,euid-valid=1` makes a stream that needs both key sets
+    /// (`replay --keys UID2.json --keys EUID.json`).
+    #[arg(long, value_name = "KEYS.json")]
+    pub euid_keys_out: Option<PathBuf>,
     /// Approximate request size in bytes, or a range `MIN-MAX` to draw each request's size from (real
     /// traffic: about 1000-10000).
     #[arg(long, default_value = "2000", value_name = "BYTES|MIN-MAX")]
@@ -63,6 +68,10 @@ pub fn command(args: &GenArgs) -> anyhow::Result<()> {
     let mut sizes = fastrand::Rng::with_seed(args.seed ^ 0x51ce);
     std::fs::write(&args.keys_out, generator.keys_json())
         .with_context(|| format!("writing {}", args.keys_out.display()))?;
+    if let Some(path) = &args.euid_keys_out {
+        std::fs::write(path, generator.euid_keys_json())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     if args.raw_uid2 && args.format != "json" {
         anyhow::bail!(
             "--raw-uid2 needs --format json (raw UID2s never travel in pixels or bid requests)"
@@ -94,8 +103,13 @@ pub fn command(args: &GenArgs) -> anyhow::Result<()> {
         out.write_lines(&line, 1)?;
     }
     out.finish()?;
+    let euid_keys = args
+        .euid_keys_out
+        .as_ref()
+        .map(|p| format!(", EUID keys to {}", p.display()))
+        .unwrap_or_default();
     eprintln!(
-        "gen: {} {} records to {}, keys to {}; cases: {by_case:?}",
+        "gen: {} {} records to {}, keys to {}{euid_keys}; cases: {by_case:?}",
         args.count,
         if args.raw_uid2 {
             "raw-UID2 json"

@@ -16,6 +16,10 @@ use crate::engine::uid2::{IdentityScope, IdentityType, KeySet, Status, TokenVers
 
 const MASTER_KEY_ID: u32 = 1001;
 const SITE_KEY_ID: u32 = 2001;
+/// The EUID key set's keys (an EUID operator's key ids are its own; distinct ids catch a token decrypted
+/// with the wrong set).
+const EUID_MASTER_KEY_ID: u32 = 3001;
+const EUID_SITE_KEY_ID: u32 = 4001;
 /// A key the generated key set does not hold: tokens under it get `not_authorized_for_key`.
 const FOREIGN_SITE_KEY_ID: u32 = 2999;
 const PUBLISHER_SITE_ID: i32 = 1234;
@@ -34,8 +38,11 @@ pub enum Case {
     Expired,
     UnknownSiteKey,
     Tampered,
-    /// An EUID token given to a UID2 key set.
+    /// An EUID token sealed with the UID2 keys (what a UID2 key set answers for EUID tokens).
     Euid,
+    /// An EUID token sealed with the EUID key set ([`Generator::euid_keys_json`]), in an `euid.eu` eid:
+    /// `success` with both key sets. Not in [`Case::ALL`], whose cases one UID2 key set answers.
+    EuidValid,
     CstgMatchingDomain,
     CstgOtherDomain,
     NoToken,
@@ -44,6 +51,7 @@ pub enum Case {
 }
 
 impl Case {
+    /// Every case one UID2 key set answers as [`Case::expected_status`] says.
     pub const ALL: [Case; 11] = [
         Case::ValidV2,
         Case::ValidV3,
@@ -67,6 +75,7 @@ impl Case {
             Case::UnknownSiteKey => "unknown-site-key",
             Case::Tampered => "tampered",
             Case::Euid => "euid",
+            Case::EuidValid => "euid-valid",
             Case::CstgMatchingDomain => "cstg-match",
             Case::CstgOtherDomain => "cstg-mismatch",
             Case::NoToken => "none",
@@ -96,9 +105,11 @@ impl Case {
     /// What `uid2-status` the enricher must give a request of this case (`None`: dead-lettered).
     pub fn expected_status(self) -> Option<&'static str> {
         Some(match self {
-            Case::ValidV2 | Case::ValidV3 | Case::ValidV4 | Case::CstgMatchingDomain => {
-                Status::Success.as_str()
-            }
+            Case::ValidV2
+            | Case::ValidV3
+            | Case::ValidV4
+            | Case::CstgMatchingDomain
+            | Case::EuidValid => Status::Success.as_str(),
             Case::Expired => Status::ExpiredToken.as_str(),
             Case::UnknownSiteKey => Status::NotAuthorizedForKey.as_str(),
             Case::Tampered => Status::InvalidPayload.as_str(),
@@ -140,13 +151,14 @@ impl Mix {
             let (name, weight) = part
                 .split_once('=')
                 .ok_or_else(|| format!("`{part}`: expected case=weight"))?;
-            let case = Case::ALL
-                .into_iter()
+            let known = Case::ALL.into_iter().chain([Case::EuidValid]);
+            let case = known
+                .clone()
                 .find(|c| c.name() == name.trim())
                 .ok_or_else(|| {
                     format!(
                         "unknown case `{name}`; known: {}",
-                        Case::ALL.map(Case::name).join(", ")
+                        known.map(Case::name).collect::<Vec<_>>().join(", ")
                     )
                 })?;
             let weight: u32 = weight
@@ -182,6 +194,26 @@ enum Placement {
     Both,
 }
 
+/// A key-endpoint response (`{"body":…,"status":"success"}`) holding one master and one site key, with
+/// the sharing fields too, valid from 30 days before `now_ms` to a year after.
+fn key_json(
+    scope: IdentityScope,
+    (master_id, master): (u32, &Secret),
+    (site_id, site): (u32, &Secret),
+    now_ms: i64,
+) -> String {
+    let b64 = |s: &Secret| base64::engine::general_purpose::STANDARD.encode(s.bytes());
+    let created_s = now_ms / 1000 - 30 * 86_400;
+    let expires_s = now_ms / 1000 + 365 * 86_400;
+    format!(
+        r#"{{"body":{{"max_bidstream_lifetime_seconds":{lifetime},"max_sharing_lifetime_seconds":{lifetime},"caller_site_id":{PUBLISHER_SITE_ID},"master_keyset_id":{MASTER_KEYSET_ID},"default_keyset_id":{DEFAULT_KEYSET_ID},"token_expiry_seconds":"86400","identity_scope":"{scope}","allow_clock_skew_seconds":1800,"keys":[{{"id":{master_id},"created":{created_s},"activates":{created_s},"expires":{expires_s},"secret":"{m}","keyset_id":{MASTER_KEYSET_ID}}},{{"id":{site_id},"created":{created_s},"activates":{created_s},"expires":{expires_s},"secret":"{s}","keyset_id":{DEFAULT_KEYSET_ID}}}],"site_data":[{{"id":{PUBLISHER_SITE_ID},"domain_names":["example.com","com.example.news"]}}]}},"status":"success"}}"#,
+        lifetime = 3 * 86_400 + 10,
+        scope = scope.as_str(),
+        m = b64(master),
+        s = b64(site),
+    )
+}
+
 /// A generator with its key material.
 pub struct Generator {
     rng: fastrand::Rng,
@@ -189,11 +221,14 @@ pub struct Generator {
     master: Secret,
     site: Secret,
     foreign: Secret,
+    euid_master: Secret,
+    euid_site: Secret,
     now_ms: i64,
     users: u32,
     /// Approximate size of a request in bytes (padding comes from more impressions and eids).
     pub target_size: usize,
     keys_json: String,
+    euid_keys_json: String,
 }
 
 /// One generated request.
@@ -210,14 +245,21 @@ impl Generator {
         let mut rng = fastrand::Rng::with_seed(seed);
         let mut secret = || Secret::new(std::array::from_fn(|_| rng.u8(..)));
         let (master, site, foreign) = (secret(), secret(), secret());
-        let b64 = |s: &Secret| base64::engine::general_purpose::STANDARD.encode(s.bytes());
-        let created_s = now_ms / 1000 - 30 * 86_400;
-        let expires_s = now_ms / 1000 + 365 * 86_400;
-        let keys_json = format!(
-            r#"{{"body":{{"max_bidstream_lifetime_seconds":{lifetime},"max_sharing_lifetime_seconds":{lifetime},"caller_site_id":{PUBLISHER_SITE_ID},"master_keyset_id":{MASTER_KEYSET_ID},"default_keyset_id":{DEFAULT_KEYSET_ID},"token_expiry_seconds":"86400","identity_scope":"UID2","allow_clock_skew_seconds":1800,"keys":[{{"id":{MASTER_KEY_ID},"created":{created_s},"activates":{created_s},"expires":{expires_s},"secret":"{m}","keyset_id":{MASTER_KEYSET_ID}}},{{"id":{SITE_KEY_ID},"created":{created_s},"activates":{created_s},"expires":{expires_s},"secret":"{s}","keyset_id":{DEFAULT_KEYSET_ID}}}],"site_data":[{{"id":{PUBLISHER_SITE_ID},"domain_names":["example.com","com.example.news"]}}]}},"status":"success"}}"#,
-            lifetime = 3 * 86_400 + 10,
-            m = b64(&master),
-            s = b64(&site),
+        // From a stream of their own, so a seed's UID2 keys and requests are what they were before EUID.
+        let mut euid_rng = fastrand::Rng::with_seed(seed ^ 0xe01d_0000_0000_0000);
+        let mut euid_secret = || Secret::new(std::array::from_fn(|_| euid_rng.u8(..)));
+        let (euid_master, euid_site) = (euid_secret(), euid_secret());
+        let keys_json = key_json(
+            IdentityScope::Uid2,
+            (MASTER_KEY_ID, &master),
+            (SITE_KEY_ID, &site),
+            now_ms,
+        );
+        let euid_keys_json = key_json(
+            IdentityScope::Euid,
+            (EUID_MASTER_KEY_ID, &euid_master),
+            (EUID_SITE_KEY_ID, &euid_site),
+            now_ms,
         );
         Generator {
             rng,
@@ -225,16 +267,30 @@ impl Generator {
             master,
             site,
             foreign,
+            euid_master,
+            euid_site,
             now_ms,
             users: users.max(1),
             target_size,
             keys_json,
+            euid_keys_json,
         }
     }
 
     /// The key-endpoint JSON (`{"body":…,"status":"success"}`) that decrypts the generated tokens.
     pub fn keys_json(&self) -> &str {
         &self.keys_json
+    }
+
+    /// The EUID operator's key-endpoint JSON (`"identity_scope":"EUID"`): it decrypts the `euid-valid`
+    /// tokens.
+    pub fn euid_keys_json(&self) -> &str {
+        &self.euid_keys_json
+    }
+
+    pub fn euid_key_set(&self) -> KeySet {
+        // The generator wrote this JSON itself; it always parses.
+        KeySet::parse_json(self.euid_keys_json.as_bytes()).expect("generated key JSON parses")
     }
 
     pub fn key_set(&self) -> KeySet {
@@ -265,7 +321,7 @@ impl Generator {
             Case::NoToken | Case::Malformed => return None,
             _ => TokenVersion::V4,
         };
-        let scope = if case == Case::Euid {
+        let scope = if matches!(case, Case::Euid | Case::EuidValid) {
             IdentityScope::Euid
         } else {
             IdentityScope::Uid2
@@ -279,10 +335,15 @@ impl Generator {
         } else {
             generated + DAY_MS
         };
-        let (site_key_id, site_secret) = if case == Case::UnknownSiteKey {
-            (FOREIGN_SITE_KEY_ID, &self.foreign)
+        let (site_key_id, site_secret) = match case {
+            Case::UnknownSiteKey => (FOREIGN_SITE_KEY_ID, &self.foreign),
+            Case::EuidValid => (EUID_SITE_KEY_ID, &self.euid_site),
+            _ => (SITE_KEY_ID, &self.site),
+        };
+        let (master_key_id, master_secret) = if case == Case::EuidValid {
+            (EUID_MASTER_KEY_ID, &self.euid_master)
         } else {
-            (SITE_KEY_ID, &self.site)
+            (MASTER_KEY_ID, &self.master)
         };
         let nonce_seed = (u64::from(user) << 8) | case as u64;
         let mut nonce_rng = fastrand::Rng::with_seed(nonce_seed);
@@ -292,8 +353,8 @@ impl Generator {
             scope,
             identity_type: IdentityType::Email,
             prefix_override: None,
-            master_key_id: MASTER_KEY_ID,
-            master_secret: &self.master,
+            master_key_id,
+            master_secret,
             site_key_id,
             site_secret,
             site_id: PUBLISHER_SITE_ID,
@@ -346,7 +407,7 @@ impl Generator {
             6..=8 => Placement::ExtEids25,
             _ => Placement::Both,
         };
-        let source = if case == Case::Euid {
+        let source = if matches!(case, Case::Euid | Case::EuidValid) {
             "euid.eu"
         } else {
             "uidapi.com"

@@ -148,6 +148,19 @@ pub fn detect_version(token: &str) -> Result<TokenVersion, DetectError> {
     }
 }
 
+/// The scope a v3 or v4 token declares in its first byte, read as [`detect_version`] reads the head;
+/// `None` for a v2 token (which declares none) and for anything that is not a token.
+pub fn declared_scope(token: &str) -> Option<IdentityScope> {
+    match detect_version(token).ok()? {
+        TokenVersion::V2 => None,
+        TokenVersion::V3 | TokenVersion::V4 => {
+            let [a, b] = [*token.as_bytes().first()?, *token.as_bytes().get(1)?]
+                .map(|ch| BASE64_EITHER[usize::from(ch)]);
+            Some(decode_prefix((a << 2) | (b >> 4)).0)
+        }
+    }
+}
+
 const INVALID_SEXTET: u8 = 0xff;
 
 /// Sextet of each byte in standard base64 or base64url (`+`/`-` → 62, `/`/`_` → 63), 0xff otherwise.
@@ -255,6 +268,31 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn declared_scope_reads_the_first_byte_of_v3_and_v4_tokens() {
+        use base64::Engine as _;
+        let engines = [
+            base64::engine::general_purpose::STANDARD,
+            base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        ];
+        for scope in [IdentityScope::Uid2, IdentityScope::Euid] {
+            for kind in [IdentityType::Email, IdentityType::Phone] {
+                for (version, engine) in [V3_VERSION_BYTE, V4_VERSION_BYTE]
+                    .into_iter()
+                    .zip(engines.iter())
+                {
+                    let head = [encode_prefix(scope, kind), version, 0xab, 0xcd, 0xef, 0x01];
+                    assert_eq!(declared_scope(&engine.encode(head)), Some(scope));
+                }
+            }
+        }
+        // v2 declares no scope; neither does a non-token.
+        let v2 = base64::engine::general_purpose::STANDARD.encode([V2_VERSION_BYTE, 1, 2, 3, 4, 5]);
+        assert_eq!(declared_scope(&v2), None);
+        assert_eq!(declared_scope("not a token"), None);
+        assert_eq!(declared_scope(""), None);
+    }
 
     #[test]
     fn base64url_vectors_shared_by_the_sdks() {

@@ -2,7 +2,7 @@
 //! (and `--config`) ask for, checked before any line is read; and the stage's work on one payload with them.
 
 use std::borrow::Cow;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::bail;
@@ -19,7 +19,8 @@ use crate::support::clock::wall_clock_ms;
 
 /// Everything a worker needs; shared read-only.
 pub(super) struct Job {
-    pub(super) keys: Option<KeySet>,
+    /// One set per identity scope; the first encrypts in the tokenize direction.
+    pub(super) keys: Vec<KeySet>,
     pub(super) optouts: Arc<dyn OptOutLookup + Send + Sync>,
     pub(super) cache: Option<DecryptCache>,
     pub(super) policy: Policy,
@@ -39,17 +40,17 @@ impl Job {
     /// with a format or keys that cannot tokenize.
     pub(super) fn from_args(args: &ReplayArgs, now: Now) -> anyhow::Result<Job> {
         let settings = load_settings(args)?;
-        let keys_path = keys_path(args, settings.as_ref())?;
-        let keys = crate::stage::keysource::load_keys_file(&keys_path)?;
+        let keys_paths = keys_paths(args, settings.as_ref())?;
+        let keys = crate::stage::keysource::load_keys_files(&keys_paths)?;
         let (policy, tokenize) = policies(args, settings.as_ref())?;
         let format = PayloadFormat::from(args.format);
-        let direction = direction(args, &keys, &keys_path, now)?;
+        let direction = direction(args, &keys, &keys_paths, now)?;
         let optouts: Arc<dyn OptOutLookup + Send + Sync> = match &args.optouts {
             Some(path) => Arc::new(crate::stage::optout_feed::load_file(path)?),
             None => Arc::new(NoOptOuts),
         };
         Ok(Job {
-            keys: Some(keys),
+            keys,
             optouts,
             cache: (args.cache_entries > 0).then(|| DecryptCache::new(args.cache_entries)),
             policy,
@@ -65,7 +66,7 @@ impl Job {
 
 fn load_settings(args: &ReplayArgs) -> anyhow::Result<Option<Settings>> {
     // With --keys the config's operator is not used, and neither are its credentials.
-    let load = if args.keys.is_some() {
+    let load = if !args.keys.is_empty() {
         crate::config::load_without_operator_credentials
     } else {
         crate::config::load
@@ -73,22 +74,27 @@ fn load_settings(args: &ReplayArgs) -> anyhow::Result<Option<Settings>> {
     Ok(args.config.as_deref().map(load).transpose()?)
 }
 
-/// `--keys`, else the config's `[uid2] keys_file`: replay never asks an operator.
-fn keys_path(args: &ReplayArgs, settings: Option<&Settings>) -> anyhow::Result<PathBuf> {
-    let keys_path = match (&args.keys, settings) {
-        (Some(path), _) => Some(path.clone()),
-        (None, Some(s)) => match &s.uid2.keys {
-            KeysFrom::File(path) => Some(path.clone()),
-            KeysFrom::Operator { .. } => None,
-        },
-        (None, None) => None,
-    };
-    let Some(keys_path) = keys_path else {
-        bail!(
-            "replay needs keys: --keys KEYS.json (what /v2/key/bidstream or /v2/key/sharing returns once decrypted; `gen --keys-out` writes one)"
-        );
-    };
-    Ok(keys_path)
+/// `--keys`, else the keys files of the config's key sources: replay never asks an operator.
+fn keys_paths(args: &ReplayArgs, settings: Option<&Settings>) -> anyhow::Result<Vec<PathBuf>> {
+    if !args.keys.is_empty() {
+        return Ok(args.keys.clone());
+    }
+    let from_config: Option<Vec<PathBuf>> = settings.and_then(|s| {
+        s.uid2
+            .sources
+            .iter()
+            .map(|source| match &source.from {
+                KeysFrom::File(path) => Some(path.clone()),
+                KeysFrom::Operator { .. } => None,
+            })
+            .collect()
+    });
+    match from_config {
+        Some(paths) if !paths.is_empty() => Ok(paths),
+        _ => bail!(
+            "replay needs keys: --keys KEYS.json, once per operator (what /v2/key/bidstream or /v2/key/sharing returns once decrypted; `gen --keys-out` writes one)"
+        ),
+    }
 }
 
 /// The config's `[pipeline]` policies (or the defaults), with the command line's overrides on top.
@@ -120,8 +126,8 @@ fn policies(
 /// `--direction`: tokenizing is refused before any line is read when no line could be tokenized.
 fn direction(
     args: &ReplayArgs,
-    keys: &KeySet,
-    keys_path: &Path,
+    keys: &[KeySet],
+    keys_paths: &[PathBuf],
     now: Now,
 ) -> anyhow::Result<Direction> {
     Ok(match args.direction {
@@ -136,6 +142,11 @@ fn direction(
                 Now::At(ms) => ms,
                 Now::Captured => wall_clock_ms(),
             };
+            let ([keys], [keys_path]) = (keys, keys_paths) else {
+                bail!(
+                    "--direction tokenize makes tokens with one key set: give --keys once (the sharing keys of the operator whose tokens you send)"
+                );
+            };
             if let Err(e) = crate::engine::tokenize::can_encrypt(Some(keys), probe_ms) {
                 bail!(
                     "--direction tokenize: the keys in {} cannot make tokens ({e}); they must be sharing keys (/v2/key/sharing) with an active master key, an active key in the default keyset and a caller site id",
@@ -149,7 +160,7 @@ fn direction(
 
 pub(super) fn enrich_context(job: &Job, now_ms: i64) -> enrich::Context<'_> {
     enrich::Context {
-        keys: enrich::Keys::single(job.keys.as_ref()),
+        keys: enrich::Keys::of_sets(&job.keys),
         optouts: job.optouts.as_ref(),
         cache: job.cache.as_ref(),
         now_ms,
@@ -183,7 +194,7 @@ pub(super) fn transform<'a>(
         }
         Direction::Tokenize => {
             let ctx = TokenizeContext {
-                keys: job.keys.as_ref(),
+                keys: job.keys.first(),
                 now_ms,
             };
             let mut nonces = crate::support::clock::token_nonce;

@@ -58,8 +58,8 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "TOPIC")]
     pub to_topic: Option<String>,
     /// The stage configuration: with --to-topic, its brokers and client properties (TLS, SASL, codecs);
-    /// for file output, the [pipeline] policy (eid sources, member name) and, without --keys, its [uid2]
-    /// keys_file.
+    /// for file output, the [pipeline] policy (eid sources, member name) and, without --keys, the keys
+    /// files of its key sources.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// With --to-topic: bootstrap brokers, host:port, comma-separated (overrides the config file's).
@@ -72,8 +72,9 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "X")]
     pub speed: Option<f64>,
     /// Key-endpoint JSON (the decrypted response of /v2/key/bidstream or /v2/key/sharing, whole or body).
+    /// Give it once per operator (UID2 and EUID): each file serves the identity scope its body declares.
     #[arg(long, value_name = "KEYS.json")]
-    pub keys: Option<PathBuf>,
+    pub keys: Vec<PathBuf>,
     /// Which SDK client's checks apply.
     #[arg(long, value_enum, default_value_t = ModeArg::Bidstream)]
     pub mode: ModeArg,
@@ -273,7 +274,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<bool> {
     let now = parse_now(args.now.as_deref())?;
     let summary = if let Some(topic) = &args.to_topic {
         for (given, flag) in [
-            (args.keys.is_some(), "--keys"),
+            (!args.keys.is_empty(), "--keys"),
             (args.optouts.is_some(), "--optouts"),
             (args.dlq.is_some(), "--dlq"),
             (args.now.is_some(), "--now"),
