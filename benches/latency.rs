@@ -1078,7 +1078,8 @@ impl Report {
                 ));
             }
         }
-        if let Some(ratio) = self.round_ratio((Contender::Enricher, 1), (Contender::PassThrough, 1)) {
+        if let Some(ratio) = self.round_ratio((Contender::Enricher, 1), (Contender::PassThrough, 1))
+        {
             goals.push(format!(
                 "saturation: enricher against pass-through {} (median {ratio:.2}×; ≥ 0.9×: {})",
                 self.round_ratios_text((Contender::Enricher, 1), (Contender::PassThrough, 1)),
