@@ -926,9 +926,16 @@ fn key_sources_one_per_operator_with_their_own_credential_variables() {
     assert!(
         matches!(&s.uid2.sources[1].from, KeysFrom::Operator { api_key, .. } if api_key.expose() == "eu-key")
     );
-    // A value where a variable name belongs, and a credential written in the file.
+    // A value where a variable name belongs (often the credential itself): refused, and not echoed.
     let e = fails_with_env(&named.replace("\"EU_KEY\"", "\"eu key=abc\""), &env);
     assert_error(&e, 8, 15, &["not an environment variable name"]);
+    assert!(!e.to_string().contains("eu key=abc"), "{e}");
+    let e = fails_with_env(&named.replace("\"EU_KEY\"", "\"${EUID_API_KEY}\""), &env);
+    assert!(
+        e.to_string().contains("not an environment variable name")
+            && !e.to_string().contains("EUID-C-L-1-key"),
+        "{e}"
+    );
     let e = fails_with_env(
         &two.replace(
             "scope = \"EUID\"\n",
@@ -937,7 +944,20 @@ fn key_sources_one_per_operator_with_their_own_credential_variables() {
         &env,
     );
     assert!(
-        e.to_string().contains("looks like a secret") && !e.to_string().contains("C-L-1-key"),
+        e.to_string().contains("looks like a secret")
+            && e.to_string().contains("api_key_env")
+            && !e.to_string().contains("C-L-1-key"),
+        "{e}"
+    );
+    // An EUID source needs an eid source of scope EUID to look its tokens up in.
+    let e = fails_with_env(
+        &format!("{two}[[pipeline.sources]]\nname = \"uidapi.com\"\nscope = \"UID2\"\n"),
+        &env,
+    );
+    assert!(
+        e.to_string()
+            .contains("no [[pipeline.sources]] entry has scope = \"EUID\"")
+            && e.to_string().contains("euid.eu"),
         "{e}"
     );
 }

@@ -173,6 +173,7 @@ fn sdk_made_uid2_and_euid_tokens_in_one_request_decrypt_with_their_own_key_sets(
             .iter()
             .filter(|c| {
                 c["keys_ref"] == keys_ref
+                    && c["made_by"] == "sdk_generator"
                     && mode_of(c) == ClientMode::Bidstream
                     && want(c)["status"] == "success"
                     && want(c)["cstg"] == false

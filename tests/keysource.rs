@@ -679,3 +679,33 @@ fn a_fixed_handle_is_ready_without_a_runtime() {
     assert_eq!(handle.status().key_count, 2);
     assert_eq!(key_ids(&handle), [1, 2]);
 }
+
+/// A source that serves one scope refuses a key set of another (an EUID source pointed at the UID2
+/// operator by mistake): never ready on it, the reason named, and the refusal retried as a failure.
+#[tokio::test]
+async fn a_source_refuses_a_key_set_of_another_scope() {
+    let (_fake, url) = start_operator(bidstream_json(1, EXPIRES_2050)).await;
+    let handle = KeySource::spawn_for(
+        "euid",
+        Some(uid2_enricher::uid2::IdentityScope::Euid),
+        operator(&url, CLIENT_SECRET_B64, API_KEY),
+        fast(),
+        ClientMode::Bidstream,
+    );
+    wait_until("two refused loads", || handle.status().failures >= 2).await;
+    assert!(!handle.is_ready());
+    let error = handle.status().last_error.unwrap();
+    assert!(
+        error.contains("identity_scope is UID2") && error.contains("serves EUID"),
+        "{error}"
+    );
+    // The same operator for a UID2 source is fine.
+    let uid2 = KeySource::spawn_for(
+        "uid2",
+        Some(uid2_enricher::uid2::IdentityScope::Uid2),
+        operator(&url, CLIENT_SECRET_B64, API_KEY),
+        slow(),
+        ClientMode::Bidstream,
+    );
+    ready(&uid2).await;
+}

@@ -51,6 +51,22 @@ pub(super) fn build(
             "a sharing sender encrypts with its own operator's sharing keys: keep the one key source whose tokens you send",
         ));
     }
+    for scope in uid2.sources.iter().filter_map(|k| k.scope) {
+        if !pipeline.policy.sources.iter().any(|s| s.scope == scope) {
+            let (name, example) = match scope {
+                IdentityScope::Uid2 => ("UID2", "uidapi.com"),
+                IdentityScope::Euid => ("EUID", "euid.eu"),
+            };
+            return Err(cx.plain(
+                &format!(
+                    "[[uid2.key_sources]] has a {name} source, but no [[pipeline.sources]] entry has scope = \"{name}\", so no {name} token would be looked for"
+                ),
+                &format!(
+                    "add [[pipeline.sources]] name = \"{example}\" scope = \"{name}\" (the eid source {name} tokens arrive under), or remove the key source"
+                ),
+            ));
+        }
+    }
     let log = build_log(cx, raw.log.unwrap_or_default())?;
     Ok(Settings {
         origin: cx.origin.to_string(),

@@ -6,7 +6,7 @@ use toml::de::{DeTable, DeValue};
 
 use super::diagnostics::{ConfigError, Cx, table_label};
 use super::is_secret_property;
-use super::keys::SECRET_KEYS;
+use super::keys::{ENV_API_KEY, SECRET_KEYS};
 
 /// Replaces `${NAME}` / `${NAME:-default}` in every string value of `table`, and refuses a literal
 /// secret in the librdkafka pass-through tables.
@@ -200,7 +200,20 @@ pub(super) fn check_no_secrets(
                     "`{name}` in {} looks like a secret, and secrets are never read from the config file",
                     table_label(path)
                 ),
-                &format!("remove this line and set the environment variable {var} instead"),
+                &if path.first().is_some_and(|t| t == "uid2")
+                    && path.get(1).is_some_and(|t| t == "key_sources")
+                {
+                    let key = if *var == ENV_API_KEY {
+                        "api_key_env"
+                    } else {
+                        "secret_key_env"
+                    };
+                    format!(
+                        "remove this line; write {key} = \"NAME\" (the environment variable that holds it) and set that variable"
+                    )
+                } else {
+                    format!("remove this line and set the environment variable {var} instead")
+                },
             ));
         }
         path.push(name.to_string());

@@ -180,11 +180,20 @@ fn key_source_entry(
             .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid {
+            // Not echoed: a value that is no variable name is most often the credential itself (pasted,
+            // or a `${NAME}` reference the environment expanded).
+            let key = if suffix == "API_KEY" {
+                "api_key_env"
+            } else {
+                "secret_key_env"
+            };
             return Err(cx.at(
                 given.span(),
-                &format!("`{text}` is not an environment variable name"),
                 &format!(
-                    "name the variable that holds the credential (letters, digits and '_'), e.g. \"{default_prefix}_{suffix}\"; the value itself never goes in the file"
+                    "`{key}` in [[uid2.key_sources]] is not an environment variable name (its value is not shown: it may be the credential itself)"
+                ),
+                &format!(
+                    "write the variable's name, not its value or a ${{…}} reference: {key} = \"{default_prefix}_{suffix}\" (letters, digits and '_')"
                 ),
             ));
         }

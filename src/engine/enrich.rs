@@ -180,9 +180,10 @@ impl Default for Policy {
 ///
 /// With one key source ([`Keys::single`]) a token of either scope is tried with that one set, which yields
 /// what a single SDK client would answer (`invalid_identity_scope` for a v3/v4 token of the other scope).
-/// With a source per scope ([`Keys::per_scope`]) a token is decrypted only with its scope's set: before
-/// that source's first load it gets `not_initialized`, and a scope no source serves gets
-/// `invalid_identity_scope` without a decryption attempt.
+/// With a source per scope ([`Keys::per_scope`]) a token is decrypted only with its scope's set (the scope
+/// a v3/v4 token declares, else its eid source's): before that source's first load it gets
+/// `not_initialized`, and a scope no source serves gets `invalid_identity_scope` without a decryption
+/// attempt.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Keys<'a> {
     pub uid2: Option<&'a KeySet>,
@@ -235,10 +236,23 @@ impl<'a> Keys<'a> {
         match sets {
             [] => Keys::default(),
             [one] => Keys::single(Some(one)),
-            many => {
-                let of = |scope| many.iter().find(|k| k.identity_scope == scope).map(Some);
-                Keys::per_scope(of(IdentityScope::Uid2), of(IdentityScope::Euid))
-            }
+            many => Keys::per_scope_sets(many),
+        }
+    }
+
+    /// A source per scope, however many sets: each serves the scope it declares (the first of a scope).
+    pub fn per_scope_sets(sets: &'a [KeySet]) -> Keys<'a> {
+        let of = |scope| sets.iter().find(|k| k.identity_scope == scope).map(Some);
+        Keys::per_scope(of(IdentityScope::Uid2), of(IdentityScope::Euid))
+    }
+
+    /// The scope whose set decrypts `token`, found under an eid source of `source_scope`: with a source
+    /// per scope, the scope a v3/v4 token declares (the operator that made it; a v2 token declares none);
+    /// with one source, the eid source's, as before.
+    pub fn scope_of(&self, token: &str, source_scope: IdentityScope) -> IdentityScope {
+        match self.served {
+            Some(_) => crate::engine::uid2::wire::declared_scope(token).unwrap_or(source_scope),
+            None => source_scope,
         }
     }
 
@@ -645,11 +659,14 @@ fn decide<'t, 'n>(
             None => more_texts.push(token),
         }
         // Decrypted at the first occurrence: the same calls, in the same order, as deduplicating first.
-        let scope = policy
+        let source_scope = policy
             .sources
             .get(source_index)
             .map_or(IdentityScope::Uid2, |s| s.scope);
-        let decryption = match (ctx.keys.lookup(scope), ctx.cache) {
+        let decryption = match (
+            ctx.keys.lookup(ctx.keys.scope_of(token, source_scope)),
+            ctx.cache,
+        ) {
             (KeysFor::NoSource, _) => Decryption::error(Status::InvalidIdentityScope),
             (KeysFor::Set(keys), Some(cache)) => {
                 cache.decrypt_with_name(token, keys, policy.mode, name, ctx.now_ms)

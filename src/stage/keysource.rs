@@ -37,7 +37,7 @@ use crate::config::{KeySourceSettings, Uid2Settings};
 pub use crate::config::{KeysFrom, RefreshSettings};
 use crate::engine::uid2::envelope::{self, EnvelopeError};
 use crate::engine::uid2::{ClientMode, IdentityScope, KeySet, KeysError};
-use crate::stage::pipeline::{KeyProvider, KeySnapshot};
+use crate::stage::pipeline::{DEFAULT_KEY_SOURCE, KeyProvider, KeySnapshot};
 use crate::support::clock::{fill_random, wall_clock_ms};
 
 /// Sent as `X-UID2-Client-Version` (the operator uses it for metrics only).
@@ -256,6 +256,7 @@ impl KeyRing {
                 name: source.name.clone(),
                 scope: source.scope,
                 handle: KeySource::spawn_for(
+                    &source.name,
                     source.scope,
                     source.from.clone(),
                     settings.refresh.clone(),
@@ -355,6 +356,8 @@ impl KeyProvider for KeyRing {
 /// The refresh task: fetches, publishes and schedules. Start it with [`KeySource::spawn`].
 pub struct KeySource {
     fetcher: Fetcher,
+    /// The source's name in the logs (`uid2` for the single `[uid2]` source).
+    name: String,
     /// The scope this source serves: a set of another scope is refused. `None` takes any.
     scope: Option<IdentityScope>,
     settings: RefreshSettings,
@@ -371,7 +374,7 @@ impl KeySource {
     /// # Panics
     /// Outside a tokio runtime.
     pub fn spawn(from: KeysFrom, settings: RefreshSettings, identity: ClientMode) -> KeyHandle {
-        KeySource::spawn_for(None, from, settings, identity)
+        KeySource::spawn_for(DEFAULT_KEY_SOURCE, None, from, settings, identity)
     }
 
     /// [`KeySource::spawn`] for a source that serves one identity scope: a key set that declares another
@@ -380,6 +383,7 @@ impl KeySource {
     /// # Panics
     /// Outside a tokio runtime.
     pub fn spawn_for(
+        name: &str,
         scope: Option<IdentityScope>,
         from: KeysFrom,
         settings: RefreshSettings,
@@ -398,6 +402,7 @@ impl KeySource {
         let fetcher = Fetcher::new(from, identity, settings.request_timeout);
         let task = KeySource {
             fetcher,
+            name: name.to_string(),
             scope,
             settings,
             shared: shared.clone(),
@@ -465,10 +470,11 @@ impl KeySource {
                     ));
                 }
                 tracing::warn!(
+                    key_source = %self.name,
                     source = %self.fetcher.from.describe(),
                     keys = keys.len(),
                     latest_expiry = %fmt_ms(keys.latest_expiry_ms()),
-                    "loaded a UID2 key set with no unexpired key: every token will get keys_not_synced"
+                    "loaded a key set with no unexpired key: every token of its scope will get keys_not_synced"
                 );
             }
             let keys = Arc::new(keys);
@@ -492,12 +498,13 @@ impl KeySource {
             status.latest_expiry_ms = published.latest_expiry_ms();
         }
         tracing::info!(
+            key_source = %self.name,
             source = %self.fetcher.from.describe(),
             keys = published.len(),
             latest_expiry = %fmt_ms(published.latest_expiry_ms()),
             generation = published.generation(),
             changed,
-            "UID2 keys refreshed"
+            "Keys refreshed"
         );
         Ok(())
     }
@@ -520,9 +527,10 @@ impl KeySource {
             }
         };
         tracing::warn!(
+            key_source = %self.name,
             consecutive_failures = consecutive,
             retry_in_ms = u64::try_from(retry_in.as_millis()).unwrap_or(u64::MAX),
-            "UID2 key refresh failed: {error}; {in_use}"
+            "Key refresh failed: {error}; {in_use}"
         );
     }
 

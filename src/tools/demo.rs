@@ -25,7 +25,7 @@ use crate::stage::pipeline::{
 };
 use crate::stage::produce::{Backpressure, send_with_backpressure};
 use crate::support::metrics::Metrics;
-use crate::tools::traffic::{Generator, Mix};
+use crate::tools::traffic::{Case, Generator, Mix};
 
 const INPUT: &str = "bid-requests";
 const OUTPUT: &str = "bid-requests-enriched";
@@ -47,7 +47,8 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 1500)]
     pub size: usize,
     /// Token mix as case=weight pairs, e.g. `v4=60,expired=5,none=15,malformed=1`. Cases: v2, v3, v4,
-    /// expired, unknown-site-key, tampered, euid, cstg-match, cstg-mismatch, none, malformed.
+    /// expired, unknown-site-key, tampered, euid, cstg-match, cstg-mismatch, none, malformed (and, for
+    /// `gen --euid-keys-out` only, euid-valid).
     #[arg(long)]
     pub mix: Option<String>,
     /// Records per second of the paced phase, which measures the time the stage adds to each record.
@@ -68,7 +69,15 @@ impl DemoArgs {
     /// `--mix` cannot be parsed.
     pub fn options(&self) -> anyhow::Result<DemoOptions> {
         let mix = match &self.mix {
-            Some(text) => Mix::parse(text).map_err(|e| anyhow::anyhow!("--mix: {e}"))?,
+            Some(text) => {
+                let mix = Mix::parse(text).map_err(|e| anyhow::anyhow!("--mix: {e}"))?;
+                if mix.0.iter().any(|(case, _)| *case == Case::EuidValid) {
+                    anyhow::bail!(
+                        "--mix: the demo runs with one UID2 key set, so `euid-valid` tokens cannot decrypt; a stream of UID2 and EUID tokens: `gen --euid-keys-out` and `replay --keys … --keys …`"
+                    );
+                }
+                mix
+            }
             None => Mix::default(),
         };
         Ok(DemoOptions {

@@ -61,6 +61,16 @@ pub fn command(args: &GenArgs) -> anyhow::Result<()> {
         Some(text) => parse_time(text)?,
         None => wall_clock_ms(),
     };
+    if args.euid_keys_out.is_none()
+        && mix
+            .0
+            .iter()
+            .any(|(case, _)| *case == crate::tools::traffic::Case::EuidValid)
+    {
+        bail!(
+            "--mix euid-valid makes EUID tokens sealed with an EUID key set: add --euid-keys-out FILE to write it, or no key file could decrypt them"
+        );
+    }
     let (min_size, max_size) = parse_size_range(&args.size)?;
     let mut generator =
         crate::tools::traffic::Generator::new(args.seed, mix, now_ms, args.users, min_size);

@@ -14,13 +14,16 @@ use crate::engine::enrich::{self, Malformed, PayloadFormat, Policy};
 use crate::engine::formats::event::JsonPointer;
 use crate::engine::optout::{NoOptOuts, OptOutLookup};
 use crate::engine::tokenize::{Direction, TokenizeContext, TokenizeError, TokenizePolicy};
-use crate::engine::uid2::{ClientMode, KeySet};
+use crate::engine::uid2::{ClientMode, IdentityScope, KeySet};
 use crate::support::clock::wall_clock_ms;
 
 /// Everything a worker needs; shared read-only.
 pub(super) struct Job {
     /// One set per identity scope; the first encrypts in the tokenize direction.
     pub(super) keys: Vec<KeySet>,
+    /// The sets stand for a source per scope (the config's `[[uid2.key_sources]]`, as the stage runs
+    /// them) rather than `--keys` given once (one set answering every scope, as one SDK client).
+    pub(super) per_scope: bool,
     pub(super) optouts: Arc<dyn OptOutLookup + Send + Sync>,
     pub(super) cache: Option<DecryptCache>,
     pub(super) policy: Policy,
@@ -40,8 +43,11 @@ impl Job {
     /// with a format or keys that cannot tokenize.
     pub(super) fn from_args(args: &ReplayArgs, now: Now) -> anyhow::Result<Job> {
         let settings = load_settings(args)?;
-        let keys_paths = keys_paths(args, settings.as_ref())?;
+        let (keys_paths, configured_scopes) = keys_paths(args, settings.as_ref())?;
         let keys = crate::stage::keysource::load_keys_files(&keys_paths)?;
+        if let Some(scopes) = &configured_scopes {
+            check_scopes(&keys, scopes, &keys_paths)?;
+        }
         let (policy, tokenize) = policies(args, settings.as_ref())?;
         let format = PayloadFormat::from(args.format);
         let direction = direction(args, &keys, &keys_paths, now)?;
@@ -51,6 +57,7 @@ impl Job {
         };
         Ok(Job {
             keys,
+            per_scope: configured_scopes.is_some(),
             optouts,
             cache: (args.cache_entries > 0).then(|| DecryptCache::new(args.cache_entries)),
             policy,
@@ -74,27 +81,54 @@ fn load_settings(args: &ReplayArgs) -> anyhow::Result<Option<Settings>> {
     Ok(args.config.as_deref().map(load).transpose()?)
 }
 
-/// `--keys`, else the keys files of the config's key sources: replay never asks an operator.
-fn keys_paths(args: &ReplayArgs, settings: Option<&Settings>) -> anyhow::Result<Vec<PathBuf>> {
+/// `--keys`, else the keys files of the config's key sources (with the scope each is configured for, when
+/// they are `[[uid2.key_sources]]`): replay never asks an operator.
+fn keys_paths(
+    args: &ReplayArgs,
+    settings: Option<&Settings>,
+) -> anyhow::Result<(Vec<PathBuf>, Option<Vec<IdentityScope>>)> {
     if !args.keys.is_empty() {
-        return Ok(args.keys.clone());
+        return Ok((args.keys.clone(), None));
     }
-    let from_config: Option<Vec<PathBuf>> = settings.and_then(|s| {
+    let from_config: Option<Vec<(PathBuf, Option<IdentityScope>)>> = settings.and_then(|s| {
         s.uid2
             .sources
             .iter()
             .map(|source| match &source.from {
-                KeysFrom::File(path) => Some(path.clone()),
+                KeysFrom::File(path) => Some((path.clone(), source.scope)),
                 KeysFrom::Operator { .. } => None,
             })
             .collect()
     });
     match from_config {
-        Some(paths) if !paths.is_empty() => Ok(paths),
+        Some(files) if !files.is_empty() => {
+            let scopes: Option<Vec<IdentityScope>> = files.iter().map(|(_, s)| *s).collect();
+            Ok((files.into_iter().map(|(p, _)| p).collect(), scopes))
+        }
         _ => bail!(
             "replay needs keys: --keys KEYS.json, once per operator (what /v2/key/bidstream or /v2/key/sharing returns once decrypted; `gen --keys-out` writes one)"
         ),
     }
+}
+
+/// Each keys file of a `[[uid2.key_sources]]` entry must hold keys of the scope the entry serves, as the
+/// stage requires.
+fn check_scopes(
+    keys: &[KeySet],
+    scopes: &[IdentityScope],
+    paths: &[PathBuf],
+) -> anyhow::Result<()> {
+    for ((set, scope), path) in keys.iter().zip(scopes).zip(paths) {
+        if set.identity_scope != *scope {
+            bail!(
+                "the key source for {} in --config reads {}, which holds {} keys (its identity_scope); the stage would refuse it too",
+                scope.as_str(),
+                path.display(),
+                set.identity_scope.as_str()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The config's `[pipeline]` policies (or the defaults), with the command line's overrides on top.
@@ -160,7 +194,11 @@ fn direction(
 
 pub(super) fn enrich_context(job: &Job, now_ms: i64) -> enrich::Context<'_> {
     enrich::Context {
-        keys: enrich::Keys::of_sets(&job.keys),
+        keys: if job.per_scope {
+            enrich::Keys::per_scope_sets(&job.keys)
+        } else {
+            enrich::Keys::of_sets(&job.keys)
+        },
         optouts: job.optouts.as_ref(),
         cache: job.cache.as_ref(),
         now_ms,
