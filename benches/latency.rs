@@ -211,7 +211,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
 
     // Saturation moves by ±25% from one measurement to the next on a shared machine; rounds interleave the
     // stages so that a slow stretch falls on all of them, and the median of each is what the goals use.
-    let mut saturation = Vec::new();
+    let (mut saturation, mut stalled) = (Vec::new(), Vec::new());
     for round in 1..=bench.options.rounds {
         for (contender, instances) in [
             (Contender::PassThrough, 1),
@@ -219,7 +219,14 @@ async fn run(options: Options) -> anyhow::Result<()> {
             (Contender::Enricher, 2),
             (Contender::EnricherOptOuts, 1),
         ] {
-            saturation.push(bench.saturation(contender, instances, round).await?);
+            match bench.saturation(contender, instances, round).await {
+                Ok(s) => saturation.push(s),
+                // Kept out of the medians and reported: the other rounds still measure.
+                Err(e) => stalled.push(format!(
+                    "round {round}, {} x{instances}: {e:#}",
+                    contender.name()
+                )),
+            }
         }
     }
     let enricher_saturation = median_saturation(&saturation, Contender::Enricher, 1)
@@ -241,6 +248,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
 
     let report = Report {
         saturation,
+        stalled,
         latency,
         optouts: bench.options.optouts,
         optouts_loaded_in: bench.optouts_loaded_in,
@@ -382,7 +390,18 @@ impl Bench {
             }
             input.acknowledged().await?;
             let total = WARM_UP + self.options.saturation_count;
-            wait_for(|| out() >= total, Duration::from_secs(120), "the backlog").await?;
+            wait_for(|| out() >= total, Duration::from_secs(120), "the backlog")
+                .await
+                .with_context(|| {
+                    let each: Vec<u64> = counters
+                        .iter()
+                        .map(|c| {
+                            c.produced.load(Ordering::Relaxed)
+                                + c.dead_lettered.load(Ordering::Relaxed)
+                        })
+                        .collect();
+                    format!("{total} in, out per instance so far {each:?}")
+                })?;
             anyhow::Ok((started.elapsed(), cpu.stop()))
         }
         .await;
@@ -849,6 +868,8 @@ fn percentiles(h: &Histogram<u64>) -> [f64; 5] {
 
 struct Report {
     saturation: Vec<Saturation>,
+    /// Saturation phases that stalled twice, with why.
+    stalled: Vec<String>,
     latency: Vec<Paced>,
     optouts: u64,
     optouts_loaded_in: Duration,
@@ -986,6 +1007,9 @@ impl Report {
                     s.cpu.bench_cores
                 ),
             );
+        }
+        for stall in &self.stalled {
+            line(&mut md, format!("\nStalled twice, left out: {stall}"));
         }
         line(&mut md, String::new());
         line(
@@ -1132,6 +1156,7 @@ impl Report {
             "size": self.size,
             "partitions": self.partitions,
             "paced_seconds": self.seconds,
+            "stalled": self.stalled,
             "optouts": self.optouts,
             "saturation": self.saturation.iter().map(|s| serde_json::json!({
                 "stage": s.contender.name(),
