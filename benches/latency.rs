@@ -306,6 +306,7 @@ impl Bench {
             drain_timeout: Duration::from_millis(2500),
             shutdown_timeout: Duration::from_secs(8),
             output_partitioning: OutputPartitioning::Key,
+            delivery: Default::default(),
         };
         let deps = StageDeps {
             keys: Arc::new(Some(self.keys.clone())),

@@ -51,6 +51,7 @@ fn config(kafka: KafkaClients, group: &str, input: &str) -> StageConfig {
         drain_timeout: Duration::from_secs(2),
         shutdown_timeout: Duration::from_secs(8),
         output_partitioning: OutputPartitioning::Key,
+        delivery: Default::default(),
     }
 }
 

@@ -1058,3 +1058,35 @@ fn commands_without_operator_credentials_take_any_source_variables() {
     assert!(config::load_with_env(&path, &no_env).is_err());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn exactly_once_delivery_needs_a_transactional_id() {
+    use uid2_enricher::config::Delivery;
+    assert_eq!(ok(UID2).pipeline.delivery, Delivery::AtLeastOnce);
+    let e = fails(&with_uid2("[pipeline]\ndelivery = \"exactly_once\"\n"));
+    assert_error(&e, 4, 12, &["needs `transactional_id`", "${POD_NAME}"]);
+    let e = fails(&with_uid2("[pipeline]\ndelivery = \"exactly-once\"\n"));
+    assert_error(&e, 4, 12, &["did you mean \"exactly_once\"?"]);
+    let e = fails(&with_uid2("[pipeline]\ntransactional_id = \"a\"\n"));
+    assert_error(&e, 4, 20, &["applies to delivery = \"exactly_once\" only"]);
+    let e = fails(&with_uid2(
+        "[pipeline]\ndelivery = \"exactly_once\"\ntransactional_id = \"a\"\ntransaction_max_ms = 60000\n",
+    ));
+    assert_error(&e, 6, 22, &["over 30000"]);
+    let e = fails(&with_uid2("[kafka.producer]\n\"transactional.id\" = \"x\"\n"));
+    assert!(e.to_string().contains("set `transactional_id` in [pipeline]"), "{e}");
+    let s = config::parse_with_env(
+        &with_uid2("[pipeline]\ndelivery = \"exactly_once\"\ntransactional_id = \"${POD_NAME}\"\ntransaction_max_records = 200\n"),
+        "x.toml",
+        &env_of(&[("POD_NAME", "enricher-3")]),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    match s.pipeline.delivery {
+        Delivery::ExactlyOnce(t) => {
+            assert_eq!(t.transactional_id, "enricher-3");
+            assert_eq!(t.max_records, 200);
+            assert_eq!(t.max_duration, Duration::from_millis(100));
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -73,6 +73,7 @@ fn config(brokers: &str, group: &str, input: &str, format: PayloadFormat) -> Sta
         drain_timeout: Duration::from_secs(2),
         shutdown_timeout: Duration::from_secs(8),
         output_partitioning: OutputPartitioning::Key,
+        delivery: Default::default(),
         topic_formats: Vec::new(),
         direction: Default::default(),
         tokenize: Default::default(),

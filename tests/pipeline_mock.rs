@@ -52,6 +52,7 @@ fn config(brokers: &str, group: &str) -> StageConfig {
         drain_timeout: Duration::from_secs(2),
         shutdown_timeout: Duration::from_secs(8),
         output_partitioning: OutputPartitioning::Key,
+        delivery: Default::default(),
     }
 }
 

@@ -82,6 +82,7 @@ async fn records_wait_for_keys_that_can_encrypt_and_never_go_out_raw() {
         drain_timeout: Duration::from_secs(2),
         shutdown_timeout: Duration::from_secs(8),
         output_partitioning: OutputPartitioning::Key,
+        delivery: Default::default(),
     };
     let counters = Arc::new(RunCounters::default());
     let shutdown = CancellationToken::new();

@@ -16,8 +16,8 @@ use super::raw::{
     Field, RawConfig, RawKafka, RawLog, RawOptOut, RawPipeline, RawServer, RawSource,
 };
 use super::settings::{
-    KafkaProps, KafkaSettings, LogSettings, OptOutSettings, PipelineSettings, ServerSettings,
-    Settings,
+    Delivery, KafkaProps, KafkaSettings, LogSettings, OptOutSettings, PipelineSettings,
+    ServerSettings, Settings, TransactionSettings,
 };
 use super::{ENV_OPTOUT_TOKEN, LogFormat, Redacted};
 use crate::engine::enrich::{PayloadFormat, Policy, TokenSource};
@@ -417,6 +417,7 @@ fn build_pipeline(
         "shutdown_timeout_ms",
         "[pipeline]",
     )?;
+    let delivery = delivery(cx, &raw)?;
     Ok(PipelineSettings {
         format,
         topic_formats,
@@ -429,7 +430,90 @@ fn build_pipeline(
         drain_timeout: Duration::from_millis(drain),
         shutdown_timeout: Duration::from_millis(shutdown),
         enrich: bool_or(&raw.enrich, defaults::ENRICH),
+        delivery,
     })
+}
+
+/// `delivery`, and with `exactly_once` its transactions.
+fn delivery(cx: &Cx<'_>, raw: &RawPipeline) -> Result<Delivery, ConfigError> {
+    let name = raw
+        .delivery
+        .as_ref()
+        .map_or(defaults::DELIVERY, |d| d.get_ref().as_str());
+    match name {
+        "at_least_once" => {
+            if let Some(id) = &raw.transactional_id {
+                return Err(cx.at(
+                    id.span(),
+                    "`transactional_id` in [pipeline] applies to delivery = \"exactly_once\" only",
+                    "set delivery = \"exactly_once\" to use transactions, or remove transactional_id",
+                ));
+            }
+            Ok(Delivery::AtLeastOnce)
+        }
+        "exactly_once" => {
+            let at = raw.delivery.as_ref().map(Spanned::span);
+            let id = match &raw.transactional_id {
+                None => {
+                    return Err(cx.at_opt(
+                        at,
+                        "delivery = \"exactly_once\" needs `transactional_id` in [pipeline]",
+                        "give each instance its own id, stable across its restarts, e.g. transactional_id = \"${POD_NAME}\" in a Kubernetes StatefulSet: a restarted instance then fences its former self; two running instances with one id fence each other",
+                    ));
+                }
+                Some(id) if id.get_ref().trim().is_empty() => {
+                    return Err(cx.at(
+                        id.span(),
+                        "`transactional_id` in [pipeline] is empty",
+                        "give each instance its own id, stable across its restarts, e.g. transactional_id = \"${POD_NAME}\"",
+                    ));
+                }
+                Some(id) => id.get_ref().trim().to_string(),
+            };
+            let max_records = raw
+                .transaction_max_records
+                .as_ref()
+                .map_or(defaults::TRANSACTION_MAX_RECORDS, |v| *v.get_ref());
+            if let Some(v) = &raw.transaction_max_records
+                && *v.get_ref() == 0
+            {
+                return Err(cx.at(
+                    v.span(),
+                    "`transaction_max_records` in [pipeline] is 0",
+                    &format!(
+                        "commit after at least 1 record (default {})",
+                        defaults::TRANSACTION_MAX_RECORDS
+                    ),
+                ));
+            }
+            let max_ms = positive_ms(
+                cx,
+                &raw.transaction_max_ms,
+                defaults::TRANSACTION_MAX_MS,
+                "transaction_max_ms",
+                "[pipeline]",
+            )?;
+            if let Some(v) = &raw.transaction_max_ms
+                && max_ms > 30_000
+            {
+                return Err(cx.at(
+                    v.span(),
+                    &format!("`transaction_max_ms` in [pipeline] is {max_ms}, over 30000"),
+                    "a transaction must commit well within transaction.timeout.ms (60 s), and a read_committed reader waits for it: use at most a few seconds",
+                ));
+            }
+            Ok(Delivery::ExactlyOnce(TransactionSettings {
+                transactional_id: id,
+                max_records,
+                max_duration: Duration::from_millis(max_ms),
+            }))
+        }
+        other => Err(cx.at_opt(
+            raw.delivery.as_ref().map(Spanned::span),
+            &format!("`delivery` in [pipeline] is `{other}`"),
+            &choice_hint(other, &["at_least_once", "exactly_once"]),
+        )),
+    }
 }
 
 /// `format` and `[pipeline.formats]`, whose topics must be input topics.

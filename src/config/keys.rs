@@ -38,6 +38,9 @@ pub mod defaults {
     pub const DRAIN_TIMEOUT_MS: u64 = 2500;
     pub const SHUTDOWN_TIMEOUT_MS: u64 = 8000;
     pub const ENRICH: bool = true;
+    pub const DELIVERY: &str = "at_least_once";
+    pub const TRANSACTION_MAX_RECORDS: u64 = 1000;
+    pub const TRANSACTION_MAX_MS: u64 = 100;
     pub const LOG_FORMAT: &str = "human";
     pub const LOG_LEVEL: &str = "info";
 }
@@ -179,6 +182,11 @@ const TABLES: &[TableSpec] = &[
             KeySpec::new("drain_timeout_ms").defaults_to(Int(defaults::DRAIN_TIMEOUT_MS)),
             KeySpec::new("shutdown_timeout_ms").defaults_to(Int(defaults::SHUTDOWN_TIMEOUT_MS)),
             KeySpec::new("enrich").defaults_to(Bool(defaults::ENRICH)),
+            KeySpec::new("delivery").defaults_to(Str(defaults::DELIVERY)),
+            KeySpec::new("transactional_id").example("transactional_id = \"${POD_NAME}\""),
+            KeySpec::new("transaction_max_records")
+                .defaults_to(Int(defaults::TRANSACTION_MAX_RECORDS)),
+            KeySpec::new("transaction_max_ms").defaults_to(Int(defaults::TRANSACTION_MAX_MS)),
         ],
     },
     TableSpec {
@@ -294,6 +302,10 @@ pub(super) const OWNED_PROPERTIES: &[(&str, &str)] = &[
     (
         "enable.auto.offset.store",
         "the stage stores each offset itself once the output is acknowledged (at-least-once); it must stay false",
+    ),
+    (
+        "transactional.id",
+        "set `transactional_id` in [pipeline], with delivery = \"exactly_once\"",
     ),
     (
         "enable.idempotence",

@@ -51,8 +51,9 @@ pub use diagnostics::{ConfigError, closest, edit_distance};
 pub use env::{EnvError, expand_env};
 pub use keys::{ENV_API_KEY, ENV_OPTOUT_TOKEN, ENV_SECRET_KEY, KNOWN_KEYS, defaults};
 pub use settings::{
-    KafkaProps, KafkaSettings, KeySourceSettings, KeysFrom, LogSettings, OptOutSettings,
-    PipelineSettings, RefreshSettings, ServerSettings, Settings, Uid2Settings, is_secret_property,
+    Delivery, KafkaProps, KafkaSettings, KeySourceSettings, KeysFrom, LogSettings, OptOutSettings,
+    PipelineSettings, RefreshSettings, ServerSettings, Settings, TransactionSettings, Uid2Settings,
+    is_secret_property,
 };
 
 use build::build;

@@ -88,6 +88,10 @@ pub(super) struct RawPipeline {
     pub(super) drain_timeout_ms: Field<u64>,
     pub(super) shutdown_timeout_ms: Field<u64>,
     pub(super) enrich: Field<bool>,
+    pub(super) delivery: Field<String>,
+    pub(super) transactional_id: Field<String>,
+    pub(super) transaction_max_records: Field<u64>,
+    pub(super) transaction_max_ms: Field<u64>,
 }
 
 #[derive(Deserialize)]

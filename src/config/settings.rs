@@ -159,6 +159,39 @@ pub struct KafkaSettings {
     pub producer: KafkaProps,
 }
 
+/// How records move from input to output (`[pipeline] delivery`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Delivery {
+    /// Each offset is stored once its output is acknowledged: nothing is lost, and a crash re-delivers
+    /// what was in flight (duplicates downstream).
+    #[default]
+    AtLeastOnce,
+    /// Outputs, dead letters and input offsets are committed together in Kafka transactions: a
+    /// `read_committed` reader sees each input record's result once.
+    ExactlyOnce(TransactionSettings),
+}
+
+impl Delivery {
+    /// `at_least_once` or `exactly_once`, as the configuration writes it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Delivery::AtLeastOnce => "at_least_once",
+            Delivery::ExactlyOnce(_) => "exactly_once",
+        }
+    }
+}
+
+/// The transactions of exactly-once delivery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransactionSettings {
+    /// This instance's `transactional.id`, stable across its restarts (`transactional_id`).
+    pub transactional_id: String,
+    /// Commit once a transaction holds this many records (`transaction_max_records`)…
+    pub max_records: u64,
+    /// …or is this old (`transaction_max_ms`).
+    pub max_duration: Duration,
+}
+
 /// `[uid2]`.
 #[derive(Clone, Debug)]
 pub struct Uid2Settings {
@@ -221,6 +254,7 @@ pub struct PipelineSettings {
     pub shutdown_timeout: Duration,
     /// `false` = pass-through stage (measures the Kafka overhead alone).
     pub enrich: bool,
+    pub delivery: Delivery,
 }
 
 /// `[log]`.

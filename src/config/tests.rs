@@ -293,6 +293,7 @@ fn known_keys_cover_the_raw_structs() {
                 k if k.ends_with("_ms")
                     || k.ends_with("_secs")
                     || k == "max_in_flight"
+                    || k == "transaction_max_records"
                     || k == "workers"
                     || k == "cache_entries" =>
                 {

@@ -110,6 +110,14 @@ impl KafkaClients {
         self
     }
 
+    /// Whether `[kafka.client]` or `[kafka.producer]` sets `key`.
+    pub fn sets(&self, key: &str) -> bool {
+        self.client
+            .iter()
+            .chain(self.producer.iter())
+            .any(|(k, _)| k == key)
+    }
+
     /// `bootstrap.servers`, for messages.
     pub fn brokers(&self) -> &str {
         &self.brokers
@@ -674,7 +682,15 @@ pub struct StageContext<J> {
     pub partitions: PartitionRegistry<J>,
     pub drain_timeout: Duration,
     pub metrics: Arc<Metrics>,
+    /// Exactly-once delivery: called once the revoked partitions have drained, with whether the
+    /// assignment was lost (set after the consumer exists, so a cell).
+    pub on_revoke: Arc<std::sync::OnceLock<RevokeHook>>,
 }
+
+/// What a revoke does after draining: commit the open transaction, or abort it when `lost`.
+pub type RevokeHook = Box<
+    dyn Fn(bool) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync,
+>;
 
 impl<J: Send + 'static> ClientContext for StageContext<J> {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
@@ -755,7 +771,8 @@ impl<J: Send + 'static> ConsumerContext for StageContext<J> {
         );
         // Dropping each queue's only sender closes it.
         let tasks: Vec<JoinHandle<()>> = slots.into_iter().map(|slot| slot.task).collect();
-        if lost || tasks.is_empty() {
+        let hook = self.on_revoke.get();
+        if (lost || tasks.is_empty()) && hook.is_none() {
             // A lost assignment belongs to someone else already: storing offsets would fail anyway.
             return;
         }
@@ -770,12 +787,20 @@ impl<J: Send + 'static> ConsumerContext for StageContext<J> {
         let timeout = self.drain_timeout;
         let drained = tokio::task::block_in_place(|| {
             handle.block_on(async move {
-                tokio::time::timeout(timeout, async {
-                    for task in tasks {
-                        let _ = task.await;
-                    }
-                })
-                .await
+                let drained = if lost {
+                    Ok(())
+                } else {
+                    tokio::time::timeout(timeout, async {
+                        for task in tasks {
+                            let _ = task.await;
+                        }
+                    })
+                    .await
+                };
+                if let Some(hook) = hook {
+                    hook(lost).await;
+                }
+                drained
             })
         });
         if drained.is_err() {

@@ -10,6 +10,7 @@ pub mod pipeline;
 pub mod produce;
 mod route;
 pub mod server;
+mod transaction;
 pub(crate) mod validate;
 
 use std::path::PathBuf;
@@ -62,6 +63,7 @@ pub fn stage_config(s: &Settings) -> StageConfig {
         drain_timeout: s.pipeline.drain_timeout,
         shutdown_timeout: s.pipeline.shutdown_timeout,
         output_partitioning: OutputPartitioning::Key,
+        delivery: s.pipeline.delivery.clone(),
     }
 }
 
@@ -165,7 +167,25 @@ async fn consume(
             watch_stop.clone(),
         ))
     });
-    let outcome = pipeline::run(stage_config(settings), deps, shutdown.clone()).await;
+    let outcome = loop {
+        let outcome = pipeline::run(stage_config(settings), deps.clone(), shutdown.clone()).await;
+        // Exactly once: an aborted transaction ends its run, and a fresh run (new consumer and
+        // transactional producer) resumes from the committed offsets.
+        let aborted = outcome.as_ref().err().and_then(|e| match e.downcast_ref() {
+            Some(pipeline::StageError::TransactionAborted { reason }) => Some(reason.clone()),
+            _ => None,
+        });
+        match aborted {
+            Some(reason) if !shutdown.is_cancelled() => {
+                tracing::warn!(reason = %reason, "Restarting the pipeline from the committed offsets.");
+                tokio::select! {
+                    () = shutdown.cancelled() => break Ok(()),
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+            _ => break outcome,
+        }
+    };
     watch_stop.cancel();
     if let Some(watcher) = watcher {
         // Stopped before the flag is cleared, so it cannot set it again.

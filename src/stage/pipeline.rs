@@ -8,6 +8,9 @@
 //! applies backpressure to the consumer when the output is slow. A failed delivery stops the stage with an
 //! error and its offset is never stored; a restart resumes from the last committed offset.
 //!
+//! With `delivery = "exactly_once"` no offset is stored: each record is sent inside the open Kafka
+//! transaction and its offset noted, and `transaction` commits outputs and offsets together.
+//!
 //! Each input topic has its payload format (OpenRTB JSON or protobuf, pixel hits, JSON events). In the
 //! `tokenize` direction the stage is the sharing sender instead: raw UID2s become tokens, records whose
 //! raw UID2 is invalid are dead-lettered, and while the keys cannot encrypt a record is held (never
@@ -33,6 +36,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
+pub use crate::config::{Delivery, TransactionSettings};
 use crate::engine::cache::DecryptCache;
 use crate::engine::enrich::{NO_TOKEN, PayloadFormat, Policy};
 use crate::engine::optout::OptOutLookup;
@@ -43,6 +47,7 @@ use crate::stage::kafka::{
 };
 use crate::stage::produce::{self, Accounting, PendingDelivery};
 use crate::stage::route::{self, Outcome};
+use crate::stage::transaction::Transactions;
 use crate::support::metrics::Metrics;
 
 /// Where the stage gets the key sets in force (refreshed operator key sets, files, or a fixed set).
@@ -151,6 +156,8 @@ pub struct StageConfig {
     pub drain_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub output_partitioning: OutputPartitioning,
+    /// At least once (offsets stored after acknowledgement) or exactly once (Kafka transactions).
+    pub delivery: Delivery,
 }
 
 impl StageConfig {
@@ -239,15 +246,17 @@ pub struct Job {
 pub(crate) struct Shared {
     pub config: StageConfig,
     pub producer: FutureProducer<kafka::Logged>,
-    consumer: Arc<StreamConsumer<StageContext<Job>>>,
+    pub(crate) consumer: Arc<StreamConsumer<StageContext<Job>>>,
     pub keys: Arc<dyn KeyProvider>,
     pub optouts: Arc<dyn OptOutLookup + Send + Sync>,
     pub cache: Option<DecryptCache>,
     pub metrics: Arc<Metrics>,
     pub counters: Arc<RunCounters>,
     /// The first fatal error, which stops the stage.
-    fatal: CancellationToken,
+    pub(crate) fatal: CancellationToken,
     fatal_error: Mutex<Option<StageError>>,
+    /// Exactly-once delivery: the open transaction.
+    pub(crate) txn: Option<Arc<Transactions>>,
     /// Tokenize direction: set while records wait for keys that can encrypt (logged once per episode).
     waiting_for_keys: std::sync::atomic::AtomicBool,
 }
@@ -269,9 +278,31 @@ pub enum StageError {
     /// A record held for keys that can encrypt reached the producer: a bug, stopped before it leaks.
     #[error("internal: a held record reached the producer")]
     HeldRecordProduced,
+    /// Exactly-once delivery: the open transaction was aborted (a failed delivery, commit or lost
+    /// assignment); a fresh run re-reads from the committed offsets.
+    #[error("the transaction was aborted: {reason}")]
+    TransactionAborted { reason: String },
+    /// Exactly-once delivery: the transactional producer cannot go on; `fenced` when another producer
+    /// took this instance's transactional id.
+    #[error("{}", transaction_fatal_message(transactional_id, *fenced, detail))]
+    TransactionFatal {
+        transactional_id: String,
+        fenced: bool,
+        detail: String,
+    },
     /// The fatal token was cancelled with no error recorded: a bug.
     #[error("fatal error")]
     Unrecorded,
+}
+
+fn transaction_fatal_message(transactional_id: &str, fenced: bool, detail: &str) -> String {
+    if fenced {
+        format!(
+            "fenced: another producer took transactional_id `{transactional_id}` ({detail}); give every instance its own transactional_id, stable across its restarts"
+        )
+    } else {
+        format!("the transactional producer `{transactional_id}` failed and cannot go on: {detail}")
+    }
 }
 
 /// How a delivery failed.
@@ -284,6 +315,7 @@ pub enum DeliveryFailure {
 }
 
 /// The inputs of a run that are not configuration.
+#[derive(Clone)]
 pub struct StageDeps {
     pub keys: Arc<dyn KeyProvider>,
     pub optouts: Arc<dyn OptOutLookup + Send + Sync>,
@@ -304,6 +336,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let partitions: PartitionRegistry<Job> = Arc::new(Mutex::new(HashMap::new()));
     let shared = start(config, deps, &partitions)?;
+    if let Some(txn) = &shared.txn {
+        txn.start(&shared).await?;
+        tokio::spawn(txn.clone().commit_periodically(shared.clone()));
+    }
     let consume_result = consume(&shared, &partitions, &shutdown).await;
     drain_and_commit(&shared, &partitions).await;
     if shared.fatal.is_cancelled() {
@@ -318,14 +354,28 @@ fn start(
     deps: StageDeps,
     partitions: &PartitionRegistry<Job>,
 ) -> anyhow::Result<Arc<Shared>> {
+    let on_revoke = Arc::new(std::sync::OnceLock::new());
     let context = StageContext {
         partitions: partitions.clone(),
         drain_timeout: config.drain_timeout,
         metrics: deps.metrics.clone(),
+        on_revoke: on_revoke.clone(),
     };
-    let consumer: StreamConsumer<StageContext<Job>> = config
-        .kafka
-        .stage_consumer(&config.group_id)?
+    let mut consumer_config = config.kafka.stage_consumer(&config.group_id)?;
+    let mut producer_config = config.kafka.producer()?;
+    if let Delivery::ExactlyOnce(txn) = &config.delivery {
+        // Offsets move only inside transactions; records of open or aborted transactions upstream are
+        // not read.
+        consumer_config
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed");
+        producer_config.set("transactional.id", &txn.transactional_id);
+        if !config.kafka.sets("message.timeout.ms") {
+            // librdkafka wants it no longer than transaction.timeout.ms (60 s by default).
+            producer_config.set("message.timeout.ms", "55000");
+        }
+    }
+    let consumer: StreamConsumer<StageContext<Job>> = consumer_config
         .create_with_context(context)
         .map_err(kafka::creation_error)
         .context("creating the Kafka consumer")?;
@@ -333,14 +383,16 @@ fn start(
     consumer
         .subscribe(&topics)
         .with_context(|| format!("subscribing to {topics:?}"))?;
-    let producer: FutureProducer<kafka::Logged> = config
-        .kafka
-        .producer()?
+    let producer: FutureProducer<kafka::Logged> = producer_config
         .create_with_context(kafka::Logged("stage producer"))
         .map_err(kafka::creation_error)
         .context("creating the Kafka producer")?;
-    tracing::info!(topics = ?config.input_topics, output = %config.output_topic, dlq = %config.dlq_topic, group = %config.group_id, "Stage started.");
-    Ok(Arc::new(Shared {
+    tracing::info!(topics = ?config.input_topics, output = %config.output_topic, dlq = %config.dlq_topic, group = %config.group_id, delivery = config.delivery.name(), "Stage started.");
+    let txn = match &config.delivery {
+        Delivery::ExactlyOnce(settings) => Some(Arc::new(Transactions::new(settings.clone()))),
+        Delivery::AtLeastOnce => None,
+    };
+    let shared = Arc::new(Shared {
         cache: (config.enrich && config.direction == Direction::Enrich && config.cache_entries > 0)
             .then(|| DecryptCache::new(config.cache_entries)),
         config,
@@ -352,8 +404,35 @@ fn start(
         counters: deps.counters,
         fatal: CancellationToken::new(),
         fatal_error: Mutex::new(None),
+        txn,
         waiting_for_keys: std::sync::atomic::AtomicBool::new(false),
-    }))
+    });
+    if shared.txn.is_some() {
+        // A revoke commits what the transaction holds (or aborts it, when the assignment was lost)
+        // before the partitions move. Weak: the consumer, which holds the hook, lives in `shared`.
+        let weak = Arc::downgrade(&shared);
+        let hook: kafka::RevokeHook = Box::new(move |lost| {
+            let weak = weak.clone();
+            Box::pin(async move {
+                let Some(shared) = weak.upgrade() else { return };
+                let Some(txn) = shared.txn.clone() else {
+                    return;
+                };
+                let result = if lost {
+                    Err(txn
+                        .abort(&shared, "the partition assignment was lost".into())
+                        .await)
+                } else {
+                    txn.commit(&shared).await
+                };
+                if let Err(error) = result {
+                    stop_fatally(&shared, error);
+                }
+            })
+        });
+        let _ = on_revoke.set(hook);
+    }
+    Ok(shared)
 }
 
 /// The consume loop: each record, once an in-flight permit is free, goes to its partition's task. Ends
@@ -457,6 +536,24 @@ async fn drain_and_commit(shared: &Arc<Shared>, partitions: &PartitionRegistry<J
             "Shutdown: in-flight records did not drain in time; they will be redelivered."
         );
     }
+    if let Some(txn) = &shared.txn {
+        // The records drained above are in the open transaction: commit them with their offsets,
+        // unless the run ended on an error, whose transaction is aborted (or left for the next producer
+        // with this transactional id to abort).
+        if !shared.fatal.is_cancelled()
+            && let Err(error) = txn.commit(shared).await
+        {
+            stop_fatally(shared, error);
+        }
+        shared.consumer.unsubscribe();
+        tracing::info!(
+            consumed = shared.counters.consumed.load(Ordering::Relaxed),
+            produced = shared.counters.produced.load(Ordering::Relaxed),
+            dead_lettered = shared.counters.dead_lettered.load(Ordering::Relaxed),
+            "Stage stopped."
+        );
+        return;
+    }
     let consumer = shared.consumer.clone();
     let commit = tokio::task::spawn_blocking({
         let consumer = consumer.clone();
@@ -490,7 +587,7 @@ fn fatal_error(shared: &Shared) -> StageError {
         .unwrap_or(StageError::Unrecorded)
 }
 
-fn stop_fatally(shared: &Shared, error: StageError) {
+pub(crate) fn stop_fatally(shared: &Shared, error: StageError) {
     tracing::error!(reason = %error, "Stopping the stage.");
     shared
         .fatal_error
@@ -652,7 +749,12 @@ async fn partition_task(
                     Err(failure) => {
                         // Nothing at or after this offset may be stored: stop before storing anything more.
                         store(&shared, &tp, &mut stored_next, acked_next);
-                        stop_fatally(&shared, StageError::Delivery { topic: tp.0.clone(), partition: tp.1, offset, failure });
+                        let error = StageError::Delivery { topic: tp.0.clone(), partition: tp.1, offset, failure };
+                        let error = match &shared.txn {
+                            Some(txn) => txn.abort(&shared, error.to_string()).await,
+                            None => error,
+                        };
+                        stop_fatally(&shared, error);
                         return;
                     }
                 }
@@ -662,6 +764,11 @@ async fn partition_task(
                     Ok(pending) => deliveries.push_back(pending),
                     Err(error) => {
                         store(&shared, &tp, &mut stored_next, acked_next);
+                        // Exactly once: a transaction in an abortable state refuses new records too.
+                        let error = match (&shared.txn, &error) {
+                            (Some(txn), StageError::Produce { .. }) => txn.abort(&shared, error.to_string()).await,
+                            _ => error,
+                        };
                         stop_fatally(&shared, error);
                         return;
                     }
@@ -686,7 +793,8 @@ fn store(
     acked_next: Option<i64>,
 ) {
     let Some(next) = acked_next else { return };
-    if *stored_next == Some(next) {
+    // Exactly once: offsets move only inside transactions.
+    if shared.txn.is_some() || *stored_next == Some(next) {
         return;
     }
     let mut tpl = TopicPartitionList::with_capacity(1);
@@ -734,7 +842,18 @@ async fn process(
     let outcome = wait_for_keys(shared, &message, first).await?;
     let routed =
         route::route(&shared.config, &message, &outcome).ok_or(StageError::HeldRecordProduced)?;
+    let sending = match &shared.txn {
+        Some(txn) => Some(txn.sending().await),
+        None => None,
+    };
     let sent = produce::send(shared, &message, &routed).await?;
+    if let Some(txn) = &shared.txn {
+        txn.sent(
+            &(message.topic().to_string(), message.partition()),
+            message.offset(),
+        );
+    }
+    drop(sending);
     produce::count_handoff(shared, received);
     let status_index = match &outcome {
         Outcome::Output { status, .. } if !sent.too_large => {

@@ -75,6 +75,10 @@ pub struct Metrics {
     pub key_set_latest_expiry_seconds: Family<KeySourceLabel, Gauge<i64, AtomicI64>>,
     pub key_refresh_failures: Family<KeySourceLabel, Counter>,
     pub produce_retries: Counter,
+    /// Exactly-once delivery: transactions by outcome (committed, aborted).
+    pub transactions: Family<OutcomeLabel, Counter>,
+    /// Exactly-once delivery: time to send the offsets and commit one transaction.
+    pub transaction_commit_seconds: Histogram,
     pub rebalances: Family<ReasonLabel, Counter>,
     /// Raw UID2s in the opt-out set.
     pub optout_set_size: Gauge,
@@ -120,6 +124,8 @@ impl Metrics {
             key_set_latest_expiry_seconds: Family::default(),
             key_refresh_failures: Family::default(),
             produce_retries: Counter::default(),
+            transactions: Family::default(),
+            transaction_commit_seconds: Histogram::new(LATENCY_BUCKETS),
             rebalances: Family::default(),
             optout_set_size: Gauge::default(),
             optout_caught_up: Gauge::default(),
@@ -206,6 +212,16 @@ impl Metrics {
             "produce_retries",
             "Produce attempts retried because the producer queue was full",
             m.produce_retries.clone(),
+        );
+        registry.register(
+            "transactions",
+            "Kafka transactions of exactly-once delivery, by outcome: committed, aborted",
+            m.transactions.clone(),
+        );
+        registry.register(
+            "transaction_commit_seconds",
+            "Time to send a transaction's offsets and commit it (exactly-once delivery)",
+            m.transaction_commit_seconds.clone(),
         );
         registry.register(
             "rebalances",

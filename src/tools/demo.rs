@@ -232,6 +232,7 @@ fn stage_config(kafka: &KafkaClients) -> StageConfig {
         drain_timeout: Duration::from_millis(2500),
         shutdown_timeout: Duration::from_secs(8),
         output_partitioning: OutputPartitioning::Key,
+        delivery: Default::default(),
     }
 }
 

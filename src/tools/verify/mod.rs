@@ -60,6 +60,30 @@ pub struct VerifyArgs {
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// What the reader sees of transactional records: `read_uncommitted` (everything written, aborted
+    /// transactions included) or `read_committed` (committed transactions only, what a downstream
+    /// reader of an exactly-once stage uses).
+    #[arg(long, value_enum, default_value_t = Isolation::ReadUncommitted)]
+    pub isolation: Isolation,
+}
+
+/// A reader's `isolation.level`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum Isolation {
+    #[default]
+    ReadUncommitted,
+    ReadCommitted,
+}
+
+impl Isolation {
+    /// The librdkafka value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::ReadUncommitted => "read_uncommitted",
+            Isolation::ReadCommitted => "read_committed",
+        }
+    }
 }
 
 /// Why a verification could not run (not what it found: that is the [`Report`]).
@@ -98,6 +122,7 @@ pub struct VerifyOptions {
     /// Once every partition reached the end it had when reading started, stop after this long without a
     /// new record (brokers such as tansu report watermarks per batch, so the end is confirmed by quiet).
     pub idle: Duration,
+    pub isolation: Isolation,
 }
 
 impl VerifyOptions {
@@ -110,6 +135,7 @@ impl VerifyOptions {
             id_field: "/id".to_string(),
             timeout: Duration::from_secs(60),
             idle: Duration::from_millis(1500),
+            isolation: Isolation::ReadUncommitted,
         }
     }
 }
@@ -171,6 +197,7 @@ pub fn command(args: &VerifyArgs) -> anyhow::Result<std::process::ExitCode> {
         id_field: args.id_field.clone(),
         timeout: Duration::from_secs(args.timeout.max(1)),
         idle: Duration::from_millis(1500),
+        isolation: args.isolation,
     };
     let report = verify(&options).with_context(|| {
         format!(
