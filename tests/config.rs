@@ -1073,8 +1073,14 @@ fn exactly_once_delivery_needs_a_transactional_id() {
         "[pipeline]\ndelivery = \"exactly_once\"\ntransactional_id = \"a\"\ntransaction_max_ms = 60000\n",
     ));
     assert_error(&e, 6, 22, &["over 30000"]);
-    let e = fails(&with_uid2("[kafka.producer]\n\"transactional.id\" = \"x\"\n"));
-    assert!(e.to_string().contains("set `transactional_id` in [pipeline]"), "{e}");
+    let e = fails(&with_uid2(
+        "[kafka.producer]\n\"transactional.id\" = \"x\"\n",
+    ));
+    assert!(
+        e.to_string()
+            .contains("set `transactional_id` in [pipeline]"),
+        "{e}"
+    );
     let s = config::parse_with_env(
         &with_uid2("[pipeline]\ndelivery = \"exactly_once\"\ntransactional_id = \"${POD_NAME}\"\ntransaction_max_records = 200\n"),
         "x.toml",

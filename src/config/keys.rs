@@ -39,7 +39,7 @@ pub mod defaults {
     pub const SHUTDOWN_TIMEOUT_MS: u64 = 8000;
     pub const ENRICH: bool = true;
     pub const DELIVERY: &str = "at_least_once";
-    pub const TRANSACTION_MAX_RECORDS: u64 = 1000;
+    pub const TRANSACTION_MAX_RECORDS: u64 = 10_000;
     pub const TRANSACTION_MAX_MS: u64 = 100;
     pub const LOG_FORMAT: &str = "human";
     pub const LOG_LEVEL: &str = "info";
