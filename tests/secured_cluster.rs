@@ -955,6 +955,10 @@ fn the_deploy_files_run_as_written() {
             "UID2_API_KEY" => API_KEY.to_string(),
             "UID2_SECRET_KEY" => SECRET.to_string(),
             "UID2_OPTOUT_TOKEN" => "deploy-test-optout-token".to_string(),
+            // The EUID operator's, named for a configuration with a key source per operator; this
+            // one has the single [uid2] source, so they are set but unused.
+            "EUID_API_KEY" => "EUID-C-L-999-DeployTestKey".to_string(),
+            "EUID_SECRET_KEY" => SECRET.to_string(),
             other => panic!("the manifests name {other}, which this test does not know"),
         }
     };
