@@ -682,12 +682,13 @@ pub struct StageContext<J> {
     pub partitions: PartitionRegistry<J>,
     pub drain_timeout: Duration,
     pub metrics: Arc<Metrics>,
-    /// Exactly-once delivery: called once the revoked partitions have drained, with whether the
-    /// assignment was lost (set after the consumer exists, so a cell).
+    /// Exactly-once delivery: called once the revoked partitions have drained, with whether the open
+    /// transaction must be aborted instead of committed: the assignment was lost, or the drain timed out
+    /// (its tasks may still send). Set after the consumer exists, so a cell.
     pub on_revoke: Arc<std::sync::OnceLock<RevokeHook>>,
 }
 
-/// What a revoke does after draining: commit the open transaction, or abort it when `lost`.
+/// What a revoke does after draining: commit the open transaction, or abort it (`true`).
 pub type RevokeHook = Box<
     dyn Fn(bool) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync,
 >;
@@ -798,7 +799,7 @@ impl<J: Send + 'static> ConsumerContext for StageContext<J> {
                     .await
                 };
                 if let Some(hook) = hook {
-                    hook(lost).await;
+                    hook(lost || drained.is_err()).await;
                 }
                 drained
             })
@@ -806,7 +807,7 @@ impl<J: Send + 'static> ConsumerContext for StageContext<J> {
         if drained.is_err() {
             tracing::warn!(
                 timeout_ms = timeout.as_millis() as u64,
-                "Revoked partitions did not drain in time; their unacknowledged records will be redelivered to the new owner."
+                "Revoked partitions did not drain in time; their unacknowledged records will be redelivered to the new owner (exactly once: the transaction is aborted and the run restarts)."
             );
         }
     }

@@ -167,7 +167,12 @@ async fn consume(
             watch_stop.clone(),
         ))
     });
+    // Runs that abort at once, one after another, have a cause a restart does not cure (authorization,
+    // a broker that cannot do transactions): after this many, the stage stops with the error.
+    const QUICK_ABORTS: u32 = 10;
+    let mut quick_aborts = 0;
     let outcome = loop {
+        let started = std::time::Instant::now();
         let outcome = pipeline::run(stage_config(settings), deps.clone(), shutdown.clone()).await;
         // Exactly once: an aborted transaction ends its run, and a fresh run (new consumer and
         // transactional producer) resumes from the committed offsets.
@@ -175,8 +180,13 @@ async fn consume(
             Some(pipeline::StageError::TransactionAborted { reason }) => Some(reason.clone()),
             _ => None,
         });
+        quick_aborts = if started.elapsed() < Duration::from_secs(30) {
+            quick_aborts + 1
+        } else {
+            0
+        };
         match aborted {
-            Some(reason) if !shutdown.is_cancelled() => {
+            Some(reason) if !shutdown.is_cancelled() && quick_aborts < QUICK_ABORTS => {
                 tracing::warn!(reason = %reason, "Restarting the pipeline from the committed offsets.");
                 tokio::select! {
                     () = shutdown.cancelled() => break Ok(()),

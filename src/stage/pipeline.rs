@@ -411,16 +411,20 @@ fn start(
         // A revoke commits what the transaction holds (or aborts it, when the assignment was lost)
         // before the partitions move. Weak: the consumer, which holds the hook, lives in `shared`.
         let weak = Arc::downgrade(&shared);
-        let hook: kafka::RevokeHook = Box::new(move |lost| {
+        let hook: kafka::RevokeHook = Box::new(move |abort| {
             let weak = weak.clone();
             Box::pin(async move {
                 let Some(shared) = weak.upgrade() else { return };
                 let Some(txn) = shared.txn.clone() else {
                     return;
                 };
-                let result = if lost {
+                let result = if abort {
                     Err(txn
-                        .abort(&shared, "the partition assignment was lost".into())
+                        .abort(
+                            &shared,
+                            "a revoke: the assignment was lost, or its partitions did not drain in time"
+                                .into(),
+                        )
                         .await)
                 } else {
                     txn.commit(&shared).await
@@ -537,10 +541,19 @@ async fn drain_and_commit(shared: &Arc<Shared>, partitions: &PartitionRegistry<J
         );
     }
     if let Some(txn) = &shared.txn {
-        // The records drained above are in the open transaction: commit them with their offsets,
-        // unless the run ended on an error, whose transaction is aborted (or left for the next producer
-        // with this transactional id to abort).
-        if !shared.fatal.is_cancelled()
+        txn.close();
+        // The records drained above are in the open transaction: commit them with their offsets. Not
+        // after an error (its transaction is aborted, or left for the next producer with this
+        // transactional id to abort), nor when tasks did not drain in time (they may still send).
+        if drained.is_err() && !shared.fatal.is_cancelled() {
+            let error = txn
+                .abort(
+                    shared,
+                    "shutdown: in-flight records did not drain in time".into(),
+                )
+                .await;
+            stop_fatally(shared, error);
+        } else if !shared.fatal.is_cancelled()
             && let Err(error) = txn.commit(shared).await
         {
             stop_fatally(shared, error);
@@ -589,11 +602,13 @@ fn fatal_error(shared: &Shared) -> StageError {
 
 pub(crate) fn stop_fatally(shared: &Shared, error: StageError) {
     tracing::error!(reason = %error, "Stopping the stage.");
-    shared
-        .fatal_error
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get_or_insert(error);
+    let mut recorded = shared.fatal_error.lock().unwrap_or_else(|e| e.into_inner());
+    // The first error wins, except that a fatal transactional error overrides an abort: a fenced
+    // instance must stop, not restart and fence its successor in turn.
+    if recorded.is_none() || matches!(error, StageError::TransactionFatal { .. }) {
+        *recorded = Some(error);
+    }
+    drop(recorded);
     shared.fatal.cancel();
 }
 

@@ -31,10 +31,11 @@ use crate::stage::kafka::TopicPartition;
 use crate::stage::pipeline::{Shared, StageError, stop_fatally};
 use crate::support::metrics::OutcomeLabel;
 
-/// How long one blocking transactional call may take; librdkafka retries inside it.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one blocking transactional call may take; librdkafka retries inside it. A revoke waits for
+/// these calls on the consumer's polling thread, so they are kept well inside a rebalance.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts of a call that failed with a retriable error.
-const RETRIES: u32 = 3;
+const RETRIES: u32 = 2;
 
 /// The open transaction of one run, and what it has carried so far.
 pub(crate) struct Transactions {
@@ -47,6 +48,8 @@ pub(crate) struct Transactions {
     full: Notify,
     /// A commit or an abort failed: this run commits nothing more and ends.
     broken: AtomicBool,
+    /// The run is draining for good: the periodic committer stops.
+    closed: tokio_util::sync::CancellationToken,
 }
 
 /// Why a blocking transactional call failed.
@@ -79,7 +82,13 @@ impl Transactions {
             records: AtomicU64::new(0),
             full: Notify::new(),
             broken: AtomicBool::new(false),
+            closed: tokio_util::sync::CancellationToken::new(),
         }
+    }
+
+    /// Stops the periodic commits: the run's last commit (or abort) is the caller's.
+    pub(crate) fn close(&self) {
+        self.closed.cancel();
     }
 
     /// `init_transactions` (which fences an earlier producer with this id and aborts what it left open),
@@ -256,6 +265,7 @@ impl Transactions {
         loop {
             tokio::select! {
                 () = shared.fatal.cancelled() => return,
+                () = self.closed.cancelled() => return,
                 () = tokio::time::sleep(self.settings.max_duration) => {}
                 () = self.full.notified() => {}
             }
