@@ -266,14 +266,6 @@ impl<'a> Keys<'a> {
             (Some(_), _) => KeysFor::NoSource,
         }
     }
-
-    /// The set for a token of `scope`, `None` when there is none (see [`Keys::lookup`]).
-    pub fn for_scope(&self, scope: IdentityScope) -> Option<&'a KeySet> {
-        match self.lookup(scope) {
-            KeysFor::Set(set) => set,
-            KeysFor::NoSource => None,
-        }
-    }
 }
 
 /// Everything outside the request that the outcome depends on.

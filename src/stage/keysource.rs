@@ -233,6 +233,8 @@ impl KeyHandle {
 #[derive(Clone, Debug)]
 pub struct KeyRing {
     members: Arc<[RingMember]>,
+    /// The sources are `[[uid2.key_sources]]` entries, one per scope (not the single `[uid2]` source).
+    per_scope: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -263,29 +265,14 @@ impl KeyRing {
                     settings.mode,
                 ),
             })
-            .collect();
-        KeyRing { members }
-    }
-
-    /// One source: `handle`, answering tokens of every scope (as the single `[uid2]` source does).
-    pub fn single(name: &str, handle: KeyHandle) -> KeyRing {
-        KeyRing {
-            members: Arc::new([RingMember {
-                name: name.to_string(),
-                scope: None,
-                handle,
-            }]),
-        }
+            .collect::<Arc<[RingMember]>>();
+        let per_scope = members.iter().any(|m| m.scope.is_some());
+        KeyRing { members, per_scope }
     }
 
     /// The first source: the one whose set encrypts in the tokenize direction.
     pub fn primary(&self) -> Option<&KeyHandle> {
         self.members.first().map(|m| &m.handle)
-    }
-
-    /// Every source has loaded a key set at least once.
-    pub fn is_ready(&self) -> bool {
-        self.members.iter().all(|m| m.handle.is_ready())
     }
 
     /// Waits until every source has loaded a key set.
@@ -312,13 +299,6 @@ impl KeyRing {
             .join(", ")
     }
 
-    /// Starts a refresh of every source now.
-    pub fn refresh_now(&self) {
-        for member in self.members.iter() {
-            member.handle.refresh_now();
-        }
-    }
-
     /// Stops every refresh task; the last key sets stay available.
     pub fn stop(&self) {
         for member in self.members.iter() {
@@ -333,7 +313,7 @@ impl KeyProvider for KeyRing {
     }
 
     fn snapshot(&self) -> KeySnapshot {
-        if self.members.iter().all(|m| m.scope.is_none()) {
+        if !self.per_scope {
             return KeySnapshot::single(self.current());
         }
         let of = |scope| {
